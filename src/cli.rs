@@ -1,0 +1,522 @@
+//! The command line: argument definitions and the commands that train, evaluate, recommend and
+//! benchmark from rating files.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::model::{
+    Dataset, EpochStats, OptimizerKind, RatingScale, Recommender, Scratch, Side, TrainConfig, mae,
+    ranking_metrics, rmse, top_n,
+};
+use crate::model_file::ModelFile;
+use crate::readers::{RatingFormat, read_dataset};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rbm-recommender",
+    version,
+    about = "Recommendations from a categorical RBM for collaborative filtering"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train on part of a data set and report accuracy and ranking metrics on the rest, as JSON.
+    Evaluate(EvaluateArgs),
+    /// Train on a whole data set and save the model as safetensors.
+    Train(TrainArgs),
+    /// Print the top items for one user from a saved model and that user's ratings in a file.
+    Recommend(RecommendArgs),
+    /// Measure training throughput and full-catalogue scoring latency, as one JSON line.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// Ratings file, or a MovieLens folder (u.data, ratings.dat or ratings.csv).
+    #[arg(long)]
+    pub ratings: Option<PathBuf>,
+    /// File format; detected from the name and first line when omitted.
+    #[arg(long, value_enum)]
+    pub format: Option<RatingFormat>,
+    /// Rating scale as min:max:step (e.g. 0.5:5:0.5); the format's own or inferred when omitted.
+    #[arg(long, value_parser = parse_scale)]
+    pub scale: Option<RatingScale>,
+}
+
+fn parse_scale(text: &str) -> Result<RatingScale, String> {
+    RatingScale::parse(text).map_err(|e| e.to_string())
+}
+
+impl DataArgs {
+    fn read(&self) -> anyhow::Result<Dataset> {
+        let path = self
+            .ratings
+            .as_ref()
+            .context("--ratings PATH is required")?;
+        Ok(read_dataset(path, self.format, self.scale)?)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModelKind {
+    /// The user-based RBM alone.
+    User,
+    /// User-based and item-based RBMs, blended with a weight fitted on the validation slice.
+    Blend,
+}
+
+/// Hyperparameters; each one left out takes the default recommended for the data's size.
+#[derive(Debug, Args, Clone)]
+pub struct HyperArgs {
+    /// Hidden units M.
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Maximum epochs (training stops earlier when validation RMSE stops improving).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub learning_rate: Option<f32>,
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Gibbs steps T of CD-T.
+    #[arg(long)]
+    pub cd_steps: Option<usize>,
+    /// Raise T through 1, 3, 5, 9 as training progresses (the paper's schedule).
+    #[arg(long)]
+    pub cd_schedule: bool,
+    /// Conditional RBM: which items a user rated feeds the hidden units.
+    #[arg(long)]
+    pub conditional: bool,
+    /// Factored RBM with W = A·B of rank C.
+    #[arg(long)]
+    pub factors: Option<usize>,
+    /// Training threads (default: one per core); a fixed seed and thread count give identical models.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub optimizer: Option<OptimizerKind>,
+    /// Fraction of the training ratings held out for early stopping and the blend weight (0 disables).
+    #[arg(long)]
+    pub valid_frac: Option<f64>,
+    /// Epochs without validation improvement before stopping (0: never stop early).
+    #[arg(long)]
+    pub patience: Option<usize>,
+    #[arg(long, value_enum, default_value = "blend")]
+    pub model: ModelKind,
+}
+
+impl ValueEnum for OptimizerKind {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[OptimizerKind::Momentum, OptimizerKind::Adam]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            OptimizerKind::Momentum => "momentum",
+            OptimizerKind::Adam => "adam",
+        }))
+    }
+}
+
+impl HyperArgs {
+    /// The recommended configuration for `data` with every given flag applied over it.
+    pub fn config(&self, data: &Dataset, seed: u64) -> TrainConfig {
+        let mut config = TrainConfig::recommended(data.ratings.len(), data.users.len());
+        let overlay = |p: &mut crate::model::RbmParams| {
+            p.seed = seed;
+            if let Some(x) = self.hidden {
+                p.hidden = x
+            }
+            if let Some(x) = self.epochs {
+                p.epochs = x
+            }
+            if let Some(x) = self.batch_size {
+                p.batch_size = x
+            }
+            if let Some(x) = self.learning_rate {
+                p.learning_rate = x
+            }
+            if let Some(x) = self.momentum {
+                p.momentum = x
+            }
+            if let Some(x) = self.weight_decay {
+                p.weight_decay = x
+            }
+            if let Some(x) = self.cd_steps {
+                p.cd_steps = x
+            }
+            if let Some(x) = self.threads {
+                p.threads = x
+            }
+            if let Some(x) = self.optimizer {
+                p.optimizer = x
+            }
+            if let Some(x) = self.patience {
+                p.patience = x
+            }
+            p.cd_schedule |= self.cd_schedule;
+            p.factors = self.factors.or(p.factors);
+        };
+        overlay(&mut config.user);
+        config.user.conditional |= self.conditional;
+        config.item = match self.model {
+            ModelKind::User => None,
+            ModelKind::Blend => config.item.map(|mut p| {
+                overlay(&mut p);
+                p
+            }),
+        };
+        if let Some(x) = self.valid_frac {
+            config.valid_frac = x;
+        }
+        config
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Training file, with --test instead of a random split of --ratings.
+    #[arg(long, requires = "test", conflicts_with = "ratings")]
+    pub train: Option<PathBuf>,
+    #[arg(long, requires = "train")]
+    pub test: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.1)]
+    pub test_frac: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Conditional RBM only: also count the items being predicted as rated (the paper's variant).
+    #[arg(long, requires = "conditional")]
+    pub include_test_items: bool,
+    #[command(flatten)]
+    pub hyper: HyperArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write the model (safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub hyper: HyperArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RecommendArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long)]
+    pub user: String,
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value_t = 100)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 1)]
+    pub cd_steps: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Users to time full-catalogue top-10 scoring for.
+    #[arg(long, default_value_t = 2000)]
+    pub users: usize,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Evaluate(args) => evaluate(args),
+        Command::Train(args) => train(args),
+        Command::Recommend(args) => recommend(args),
+        Command::Bench(args) => bench(args),
+    }
+}
+
+/// Progress bars on stderr, one per RBM, showing epoch and training/validation RMSE.
+struct Progress {
+    bars: MultiProgress,
+    user: ProgressBar,
+    item: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(config: &TrainConfig) -> Self {
+        let bars = MultiProgress::new();
+        let style = ProgressStyle::with_template(
+            "{prefix:>5} RBM [{bar:30}] epoch {pos}/{len} {msg} ({elapsed})",
+        )
+        .expect("valid template")
+        .progress_chars("=> ");
+        let bar = |name: &str, epochs: usize| {
+            let bar = bars.add(
+                ProgressBar::new(epochs as u64)
+                    .with_style(style.clone())
+                    .with_prefix(name.to_string()),
+            );
+            bar.tick();
+            bar
+        };
+        let user = bar("user", config.user.epochs);
+        let item = config.item.as_ref().map(|p| bar("item", p.epochs));
+        Self { bars, user, item }
+    }
+
+    fn report(&self, side: Side, stats: &EpochStats) -> ControlFlow<()> {
+        let bar = match side {
+            Side::User => &self.user,
+            Side::Item => self.item.as_ref().unwrap_or(&self.user),
+        };
+        bar.set_position(stats.epoch as u64);
+        let valid = stats
+            .valid_rmse
+            .map(|v| format!(" valid RMSE {v:.4}"))
+            .unwrap_or_default();
+        bar.set_message(format!("train RMSE {:.4}{valid}", stats.train_rmse));
+        ControlFlow::Continue(())
+    }
+
+    fn finish(self) {
+        self.user.finish();
+        if let Some(item) = self.item {
+            item.finish();
+        }
+        let _ = self.bars.clear();
+    }
+}
+
+fn train_with_progress(
+    data: &Dataset,
+    config: &TrainConfig,
+) -> anyhow::Result<crate::model::Trained> {
+    let progress = Progress::new(config);
+    let trained = Recommender::train(data, config, |side, stats| progress.report(side, stats));
+    progress.finish();
+    Ok(trained?)
+}
+
+fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
+    let split = match (&args.train, &args.test) {
+        (Some(train), Some(test)) => {
+            let train = read_dataset(train, args.data.format, args.data.scale)?;
+            let test = read_dataset(test, args.data.format, Some(train.scale))?;
+            train.align(&test)
+        }
+        _ => args.data.read()?.split(args.test_frac, args.seed)?,
+    };
+    let mut test = split.test.clone();
+    test.sort_by_key(|r| (r.user, r.item));
+    let data = &split.train;
+    let config = args.hyper.config(data, args.seed);
+    let trained = train_with_progress(data, &config)?;
+    let model = &trained.recommender;
+    let scale = data.scale;
+    let known = data.user_matrix();
+
+    let predictions = if args.include_test_items {
+        crate::model::predict(&model.user_rbm, &known, &test, scale, true)
+    } else {
+        model.predict(&known, &test)
+    };
+    let user_only = crate::model::predict(&model.user_rbm, &known, &test, scale, false);
+    let ranking = ranking_metrics(&known, &test, scale, 10, |user, out| {
+        let (items, classes) = known.row(user as usize);
+        model.expected_ratings(Some(user), items, classes, &mut Scratch::default(), out);
+    });
+    let popularity_scores: Vec<f32> = known.col_counts().iter().map(|&c| c as f32).collect();
+    let popularity = ranking_metrics(&known, &test, scale, 10, |_, out| {
+        out.copy_from_slice(&popularity_scores)
+    });
+
+    let epochs =
+        trained.user_fit.history.len() + trained.item_fit.as_ref().map_or(0, |f| f.history.len());
+    let train_seconds =
+        trained.user_fit.train_seconds + trained.item_fit.as_ref().map_or(0.0, |f| f.train_seconds);
+    let mut report = json!({
+        "rmse": rmse(&predictions, &test, scale),
+        "mae": mae(&predictions, &test, scale),
+        "precision_at_10": ranking.precision,
+        "recall_at_10": ranking.recall,
+        "ndcg_at_10": ranking.ndcg,
+        "popularity_precision_at_10": popularity.precision,
+        "popularity_recall_at_10": popularity.recall,
+        "popularity_ndcg_at_10": popularity.ndcg,
+        "ranking_users": ranking.users,
+        "rmse_user_based": rmse(&user_only, &test, scale),
+        "blend_weight": model.blend_weight,
+        "valid_rmse": trained.valid_rmse,
+        "epochs": epochs,
+        "best_epoch": trained.user_fit.best_epoch,
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / epochs.max(1) as f64,
+        "n_train": data.ratings.len(),
+        "n_test": test.len(),
+        "n_test_dropped": split.dropped,
+        "hidden": config.user.hidden,
+        "k": scale.classes(),
+        "params": config,
+    });
+    if let Some(item_fit) = &trained.item_fit {
+        let mut item_only_model = model.clone();
+        item_only_model.blend_weight = 0.0;
+        let item_only = item_only_model.predict(&known, &test);
+        report["rmse_item_based"] = json!(rmse(&item_only, &test, scale));
+        report["best_epoch_item_based"] = json!(item_fit.best_epoch);
+    }
+    println!("{report}");
+    Ok(())
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let data = args.data.read()?;
+    let config = args.hyper.config(&data, args.seed);
+    let trained = train_with_progress(&data, &config)?;
+    let metrics = json!({
+        "valid_rmse": trained.valid_rmse,
+        "best_epoch": trained.user_fit.best_epoch,
+        "train_seconds": trained.user_fit.train_seconds + trained.item_fit.as_ref().map_or(0.0, |f| f.train_seconds),
+        "n_train": data.ratings.len(),
+    });
+    let file = ModelFile {
+        recommender: trained.recommender,
+        config,
+        metrics: metrics.clone(),
+    };
+    file.save(&args.out)?;
+    eprintln!("saved model to {}", args.out.display());
+    println!("{}", json!({"model": args.out, "metrics": metrics}));
+    Ok(())
+}
+
+fn recommend(args: RecommendArgs) -> anyhow::Result<()> {
+    let model = ModelFile::load(&args.model)?.recommender;
+    let data = args.data.read()?;
+    let Some(user_in_file) = data.users.get(&args.user) else {
+        bail!(
+            "user {:?} has no ratings in {}",
+            args.user,
+            args.data.ratings.unwrap_or_default().display()
+        );
+    };
+    // The user's ratings from the file, in the model's item indices; items the model never saw are skipped.
+    let mut rated: Vec<(u32, u8)> = data
+        .ratings
+        .iter()
+        .filter(|r| r.user == user_in_file)
+        .filter_map(|r| {
+            model
+                .items
+                .get(data.items.id(r.item))
+                .map(|i| (i, model.scale.class_of(data.scale.value_of(r.class))))
+        })
+        .filter_map(|(i, class)| class.ok().map(|c| (i, c)))
+        .collect();
+    rated.sort_unstable();
+    let (items, classes): (Vec<u32>, Vec<u8>) = rated.into_iter().unzip();
+    let mut scores = vec![0.0f32; model.items.len()];
+    model.expected_ratings(
+        model.users.get(&args.user),
+        &items,
+        &classes,
+        &mut Scratch::default(),
+        &mut scores,
+    );
+    let top = top_n(&scores, args.limit, |i| items.binary_search(&i).is_ok());
+    let items_json: Vec<_> = top
+        .iter()
+        .map(|&i| json!({"item_id": model.items.id(i), "expected_rating": scores[i as usize]}))
+        .collect();
+    println!("{}", json!({"user_id": args.user, "items": items_json}));
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let data = args.data.read()?;
+    let params = crate::model::RbmParams {
+        hidden: args.hidden,
+        epochs: args.epochs,
+        cd_steps: args.cd_steps,
+        threads: args.threads.unwrap_or(0),
+        patience: 0,
+        ..TrainConfig::recommended(data.ratings.len(), data.users.len()).user
+    };
+    let matrix = data.user_matrix();
+    let fit = params
+        .clone()
+        .check()?
+        .fit(&matrix, data.scale, &[], |_| ControlFlow::Continue(()))?;
+    let mut epoch_seconds: Vec<f64> = fit.history.iter().map(|s| s.seconds).collect();
+    epoch_seconds.sort_by(f64::total_cmp);
+    let seconds_per_epoch = epoch_seconds[epoch_seconds.len() / 2];
+    let (k, m) = (data.scale.classes() as f64, args.hidden as f64);
+    let flops_per_epoch = 2.0 * (k + 3.0) * m * matrix.nnz() as f64;
+
+    let model = Recommender::new(
+        data.scale,
+        data.users.clone(),
+        data.items.clone(),
+        fit.rbm,
+        None,
+        1.0,
+    );
+    let mut scratch = Scratch::default();
+    let mut scores = vec![0.0f32; data.items.len()];
+    let n_users = matrix.n_rows();
+    let mut latencies: Vec<f64> = (0..args.users.max(1))
+        .map(|n| {
+            let user = (n * 7919) % n_users;
+            let (items, classes) = matrix.row(user);
+            let started = Instant::now();
+            model.expected_ratings(None, items, classes, &mut scratch, &mut scores);
+            let top = top_n(&scores, 10, |i| items.binary_search(&i).is_ok());
+            std::hint::black_box(top);
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{}",
+        json!({
+            "n_ratings": matrix.nnz(),
+            "users": n_users,
+            "items": data.items.len(),
+            "hidden": args.hidden,
+            "k": data.scale.classes(),
+            "cd_steps": args.cd_steps,
+            "threads": if params.threads == 0 { rayon::current_num_threads() } else { params.threads },
+            "epochs": fit.history.len(),
+            "seconds_per_epoch": seconds_per_epoch,
+            "ratings_epochs_per_second": matrix.nnz() as f64 / seconds_per_epoch,
+            "gflops": flops_per_epoch / seconds_per_epoch / 1e9,
+            "score_top10_p50_us": percentile(0.5),
+            "score_top10_p99_us": percentile(0.99),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The few vector loops everything hot is made of. The crate is built for x86-64-v3 (AVX2, FMA;
+//! see .cargo/config.toml); the dot product uses intrinsics there because LLVM does not vectorise
+//! a float reduction on its own, and plain code elsewhere. Reductions combine lanes in a fixed order,
+//! so a model trained with a given seed and thread count is the same on every machine of one arch.
+
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))]
+    {
+        // SAFETY: the crate is compiled with AVX2 and FMA enabled (cfg above); loads are unaligned
+        // and stay within the slices, whose lengths are equal.
+        unsafe { dot_avx2(a, b) }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
+    {
+        let mut acc = [0.0f32; 8];
+        for (l, (x, y)) in a.iter().zip(b).enumerate() {
+            acc[l % 8] += x * y;
+        }
+        acc.iter().sum()
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    unsafe {
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            i += 8;
+        }
+        let acc = _mm256_add_ps(acc0, acc1);
+        let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        let single = _mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1));
+        let mut sum = _mm_cvtss_f32(single);
+        while i < n {
+            sum += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        sum
+    }
+}
+
+/// `y += x`
+#[inline(always)]
+pub fn add_assign(y: &mut [f32], x: &[f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += x;
+    }
+}
+
+/// `y -= x`
+#[inline(always)]
+pub fn sub_assign(y: &mut [f32], x: &[f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    for (y, x) in y.iter_mut().zip(x) {
+        *y -= x;
+    }
+}
+
+/// `y += a·x`
+#[inline(always)]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// log(1 + eˣ) without overflow.
+#[inline(always)]
+pub fn softplus(x: f64) -> f64 {
+    if x > 0.0 {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// Replaces logits by their softmax, in place.
+#[inline(always)]
+pub fn softmax_in_place(logits: &mut [f32]) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for z in logits.iter_mut() {
+        *z = (*z - max).exp();
+        sum += *z;
+    }
+    for z in logits.iter_mut() {
+        *z /= sum;
+    }
+}
+
+/// eˣ for f32 by range reduction and a degree-6 polynomial (relative error < 2e-7 over the range
+/// used), branch-free so that loops over it vectorise; libm's expf is a call per element.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (0.166_666_67 + r * (0.041_666_5 + r * (0.008_333_6 + r * 0.001_394_5)))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// For logits laid out class-major (`logits[k * d + i]`, K classes of d items), writes each item's
+/// expected class Σ_k k·softmax_k into `out`. The logits buffer is used as scratch.
+#[inline(always)]
+pub fn expected_class_of_logits(logits: &mut [f32], classes: usize, out: &mut [f32]) {
+    let d = out.len();
+    out.copy_from_slice(&logits[..d]);
+    for k in 1..classes {
+        for (m, &z) in out.iter_mut().zip(&logits[k * d..(k + 1) * d]) {
+            *m = m.max(z);
+        }
+    }
+    for k in 0..classes {
+        for (z, &m) in logits[k * d..(k + 1) * d].iter_mut().zip(out.iter()) {
+            *z = fast_exp(*z - m);
+        }
+    }
+    // out becomes Σ k·e_k, and row 0 of logits Σ e_k.
+    out.fill(0.0);
+    let (denominator, rest) = logits.split_at_mut(d);
+    for k in 1..classes {
+        for ((o, den), &e) in out
+            .iter_mut()
+            .zip(denominator.iter_mut())
+            .zip(&rest[(k - 1) * d..k * d])
+        {
+            *o += k as f32 * e;
+            *den += e;
+        }
+    }
+    for (o, &den) in out.iter_mut().zip(denominator.iter()) {
+        *o /= den;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_a_plain_sum_for_every_remainder() {
+        for n in [0, 1, 7, 16, 17, 100, 203] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let exact: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            assert!((f64::from(dot(&a, &b)) - exact).abs() < 1e-4, "n={n}");
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_survives_large_logits() {
+        let mut z = [1000.0, 999.0, -5.0];
+        softmax_in_place(&mut z);
+        assert!((z.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(z[0] > z[1] && z[1] > z[2]);
+        assert!((softplus(800.0) - 800.0).abs() < 1e-9 && softplus(-800.0) >= 0.0);
+    }
+
+    #[test]
+    fn fast_exp_matches_exp() {
+        for i in -800..=800 {
+            let x = i as f32 * 0.1;
+            let (fast, exact) = (fast_exp(x), x.exp());
+            assert!(
+                ((fast - exact) / exact).abs() < 1e-6,
+                "x={x}: {fast} vs {exact}"
+            );
+        }
+    }
+}

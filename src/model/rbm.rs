@@ -1,0 +1,301 @@
+//! The categorical RBM of Salakhutdinov, Mnih & Hinton (2007): its parameters, conditionals, free
+//! energy and predictions. Only rated visible units exist for a case, so every function here takes
+//! the case's (column, class) pairs and touches those rows of W alone.
+
+use ndarray::{Array1, Array2, Array3};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rayon::prelude::*;
+
+use super::ModelError;
+use super::kernels;
+use super::train::RbmParams;
+
+/// Parameters, f32 and row-major: `W[D][K][M]` so that `W[i][k][..]` is one contiguous M-vector,
+/// `b[D][K]`, `c[M]`, and for the conditional RBM `Dimp[D][M]`, fed by which items a case rated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rbm {
+    pub(crate) weights: Array3<f32>,
+    pub(crate) visible_bias: Array2<f32>,
+    pub(crate) hidden_bias: Array1<f32>,
+    pub(crate) implicit: Option<Array2<f32>>,
+}
+
+impl Rbm {
+    /// A fresh model: W ~ N(0, init_std²), c = 0, and b[i][k] = log of item i's class frequencies
+    /// smoothed towards the global frequencies by a Dirichlet prior of weight `prior`, so that the
+    /// untrained model predicts each item's (smoothed) mean rating.
+    pub fn initial(
+        class_counts: &[u32],
+        visible: usize,
+        classes: usize,
+        params: &RbmParams,
+    ) -> Self {
+        let (hidden, prior, init_std) = (params.hidden, params.bias_prior, params.init_std);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(params.seed);
+        let normal =
+            Normal::new(0.0f32, init_std).expect("init_std is checked to be finite and positive");
+        let weights =
+            Array3::from_shape_simple_fn((visible, classes, hidden), || normal.sample(&mut rng));
+        let mut global = vec![1.0f64; classes];
+        for (n, &count) in class_counts.iter().enumerate() {
+            global[n % classes] += f64::from(count);
+        }
+        let total: f64 = global.iter().sum();
+        let visible_bias = Array2::from_shape_fn((visible, classes), |(i, k)| {
+            let row = &class_counts[i * classes..(i + 1) * classes];
+            let n: f64 = row.iter().map(|&c| f64::from(c)).sum();
+            let smoothed =
+                (f64::from(row[k]) + f64::from(prior) * global[k] / total) / (n + f64::from(prior));
+            smoothed.ln() as f32
+        });
+        let implicit = params.conditional.then(|| Array2::zeros((visible, hidden)));
+        Self {
+            weights,
+            visible_bias,
+            hidden_bias: Array1::zeros(hidden),
+            implicit,
+        }
+    }
+
+    /// Assembles a model from stored tensors, checking that their shapes agree.
+    pub fn from_parts(
+        weights: Array3<f32>,
+        visible_bias: Array2<f32>,
+        hidden_bias: Array1<f32>,
+        implicit: Option<Array2<f32>>,
+    ) -> Result<Self, ModelError> {
+        let (d, k, m) = weights.dim();
+        let mismatch = |name: &str, got: Vec<usize>, want: Vec<usize>| ModelError::ShapeMismatch {
+            tensor: name.to_string(),
+            got,
+            expected: want,
+        };
+        if visible_bias.dim() != (d, k) {
+            return Err(mismatch("b", visible_bias.shape().to_vec(), vec![d, k]));
+        }
+        if hidden_bias.len() != m {
+            return Err(mismatch("c", hidden_bias.shape().to_vec(), vec![m]));
+        }
+        if let Some(implicit) = &implicit
+            && implicit.dim() != (d, m)
+        {
+            return Err(mismatch("Dimp", implicit.shape().to_vec(), vec![d, m]));
+        }
+        let finite = weights
+            .iter()
+            .chain(&visible_bias)
+            .chain(&hidden_bias)
+            .all(|x| x.is_finite())
+            && implicit.iter().flatten().all(|x| x.is_finite());
+        if !finite {
+            return Err(ModelError::NonFinite);
+        }
+        Ok(Self {
+            weights,
+            visible_bias,
+            hidden_bias,
+            implicit,
+        })
+    }
+
+    pub fn visible(&self) -> usize {
+        self.weights.dim().0
+    }
+
+    pub fn classes(&self) -> usize {
+        self.weights.dim().1
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.weights.dim().2
+    }
+
+    pub fn is_conditional(&self) -> bool {
+        self.implicit.is_some()
+    }
+
+    pub fn weights(&self) -> &Array3<f32> {
+        &self.weights
+    }
+
+    pub fn visible_bias(&self) -> &Array2<f32> {
+        &self.visible_bias
+    }
+
+    pub fn hidden_bias(&self) -> &Array1<f32> {
+        &self.hidden_bias
+    }
+
+    pub fn implicit(&self) -> Option<&Array2<f32>> {
+        self.implicit.as_ref()
+    }
+
+    pub fn is_finite(&self) -> bool {
+        self.weights
+            .iter()
+            .chain(&self.visible_bias)
+            .chain(&self.hidden_bias)
+            .all(|x| x.is_finite())
+            && self.implicit.iter().flatten().all(|x| x.is_finite())
+    }
+
+    /// `W[i][k]`, one contiguous M-vector.
+    #[inline(always)]
+    pub(crate) fn weight_row(&self, item: usize, class: usize) -> &[f32] {
+        let (_, k, m) = self.weights.dim();
+        let start = (item * k + class) * m;
+        &self.weights.as_slice().expect("weights are contiguous")[start..start + m]
+    }
+
+    /// c + Σ_{i rated} W[i][k_i] (+ Σ_{i ∈ implicit} Dimp[i]): the hidden units' total input.
+    /// `implicit_items` is ignored by a model that is not conditional.
+    pub fn hidden_input(
+        &self,
+        items: &[u32],
+        classes: &[u8],
+        implicit_items: &[u32],
+        out: &mut [f32],
+    ) {
+        hidden_input(self, items, classes, implicit_items, out);
+    }
+
+    /// p(h_j = 1 | v) for every hidden unit.
+    #[inline(always)]
+    pub fn hidden_probabilities(
+        &self,
+        items: &[u32],
+        classes: &[u8],
+        implicit_items: &[u32],
+        out: &mut [f32],
+    ) {
+        self.hidden_input(items, classes, implicit_items, out);
+        for x in out.iter_mut() {
+            *x = kernels::sigmoid(*x);
+        }
+    }
+
+    /// b[i][k] + W[i][k]·h for each class k of visible unit i.
+    #[inline(always)]
+    pub fn visible_logits(&self, item: usize, hidden: &[f32], out: &mut [f32]) {
+        let bias = self.visible_bias.row(item);
+        for (k, logit) in out.iter_mut().enumerate() {
+            *logit = bias[k] + kernels::dot(self.weight_row(item, k), hidden);
+        }
+    }
+
+    /// p(v_i = k | h), the softmax of the visible logits.
+    #[inline(always)]
+    pub fn visible_probabilities(&self, item: usize, hidden: &[f32], out: &mut [f32]) {
+        self.visible_logits(item, hidden, out);
+        kernels::softmax_in_place(out);
+    }
+
+    /// E[class of item i] under p(v_i | h); with mean-field h = p(h|v) this is the model's prediction.
+    pub fn expected_class(&self, item: usize, hidden: &[f32]) -> f32 {
+        let mut probabilities = [0.0f32; MAX_CLASSES];
+        let probabilities = &mut probabilities[..self.classes()];
+        self.visible_probabilities(item, hidden, probabilities);
+        probabilities
+            .iter()
+            .enumerate()
+            .map(|(k, p)| k as f32 * p)
+            .sum()
+    }
+
+    /// F(v) = −Σ_{i rated} b[i][k_i] − Σ_j softplus(hidden input_j), in f64.
+    pub fn free_energy(&self, items: &[u32], classes: &[u8], implicit_items: &[u32]) -> f64 {
+        let mut input = vec![0.0f32; self.hidden()];
+        self.hidden_input(items, classes, implicit_items, &mut input);
+        let bias: f64 = items
+            .iter()
+            .zip(classes)
+            .map(|(&i, &k)| f64::from(self.visible_bias[[i as usize, k as usize]]))
+            .sum();
+        -bias
+            - input
+                .iter()
+                .map(|&x| kernels::softplus(f64::from(x)))
+                .sum::<f64>()
+    }
+}
+
+/// The largest K the scale module allows, so per-item class buffers live on the stack.
+pub(crate) const MAX_CLASSES: usize = 100;
+
+/// Items scored together in the catalogue pass: K·512 logits fit in L1.
+const CATALOG_BLOCK: usize = 512;
+
+#[inline(always)]
+fn hidden_input(rbm: &Rbm, items: &[u32], classes: &[u8], implicit_items: &[u32], out: &mut [f32]) {
+    out.copy_from_slice(rbm.hidden_bias.as_slice().expect("contiguous"));
+    for (&i, &k) in items.iter().zip(classes) {
+        kernels::add_assign(out, rbm.weight_row(i as usize, k as usize));
+    }
+    if let Some(implicit) = &rbm.implicit {
+        for &i in implicit_items {
+            kernels::add_assign(
+                out,
+                implicit.row(i as usize).as_slice().expect("contiguous"),
+            );
+        }
+    }
+}
+
+/// W and b laid out class-major, `[K][M][D]` and `[K][D]`, so that scoring every item is K·M
+/// vector AXPYs over the catalogue and one vectorised softmax, instead of D·K short dot products
+/// and D·K scalar exponentials. Derived from an `Rbm`; used to serve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogWeights {
+    classes: usize,
+    hidden: usize,
+    items: usize,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl CatalogWeights {
+    pub fn new(rbm: &Rbm) -> Self {
+        let (d, k, m) = rbm.weights.dim();
+        let mut weights = vec![0.0f32; k * m * d];
+        for ((i, class, j), &w) in rbm.weights.indexed_iter() {
+            weights[(class * m + j) * d + i] = w;
+        }
+        let mut bias = vec![0.0f32; k * d];
+        for ((i, class), &b) in rbm.visible_bias.indexed_iter() {
+            bias[class * d + i] = b;
+        }
+        Self {
+            classes: k,
+            hidden: m,
+            items: d,
+            weights,
+            bias,
+        }
+    }
+
+    /// E[class] of every item under p(v | h). `logits` is scratch, resized to K·D. Items go in
+    /// blocks of CATALOG_BLOCK so a block's logits stay in L1 while its slices of W stream by; blocks
+    /// are spread over the rayon pool, since one request's cost is reading all of W once.
+    pub fn expected_classes(&self, hidden: &[f32], logits: &mut Vec<f32>, out: &mut [f32]) {
+        let (k, m, d) = (self.classes, self.hidden, self.items);
+        logits.resize(k * d, 0.0);
+        logits
+            .par_chunks_mut(k * CATALOG_BLOCK)
+            .zip(out.par_chunks_mut(CATALOG_BLOCK))
+            .enumerate()
+            .for_each(|(block, (logits, out))| {
+                let (lo, w) = (block * CATALOG_BLOCK, out.len());
+                for class in 0..k {
+                    let row = &mut logits[class * w..(class + 1) * w];
+                    row.copy_from_slice(&self.bias[class * d + lo..class * d + lo + w]);
+                    for (j, &h) in hidden.iter().enumerate().take(m) {
+                        let start = (class * m + j) * d + lo;
+                        kernels::axpy(row, h, &self.weights[start..start + w]);
+                    }
+                }
+                kernels::expected_class_of_logits(logits, k, out);
+            });
+    }
+}

@@ -1,0 +1,382 @@
+//! The product's model: a user-based RBM (which folds in any user's current ratings at request
+//! time) optionally blended with an item-based RBM (AutoRec's I-RBM: items are the training cases,
+//! users the visible units), with the external id maps and rating scale they were trained on.
+
+use std::ops::ControlFlow;
+
+use ndarray::Array2;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::evaluate::{predict, rmse, top_n};
+use super::kernels;
+use super::rbm::{CatalogWeights, Rbm};
+use super::train::{EpochStats, Fit, RbmParams};
+use super::{Dataset, IdMap, ModelError, Rating, RatingScale, SparseRatings};
+
+/// How a recommender is trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// The user-based RBM.
+    pub user: RbmParams,
+    /// The item-based RBM to blend in, if any.
+    pub item: Option<RbmParams>,
+    /// Fraction of the training ratings held out to pick the best epoch and the blend weight.
+    pub valid_frac: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            user: RbmParams::default(),
+            item: Some(RbmParams::default()),
+            valid_frac: 0.05,
+        }
+    }
+}
+
+/// Which of the two RBMs an epoch report comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    User,
+    Item,
+}
+
+/// The item-based RBM plus ĥ for every item, computed from all the ratings it was trained on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemSide {
+    pub rbm: Rbm,
+    /// p(h | item's column) per item, hidden-unit-major `[M][items]` so that a user's logits over
+    /// the whole catalogue are M vector AXPYs.
+    pub item_hidden: Array2<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recommender {
+    pub scale: RatingScale,
+    pub users: IdMap,
+    pub items: IdMap,
+    pub user_rbm: Rbm,
+    pub item_side: Option<ItemSide>,
+    /// Weight of the user-based prediction in the blend (1 without an item side).
+    pub blend_weight: f32,
+    catalog: CatalogWeights,
+}
+
+/// A trained recommender and the record of its training.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    pub recommender: Recommender,
+    pub user_fit: Fit,
+    pub item_fit: Option<Fit>,
+    /// Validation RMSE of the blend, if there was a validation slice.
+    pub valid_rmse: Option<f64>,
+}
+
+impl Recommender {
+    /// Trains on `data`. `on_epoch` sees every epoch of both RBMs; breaking from it cancels.
+    pub fn train(
+        data: &Dataset,
+        config: &TrainConfig,
+        mut on_epoch: impl FnMut(Side, &EpochStats) -> ControlFlow<()> + Send,
+    ) -> Result<Trained, ModelError> {
+        let user_params = config.user.clone().check()?;
+        let item_params = config.item.clone().map(RbmParams::check).transpose()?;
+        let (train, valid) = if config.valid_frac > 0.0 {
+            data.holdout(config.valid_frac, user_params.params().seed ^ 0x7a11d)?
+        } else {
+            (data.clone(), Vec::new())
+        };
+        let scale = data.scale;
+        let user_matrix = train.user_matrix();
+        let cancelled = std::sync::atomic::AtomicBool::new(false);
+        let mut report = |side, stats: &EpochStats| {
+            let flow = on_epoch(side, stats);
+            if flow.is_break() {
+                cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            flow
+        };
+        let user_fit = user_params.fit(&user_matrix, scale, &valid, |s| report(Side::User, s))?;
+        if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ModelError::Cancelled);
+        }
+        let item_fit = match &item_params {
+            Some(params) => {
+                let item_matrix = user_matrix.transpose();
+                let valid_t = transpose_ratings(&valid);
+                let fit = params.fit(&item_matrix, scale, &valid_t, |s| report(Side::Item, s))?;
+                if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(ModelError::Cancelled);
+                }
+                Some(fit)
+            }
+            None => None,
+        };
+        let (blend_weight, valid_rmse) = match &item_fit {
+            Some(item_fit) if !valid.is_empty() => {
+                let user_pred = predict(&user_fit.rbm, &user_matrix, &valid, scale, false);
+                let item_pred =
+                    item_based_predictions(&item_fit.rbm, &user_matrix.transpose(), &valid, scale);
+                let weight = least_squares_blend(&user_pred, &item_pred, &valid, scale);
+                let blended: Vec<f32> = user_pred
+                    .iter()
+                    .zip(&item_pred)
+                    .map(|(u, i)| weight * u + (1.0 - weight) * i)
+                    .collect();
+                (weight, Some(rmse(&blended, &valid, scale)))
+            }
+            Some(_) => (0.5, None),
+            None => (
+                1.0,
+                user_fit
+                    .history
+                    .get(user_fit.best_epoch.saturating_sub(1))
+                    .and_then(|s| s.valid_rmse),
+            ),
+        };
+        // ĥ of each item from all its known ratings, validation slice included.
+        let item_side = item_fit.as_ref().map(|fit| ItemSide {
+            item_hidden: hidden_of_rows(&fit.rbm, &data.user_matrix().transpose())
+                .reversed_axes()
+                .as_standard_layout()
+                .to_owned(),
+            rbm: fit.rbm.clone(),
+        });
+        let recommender = Recommender::new(
+            scale,
+            data.users.clone(),
+            data.items.clone(),
+            user_fit.rbm.clone(),
+            item_side,
+            blend_weight,
+        );
+        Ok(Trained {
+            recommender,
+            user_fit,
+            item_fit,
+            valid_rmse,
+        })
+    }
+
+    pub fn new(
+        scale: RatingScale,
+        users: IdMap,
+        items: IdMap,
+        user_rbm: Rbm,
+        item_side: Option<ItemSide>,
+        blend_weight: f32,
+    ) -> Self {
+        let catalog = CatalogWeights::new(&user_rbm);
+        Self {
+            scale,
+            users,
+            items,
+            user_rbm,
+            item_side,
+            blend_weight,
+            catalog,
+        }
+    }
+
+    /// Expected ratings of every item for a user whose current ratings are (`items`, `classes`),
+    /// sorted by item. `user` is the user's index in the item-based RBM if it knows the user; a new
+    /// user, or a model without an item side, gets the user-based prediction alone.
+    pub fn expected_ratings(
+        &self,
+        user: Option<u32>,
+        items: &[u32],
+        classes: &[u8],
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) {
+        scratch.hidden.resize(self.user_rbm.hidden(), 0.0);
+        self.user_rbm
+            .hidden_probabilities(items, classes, items, &mut scratch.hidden);
+        self.catalog
+            .expected_classes(&scratch.hidden, &mut scratch.logits, out);
+        if let (Some(side), Some(user)) = (&self.item_side, user) {
+            let weight = self.blend_weight;
+            let (k, m, d) = (self.scale.classes(), side.rbm.hidden(), out.len());
+            let logits = &mut scratch.logits;
+            logits.clear();
+            logits.resize(k * d, 0.0);
+            let hidden = side.item_hidden.as_slice().expect("contiguous");
+            for class in 0..k {
+                let row = &mut logits[class * d..(class + 1) * d];
+                row.fill(side.rbm.visible_bias()[[user as usize, class]]);
+                for (j, &w) in side
+                    .rbm
+                    .weight_row(user as usize, class)
+                    .iter()
+                    .enumerate()
+                    .take(m)
+                {
+                    kernels::axpy(row, w, &hidden[j * d..(j + 1) * d]);
+                }
+            }
+            scratch.item_based.resize(d, 0.0);
+            kernels::expected_class_of_logits(logits, k, &mut scratch.item_based);
+            for (score, &item_based) in out.iter_mut().zip(&scratch.item_based) {
+                *score = weight * *score + (1.0 - weight) * item_based;
+            }
+        }
+        for score in out.iter_mut() {
+            *score = self.scale.value_at(*score);
+        }
+    }
+
+    /// Predictions for queries (user, item) sorted by user, each user's context taken from `known`.
+    pub fn predict(&self, known: &SparseRatings, queries: &[Rating]) -> Vec<f32> {
+        let user_pred = predict(&self.user_rbm, known, queries, self.scale, false);
+        match &self.item_side {
+            None => user_pred,
+            Some(side) => {
+                let weight = self.blend_weight;
+                queries
+                    .par_iter()
+                    .zip(user_pred.par_iter())
+                    .map(|(q, &u)| {
+                        let hidden = side.item_hidden.column(q.item as usize).to_vec();
+                        let item_based = self
+                            .scale
+                            .value_at(side.rbm.expected_class(q.user as usize, &hidden));
+                        weight * u + (1.0 - weight) * item_based
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Items whose learned weight vectors W[i] (all classes) are closest to `item`'s by cosine.
+    pub fn similar_items(&self, item: u32, limit: usize) -> Vec<(u32, f32)> {
+        let d = self.user_rbm.visible();
+        let km = self.user_rbm.classes() * self.user_rbm.hidden();
+        let weights = self.user_rbm.weights.as_slice().expect("contiguous");
+        let row = |i: usize| &weights[i * km..(i + 1) * km];
+        let target = row(item as usize);
+        let target_norm = kernels::dot(target, target).sqrt();
+        let scores: Vec<f32> = (0..d)
+            .into_par_iter()
+            .map(|i| {
+                let other = row(i);
+                let norm = kernels::dot(other, other).sqrt() * target_norm;
+                if norm > 0.0 {
+                    kernels::dot(target, other) / norm
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        top_n(&scores, limit, |i| i == item)
+            .into_iter()
+            .map(|i| (i, scores[i as usize]))
+            .collect()
+    }
+}
+
+/// Per-request buffers, reused across requests by the caller.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    hidden: Vec<f32>,
+    logits: Vec<f32>,
+    item_based: Vec<f32>,
+}
+
+fn transpose_ratings(ratings: &[Rating]) -> Vec<Rating> {
+    let mut t: Vec<Rating> = ratings
+        .iter()
+        .map(|r| Rating {
+            user: r.item,
+            item: r.user,
+            class: r.class,
+        })
+        .collect();
+    t.sort_by_key(|r| (r.user, r.item));
+    t
+}
+
+/// Item-based predictions of (user, item) queries: ĥ from the item's column, E over the user's unit.
+fn item_based_predictions(
+    rbm: &Rbm,
+    item_matrix: &SparseRatings,
+    queries: &[Rating],
+    scale: RatingScale,
+) -> Vec<f32> {
+    let transposed: Vec<(usize, Rating)> = {
+        let mut t: Vec<(usize, Rating)> = queries
+            .iter()
+            .enumerate()
+            .map(|(n, r)| {
+                (
+                    n,
+                    Rating {
+                        user: r.item,
+                        item: r.user,
+                        class: r.class,
+                    },
+                )
+            })
+            .collect();
+        t.sort_by_key(|(_, r)| (r.user, r.item));
+        t
+    };
+    let sorted: Vec<Rating> = transposed.iter().map(|(_, r)| *r).collect();
+    let predictions = predict(rbm, item_matrix, &sorted, scale, false);
+    let mut out = vec![0.0f32; queries.len()];
+    for ((n, _), p) in transposed.iter().zip(predictions) {
+        out[*n] = p;
+    }
+    out
+}
+
+/// p(h | row) for every row of `matrix`.
+fn hidden_of_rows(rbm: &Rbm, matrix: &SparseRatings) -> Array2<f32> {
+    let m = rbm.hidden();
+    let mut hidden = Array2::zeros((matrix.n_rows(), m));
+    hidden
+        .as_slice_mut()
+        .expect("contiguous")
+        .par_chunks_mut(m)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (cols, classes) = matrix.row(row);
+            rbm.hidden_probabilities(cols, classes, cols, out);
+        });
+    hidden
+}
+
+/// The weight α in [0, 1] minimising Σ (α·u + (1 − α)·i − r)².
+fn least_squares_blend(user: &[f32], item: &[f32], truth: &[Rating], scale: RatingScale) -> f32 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for ((&u, &i), r) in user.iter().zip(item).zip(truth) {
+        let diff = f64::from(u) - f64::from(i);
+        num += (f64::from(scale.value_of(r.class)) - f64::from(i)) * diff;
+        den += diff * diff;
+    }
+    if den > 0.0 {
+        (num / den).clamp(0.0, 1.0) as f32
+    } else {
+        0.5
+    }
+}
+
+impl TrainConfig {
+    /// Defaults for a data set of this size, from the calibration runs recorded in DESIGN.md and
+    /// the project's evaluation notes: small sets need stronger weight decay and smaller batches.
+    pub fn recommended(n_ratings: usize, n_users: usize) -> Self {
+        let small = n_ratings < 500_000;
+        let user = RbmParams {
+            weight_decay: if small { 0.01 } else { 0.001 },
+            batch_size: if n_users < 1_000 { 50 } else { 100 },
+            ..RbmParams::default()
+        };
+        Self {
+            item: Some(user.clone()),
+            user,
+            valid_frac: 0.05,
+        }
+    }
+}

@@ -1,0 +1,713 @@
+//! Contrastive-divergence training of the categorical RBM: hyperparameters, their checks, and `fit`.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use rand::{RngExt, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::evaluate::{predict, rmse};
+use super::kernels;
+use super::optimizer::{OptimizerKind, TensorState, UpdateRule};
+use super::rbm::{MAX_CLASSES, Rbm};
+use super::{ModelError, Rating, RatingScale, SparseRatings};
+
+/// Hyperparameters of one RBM. Defaults follow the calibration in DESIGN.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RbmParams {
+    /// M, the number of hidden units.
+    pub hidden: usize,
+    pub epochs: usize,
+    /// Training cases (users, or items for the item-based RBM) per mini-batch.
+    pub batch_size: usize,
+    /// Step size on the batch-averaged gradient.
+    pub learning_rate: f32,
+    pub momentum: f32,
+    /// L2 penalty on W (and Dimp, and the factors); biases are not decayed.
+    pub weight_decay: f32,
+    /// T, the Gibbs steps of CD-T.
+    pub cd_steps: usize,
+    /// Raise T through 1, 3, 5, 9 over the four quarters of training, as in the paper.
+    pub cd_schedule: bool,
+    pub optimizer: OptimizerKind,
+    /// Conditional RBM: which items a case rated feeds the hidden units through Dimp[D][M].
+    pub conditional: bool,
+    /// Factored RBM: W = A·B with A[D][K][C] and B[C][M].
+    pub factors: Option<usize>,
+    /// Worker threads; 0 means one per core. Results are identical for a fixed seed and thread count.
+    pub threads: usize,
+    pub seed: u64,
+    /// Weight of the Dirichlet prior that smooths the initial visible biases.
+    pub bias_prior: f32,
+    /// Standard deviation of the initial weights.
+    pub init_std: f32,
+    /// With a validation slice: stop after this many epochs without improvement (0 never stops early).
+    pub patience: usize,
+}
+
+impl Default for RbmParams {
+    fn default() -> Self {
+        Self {
+            hidden: 100,
+            epochs: 40,
+            batch_size: 100,
+            learning_rate: 0.01,
+            momentum: 0.9,
+            weight_decay: 0.001,
+            cd_steps: 1,
+            cd_schedule: false,
+            optimizer: OptimizerKind::Momentum,
+            conditional: false,
+            factors: None,
+            threads: 0,
+            seed: 42,
+            bias_prior: 10.0,
+            init_std: 0.01,
+            patience: 5,
+        }
+    }
+}
+
+/// Parameters that passed `RbmParams::check`; only these can train.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRbmParams(RbmParams);
+
+impl RbmParams {
+    pub fn check(self) -> Result<ValidRbmParams, ModelError> {
+        let invalid = |name: &'static str, value: String, rule: &'static str| {
+            Err(ModelError::InvalidParameter { name, value, rule })
+        };
+        let positive = |x: f32| x.is_finite() && x > 0.0;
+        if self.hidden == 0 || self.hidden > 10_000 {
+            return invalid(
+                "hidden",
+                self.hidden.to_string(),
+                "must be between 1 and 10000",
+            );
+        }
+        if self.epochs == 0 || self.epochs > 100_000 {
+            return invalid(
+                "epochs",
+                self.epochs.to_string(),
+                "must be between 1 and 100000",
+            );
+        }
+        if self.batch_size == 0 {
+            return invalid(
+                "batch_size",
+                self.batch_size.to_string(),
+                "must be at least 1",
+            );
+        }
+        if !positive(self.learning_rate) {
+            return invalid(
+                "learning_rate",
+                self.learning_rate.to_string(),
+                "must be positive",
+            );
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return invalid("momentum", self.momentum.to_string(), "must be in [0, 1)");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return invalid(
+                "weight_decay",
+                self.weight_decay.to_string(),
+                "must be zero or positive",
+            );
+        }
+        if self.cd_steps == 0 || self.cd_steps > 1000 {
+            return invalid(
+                "cd_steps",
+                self.cd_steps.to_string(),
+                "must be between 1 and 1000",
+            );
+        }
+        if let Some(c) = self.factors
+            && (c == 0 || c > self.hidden)
+        {
+            return invalid(
+                "factors",
+                c.to_string(),
+                "must be between 1 and the number of hidden units",
+            );
+        }
+        if self.factors.is_some() && self.optimizer == OptimizerKind::Adam {
+            return invalid(
+                "factors",
+                format!("{:?}", self.factors),
+                "go with the momentum optimizer only",
+            );
+        }
+        if !(self.bias_prior.is_finite() && self.bias_prior >= 0.0) {
+            return invalid(
+                "bias_prior",
+                self.bias_prior.to_string(),
+                "must be zero or positive",
+            );
+        }
+        if !positive(self.init_std) {
+            return invalid("init_std", self.init_std.to_string(), "must be positive");
+        }
+        if self.threads > 1024 {
+            return invalid("threads", self.threads.to_string(), "must be at most 1024");
+        }
+        Ok(ValidRbmParams(self))
+    }
+}
+
+/// What one epoch did, as reported to the progress callback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub cd_steps: usize,
+    /// RMSE of mean-field reconstructions of a fixed sample of training ratings.
+    pub train_rmse: f64,
+    pub valid_rmse: Option<f64>,
+    pub seconds: f64,
+}
+
+/// A trained RBM and how training went.
+#[derive(Debug, Clone)]
+pub struct Fit {
+    pub rbm: Rbm,
+    pub history: Vec<EpochStats>,
+    /// The epoch whose parameters were kept (the best on validation, else the last one run).
+    pub best_epoch: usize,
+    pub train_seconds: f64,
+}
+
+/// Training cases of a fixed size used to report the training RMSE each epoch.
+const TRAIN_PROBE_ROWS: usize = 1000;
+
+impl ValidRbmParams {
+    pub fn params(&self) -> &RbmParams {
+        &self.0
+    }
+
+    /// Trains on the rows of `train` (cases) with `K = scale.classes()`. `valid` holds held-out
+    /// (row, column, class) triples in the same orientation, sorted by row; it picks the best epoch.
+    /// `on_epoch` sees every epoch and may stop training early.
+    pub fn fit(
+        &self,
+        train: &SparseRatings,
+        scale: RatingScale,
+        valid: &[Rating],
+        mut on_epoch: impl FnMut(&EpochStats) -> ControlFlow<()> + Send,
+    ) -> Result<Fit, ModelError> {
+        let p = &self.0;
+        if train.nnz() == 0 {
+            return Err(ModelError::EmptyData);
+        }
+        let started = Instant::now();
+        let threads = if p.threads == 0 {
+            rayon::current_num_threads()
+        } else {
+            p.threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| ModelError::ThreadPool(e.to_string()))?;
+        pool.install(|| self.fit_in_pool(train, scale, valid, threads, &mut on_epoch, started))
+    }
+
+    fn fit_in_pool(
+        &self,
+        train: &SparseRatings,
+        scale: RatingScale,
+        valid: &[Rating],
+        threads: usize,
+        on_epoch: &mut (dyn FnMut(&EpochStats) -> ControlFlow<()> + Send),
+        started: Instant,
+    ) -> Result<Fit, ModelError> {
+        let p = &self.0;
+        let (d, k, m) = (train.n_cols(), scale.classes(), p.hidden);
+        let mut rbm = Rbm::initial(&train.col_class_counts(k), d, k, p);
+        let mut factors = p
+            .factors
+            .map(|c| Factors::new(&rbm, c, p.init_std, p.weight_decay, p.seed));
+        if let Some(f) = &factors {
+            f.expand(&mut rbm);
+        }
+        let rule = UpdateRule {
+            kind: p.optimizer,
+            learning_rate: p.learning_rate,
+            momentum: p.momentum,
+        };
+        // W's state is kept per (item, class) M-vector: a batch touches few classes of each item.
+        let mut w_state = TensorState::new(d * k, m, p.weight_decay, p.optimizer);
+        let mut b_state = TensorState::new(d, k, 0.0, p.optimizer);
+        let mut c_state = TensorState::new(1, m, 0.0, p.optimizer);
+        let mut d_state = TensorState::new(d, m, p.weight_decay, p.optimizer);
+        let mut workers: Vec<Worker> = (0..threads)
+            .map(|_| Worker::new(d, k, m, p.conditional))
+            .collect();
+        let mut batch_mark = vec![u64::MAX; d];
+        let mut class_mark = vec![u64::MAX; d * k];
+
+        let probe = training_probe(train);
+        let mut order: Vec<u32> = (0..train.n_rows() as u32)
+            .filter(|&r| !train.row(r as usize).0.is_empty())
+            .collect();
+        let mut shuffle_rng = Xoshiro256PlusPlus::seed_from_u64(p.seed ^ 0x5eed_5eed);
+        let mut step = 0u64;
+        let mut history = Vec::new();
+        let mut best: Option<(f64, usize, Rbm)> = None;
+        let mut epochs_since_best = 0;
+
+        for epoch in 1..=p.epochs {
+            let epoch_started = Instant::now();
+            let cd_steps = self.cd_steps_at(epoch);
+            for i in (1..order.len()).rev() {
+                order.swap(i, shuffle_rng.random_range(0..=i));
+            }
+            for (batch_index, batch) in order.chunks(p.batch_size).enumerate() {
+                step += 1;
+                for &row in batch {
+                    for &col in train.row(row as usize).0 {
+                        batch_mark[col as usize] = step;
+                    }
+                }
+                let chunk = batch.len().div_ceil(threads);
+                let seed = p.seed ^ (epoch as u64) << 40 ^ (batch_index as u64) << 16;
+                {
+                    let rbm = &rbm;
+                    workers
+                        .par_iter_mut()
+                        .zip(batch.par_chunks(chunk))
+                        .enumerate()
+                        .for_each(|(w, (worker, rows))| {
+                            worker.rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ w as u64);
+                            accumulate_gradients(rbm, train, rows, cd_steps, worker);
+                        });
+                }
+                for worker in &workers {
+                    for &row in &worker.touched_classes {
+                        class_mark[row as usize] = step;
+                    }
+                }
+                let scale_by = 1.0 / batch.len() as f32;
+                let touched = |row: usize| batch_mark[row] == step;
+                let class_touched = |row: usize| class_mark[row] == step;
+                let workers_ref = &workers;
+                let sum_rows = |pick: fn(&Worker) -> &[f32], row: usize, out: &mut [f32]| {
+                    let len = out.len();
+                    out.fill(0.0);
+                    for worker in workers_ref {
+                        kernels::add_assign(out, &pick(worker)[row * len..(row + 1) * len]);
+                    }
+                    for g in out.iter_mut() {
+                        *g *= scale_by;
+                    }
+                };
+                match &mut factors {
+                    None => w_state.step(
+                        rbm.weights.as_slice_mut().expect("contiguous"),
+                        &rule,
+                        step,
+                        class_touched,
+                        |row, out| sum_rows(|w| &w.grad_w, row, out),
+                    ),
+                    Some(f) => f.step(&mut rbm, &rule, step, &batch_mark, |row, out| {
+                        sum_rows(|w| &w.grad_w, row, out)
+                    }),
+                }
+                b_state.step(
+                    rbm.visible_bias.as_slice_mut().expect("contiguous"),
+                    &rule,
+                    step,
+                    touched,
+                    |row, out| sum_rows(|w| &w.grad_b, row, out),
+                );
+                c_state.step(
+                    rbm.hidden_bias.as_slice_mut().expect("contiguous"),
+                    &rule,
+                    step,
+                    |_| true,
+                    |row, out| sum_rows(|w| &w.grad_c, row, out),
+                );
+                if let Some(implicit) = &mut rbm.implicit {
+                    d_state.step(
+                        implicit.as_slice_mut().expect("contiguous"),
+                        &rule,
+                        step,
+                        touched,
+                        |row, out| sum_rows(|w| &w.grad_d, row, out),
+                    );
+                }
+                workers.par_iter_mut().for_each(Worker::clear);
+            }
+            match &mut factors {
+                None => w_state.synchronize(
+                    rbm.weights.as_slice_mut().expect("contiguous"),
+                    &rule,
+                    step,
+                ),
+                Some(f) => f.synchronize(&mut rbm, &rule, step),
+            }
+            b_state.synchronize(
+                rbm.visible_bias.as_slice_mut().expect("contiguous"),
+                &rule,
+                step,
+            );
+            if let Some(implicit) = &mut rbm.implicit {
+                d_state.synchronize(implicit.as_slice_mut().expect("contiguous"), &rule, step);
+            }
+            if !rbm.is_finite() {
+                return Err(ModelError::Diverged { epoch });
+            }
+
+            let train_rmse = rmse(&predict(&rbm, train, &probe, scale, false), &probe, scale);
+            let valid_rmse = (!valid.is_empty())
+                .then(|| rmse(&predict(&rbm, train, valid, scale, false), valid, scale));
+            let stats = EpochStats {
+                epoch,
+                epochs: p.epochs,
+                cd_steps,
+                train_rmse,
+                valid_rmse,
+                seconds: epoch_started.elapsed().as_secs_f64(),
+            };
+            let flow = on_epoch(&stats);
+            history.push(stats);
+            if let Some(score) = valid_rmse {
+                if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
+                    best = Some((score, epoch, rbm.clone()));
+                    epochs_since_best = 0;
+                } else {
+                    epochs_since_best += 1;
+                }
+            }
+            if flow.is_break() || (p.patience > 0 && epochs_since_best >= p.patience) {
+                break;
+            }
+        }
+        let (rbm, best_epoch) = match best {
+            Some((_, epoch, rbm)) => (rbm, epoch),
+            None => (rbm, history.len()),
+        };
+        Ok(Fit {
+            rbm,
+            history,
+            best_epoch,
+            train_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// T for an epoch: fixed, or 1 → 3 → 5 → 9 over the quarters of training.
+    fn cd_steps_at(&self, epoch: usize) -> usize {
+        let p = &self.0;
+        if !p.cd_schedule {
+            return p.cd_steps;
+        }
+        const SCHEDULE: [usize; 4] = [1, 3, 5, 9];
+        SCHEDULE[((epoch - 1) * 4 / p.epochs).min(3)]
+    }
+}
+
+/// Up to TRAIN_PROBE_ROWS rows spread evenly over the training cases, all their ratings.
+fn training_probe(train: &SparseRatings) -> Vec<Rating> {
+    let stride = train.n_rows().div_ceil(TRAIN_PROBE_ROWS).max(1);
+    (0..train.n_rows())
+        .step_by(stride)
+        .flat_map(|row| {
+            let (cols, classes) = train.row(row);
+            cols.iter().zip(classes).map(move |(&item, &class)| Rating {
+                user: row as u32,
+                item,
+                class,
+            })
+        })
+        .collect()
+}
+
+/// One thread's share of a mini-batch: its gradient sums (full-size, zero outside the rows it
+/// touched) and scratch buffers.
+struct Worker {
+    k: usize,
+    m: usize,
+    grad_w: Vec<f32>,
+    grad_b: Vec<f32>,
+    grad_c: Vec<f32>,
+    grad_d: Vec<f32>,
+    /// Items this worker rated in the batch, and (item·K + class) rows of W it wrote.
+    touched: Vec<u32>,
+    is_touched: Vec<bool>,
+    touched_classes: Vec<u32>,
+    is_touched_class: Vec<bool>,
+    positive: Vec<f32>,
+    negative: Vec<f32>,
+    hidden_sample: Vec<f32>,
+    sampled_classes: Vec<u8>,
+    rng: Xoshiro256PlusPlus,
+}
+
+impl Worker {
+    fn new(d: usize, k: usize, m: usize, conditional: bool) -> Self {
+        Self {
+            k,
+            m,
+            grad_w: vec![0.0; d * k * m],
+            grad_b: vec![0.0; d * k],
+            grad_c: vec![0.0; m],
+            grad_d: if conditional {
+                vec![0.0; d * m]
+            } else {
+                Vec::new()
+            },
+            touched: Vec::new(),
+            is_touched: vec![false; d],
+            touched_classes: Vec::new(),
+            is_touched_class: vec![false; d * k],
+            positive: vec![0.0; m],
+            negative: vec![0.0; m],
+            hidden_sample: vec![0.0; m],
+            sampled_classes: Vec::new(),
+            rng: Xoshiro256PlusPlus::seed_from_u64(0),
+        }
+    }
+
+    /// Zeroes the rows this worker wrote, ready for the next batch.
+    fn clear(&mut self) {
+        let (k, m) = (self.k, self.m);
+        for &row in &self.touched_classes {
+            let row = row as usize;
+            self.grad_w[row * m..(row + 1) * m].fill(0.0);
+            self.is_touched_class[row] = false;
+        }
+        self.touched_classes.clear();
+        for &i in &self.touched {
+            let i = i as usize;
+            self.grad_b[i * k..(i + 1) * k].fill(0.0);
+            if !self.grad_d.is_empty() {
+                self.grad_d[i * m..(i + 1) * m].fill(0.0);
+            }
+            self.is_touched[i] = false;
+        }
+        self.touched.clear();
+        self.grad_c.fill(0.0);
+    }
+}
+
+fn sample_bernoulli(probabilities: &[f32], rng: &mut Xoshiro256PlusPlus, out: &mut [f32]) {
+    for (h, &p) in out.iter_mut().zip(probabilities) {
+        *h = if rng.random::<f32>() < p { 1.0 } else { 0.0 };
+    }
+}
+
+/// CD-T for each case in `rows`: h⁰ ~ p(h|v), T Gibbs steps resampling v only at the case's rated
+/// items, then ΔW[i][k] += v[i][k]·p(h|v) − v_T[i][k]·p(h|v_T), and likewise for b, c and Dimp.
+#[inline(always)]
+fn accumulate_gradients(
+    rbm: &Rbm,
+    train: &SparseRatings,
+    rows: &[u32],
+    cd_steps: usize,
+    w: &mut Worker,
+) {
+    let (k, m) = (w.k, w.m);
+    let mut logits = [0.0f32; MAX_CLASSES];
+    for &row in rows {
+        let (items, classes) = train.row(row as usize);
+        rbm.hidden_probabilities(items, classes, items, &mut w.positive);
+        sample_bernoulli(&w.positive, &mut w.rng, &mut w.hidden_sample);
+        w.sampled_classes.clear();
+        w.sampled_classes.extend_from_slice(classes);
+        for t in 0..cd_steps {
+            for (slot, &i) in w.sampled_classes.iter_mut().zip(items) {
+                let logits = &mut logits[..k];
+                rbm.visible_probabilities(i as usize, &w.hidden_sample, logits);
+                let u: f32 = w.rng.random();
+                let mut cumulative = 0.0;
+                *slot = (k - 1) as u8;
+                for (class, &p) in logits.iter().enumerate() {
+                    cumulative += p;
+                    if u < cumulative {
+                        *slot = class as u8;
+                        break;
+                    }
+                }
+            }
+            rbm.hidden_probabilities(items, &w.sampled_classes, items, &mut w.negative);
+            if t + 1 < cd_steps {
+                sample_bernoulli(&w.negative, &mut w.rng, &mut w.hidden_sample);
+            }
+        }
+        for ((&i, &class), &sampled) in items.iter().zip(classes).zip(&w.sampled_classes) {
+            let i = i as usize;
+            if !w.is_touched[i] {
+                w.is_touched[i] = true;
+                w.touched.push(i as u32);
+            }
+            let positive_row = i * k + class as usize;
+            let negative_row = i * k + sampled as usize;
+            for row in [positive_row, negative_row] {
+                if !w.is_touched_class[row] {
+                    w.is_touched_class[row] = true;
+                    w.touched_classes.push(row as u32);
+                }
+            }
+            kernels::add_assign(
+                &mut w.grad_w[positive_row * m..(positive_row + 1) * m],
+                &w.positive,
+            );
+            kernels::sub_assign(
+                &mut w.grad_w[negative_row * m..(negative_row + 1) * m],
+                &w.negative,
+            );
+            w.grad_b[i * k + class as usize] += 1.0;
+            w.grad_b[i * k + sampled as usize] -= 1.0;
+        }
+        // From here on `positive` holds p(h|v) − p(h|v_T), the gradient of c and of each Dimp row.
+        kernels::sub_assign(&mut w.positive, &w.negative);
+        kernels::add_assign(&mut w.grad_c, &w.positive);
+        if !w.grad_d.is_empty() {
+            for &i in items {
+                let i = i as usize;
+                kernels::add_assign(&mut w.grad_d[i * m..(i + 1) * m], &w.positive);
+            }
+        }
+    }
+}
+
+/// The factored parameterisation W = A·B (A[D][K][C], B[C][M]); W itself is kept expanded for the
+/// sampling passes and re-expanded after every update.
+struct Factors {
+    c: usize,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    a_state: TensorState,
+    b_state: TensorState,
+    grad_w: Vec<f32>,
+}
+
+impl Factors {
+    fn new(rbm: &Rbm, c: usize, init_std: f32, decay: f32, seed: u64) -> Self {
+        use rand_distr::{Distribution, Normal};
+        let (d, k, m) = rbm.weights.dim();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xfac7);
+        // Products of two N(0, s) factors summed over C have spread s²·√C; aim for init_std overall.
+        let s = (init_std / (c as f32).sqrt()).sqrt();
+        let normal = Normal::new(0.0f32, s).expect("positive spread");
+        let a = (0..d * k * c).map(|_| normal.sample(&mut rng)).collect();
+        let b = (0..c * m).map(|_| normal.sample(&mut rng)).collect();
+        Self {
+            c,
+            a,
+            b,
+            a_state: TensorState::new(d, k * c, decay, OptimizerKind::Momentum),
+            b_state: TensorState::new(1, c * m, decay, OptimizerKind::Momentum),
+            grad_w: vec![0.0; d * k * m],
+        }
+    }
+
+    /// W[i][k] = Σ_c A[i][k][c]·B[c].
+    fn expand(&self, rbm: &mut Rbm) {
+        let (_, _, m) = rbm.weights.dim();
+        let c = self.c;
+        rbm.weights
+            .as_slice_mut()
+            .expect("contiguous")
+            .par_chunks_mut(m)
+            .enumerate()
+            .for_each(|(row, w)| {
+                w.fill(0.0);
+                for (f, &a) in self.a[row * c..(row + 1) * c].iter().enumerate() {
+                    kernels::axpy(w, a, &self.b[f * m..(f + 1) * m]);
+                }
+            });
+    }
+
+    /// One update: ∂/∂A[i][k] = ∂/∂W[i][k]·Bᵀ on rows rated in the batch, ∂/∂B = Σ A[i][k]ᵀ·∂/∂W[i][k].
+    fn step(
+        &mut self,
+        rbm: &mut Rbm,
+        rule: &UpdateRule,
+        step: u64,
+        batch_mark: &[u64],
+        gradient: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        let (_, k, m) = rbm.weights.dim();
+        let c = self.c;
+        let touched = |row: usize| batch_mark[row] == step;
+        self.grad_w
+            .par_chunks_mut(k * m)
+            .enumerate()
+            .filter(|(row, _)| touched(*row))
+            .for_each(|(row, g)| gradient(row, g));
+        let mut grad_b = vec![0.0f32; c * m];
+        for (row, g) in self
+            .grad_w
+            .chunks(k * m)
+            .enumerate()
+            .filter(|(row, _)| touched(*row))
+        {
+            for class in 0..k {
+                let a = &self.a[(row * k + class) * c..(row * k + class + 1) * c];
+                for (f, &af) in a.iter().enumerate() {
+                    kernels::axpy(
+                        &mut grad_b[f * m..(f + 1) * m],
+                        af,
+                        &g[class * m..(class + 1) * m],
+                    );
+                }
+            }
+        }
+        let (grad_w, b) = (&self.grad_w, &self.b);
+        self.a_state
+            .step(&mut self.a, rule, step, touched, |row, out| {
+                for class in 0..k {
+                    let g = &grad_w[(row * k + class) * m..(row * k + class + 1) * m];
+                    for f in 0..c {
+                        out[class * c + f] = kernels::dot(g, &b[f * m..(f + 1) * m]);
+                    }
+                }
+            });
+        self.b_state.step(
+            &mut self.b,
+            rule,
+            step,
+            |_| true,
+            |_, out| out.copy_from_slice(&grad_b),
+        );
+        self.expand(rbm);
+    }
+
+    fn synchronize(&mut self, rbm: &mut Rbm, rule: &UpdateRule, step: u64) {
+        self.a_state.synchronize(&mut self.a, rule, step);
+        self.expand(rbm);
+    }
+}
+
+/// The average CD-T estimate of ∂log p(v)/∂W for one case over `samples` independent chains, as the
+/// training kernel computes it (before averaging over a batch). Lets tests compare CD-T with the
+/// exact gradient of a tiny model.
+pub fn cd_weight_gradient(
+    rbm: &Rbm,
+    items: &[u32],
+    classes: &[u8],
+    cd_steps: usize,
+    samples: usize,
+    seed: u64,
+) -> Vec<f64> {
+    let (d, k, m) = rbm.weights.dim();
+    let case =
+        SparseRatings::from_triples(1, d, items.iter().zip(classes).map(|(&i, &c)| (0u32, i, c)));
+    let mut worker = Worker::new(d, k, m, rbm.is_conditional());
+    worker.rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut total = vec![0.0f64; d * k * m];
+    for _ in 0..samples {
+        accumulate_gradients(rbm, &case, &[0], cd_steps, &mut worker);
+        for (t, g) in total.iter_mut().zip(&worker.grad_w) {
+            *t += f64::from(*g);
+        }
+        worker.clear();
+    }
+    total.iter_mut().for_each(|t| *t /= samples as f64);
+    total
+}

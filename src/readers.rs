@@ -1,0 +1,316 @@
+//! Rating file readers: MovieLens ml-100k `u.data`, ml-1m/10m `ratings.dat`, ml-latest/20m/25m/32m
+//! `ratings.csv`, and generic `user,item,rating[,timestamp]` CSV. They stream records one line at a
+//! time so that the import command can load files of any size in bounded memory.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use crate::model::{Dataset, ModelError, RatingScale};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RatingFormat {
+    /// ml-100k `u.data`: user TAB item TAB rating TAB timestamp.
+    Ml100k,
+    /// ml-1m / ml-10m `ratings.dat`: user::item::rating[::timestamp].
+    MlDat,
+    /// ml-latest / 20m / 25m / 32m `ratings.csv`: header userId,movieId,rating,timestamp.
+    MlCsv,
+    /// Any CSV with a header and columns user,item,rating[,timestamp].
+    Csv,
+}
+
+impl RatingFormat {
+    /// The scale the MovieLens releases use; generic CSV has none and is inferred from its values.
+    pub fn default_scale(self) -> Option<RatingScale> {
+        match self {
+            Self::Ml100k | Self::MlDat => Some(RatingScale::ONE_TO_FIVE),
+            Self::MlCsv => Some(RatingScale::HALF_STARS),
+            Self::Csv => None,
+        }
+    }
+
+    fn has_header(self) -> bool {
+        matches!(self, Self::MlCsv | Self::Csv)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Unrecognised { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Model { path: PathBuf, source: ModelError },
+}
+
+/// One rating as it stands in a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRating {
+    pub user: String,
+    pub item: String,
+    pub value: f32,
+    /// 1-based line number in the file, for error messages.
+    pub line: usize,
+}
+
+/// Finds the ratings file of a MovieLens folder (`u.data`, `ratings.dat`, `ratings.csv`), or returns
+/// `path` itself if it is a file.
+pub fn ratings_file(path: &Path) -> Result<PathBuf, ReadError> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    ["u.data", "ratings.dat", "ratings.csv"]
+        .iter()
+        .map(|name| path.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| ReadError::Unrecognised {
+            path: path.to_path_buf(),
+            message: "folder holds none of u.data, ratings.dat, ratings.csv".to_string(),
+        })
+}
+
+/// Guesses the format from the file name and its first line.
+pub fn detect_format(path: &Path) -> Result<RatingFormat, ReadError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let io = |source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut first = String::new();
+    BufReader::new(File::open(path).map_err(io)?)
+        .read_line(&mut first)
+        .map_err(io)?;
+    let format = if name == "u.data"
+        || name.ends_with(".base")
+        || name.ends_with(".test")
+        || first.contains('\t')
+    {
+        RatingFormat::Ml100k
+    } else if name.ends_with(".dat") || first.contains("::") {
+        RatingFormat::MlDat
+    } else if first
+        .trim_start_matches('\u{feff}')
+        .starts_with("userId,movieId,rating")
+    {
+        RatingFormat::MlCsv
+    } else if first.contains(',') {
+        RatingFormat::Csv
+    } else {
+        return Err(ReadError::Unrecognised {
+            path: path.to_path_buf(),
+            message: "cannot tell the format from the name or first line; pass --format"
+                .to_string(),
+        });
+    };
+    Ok(format)
+}
+
+/// Streams the ratings of one file.
+pub struct RatingReader<R> {
+    path: PathBuf,
+    format: RatingFormat,
+    lines: std::io::Lines<R>,
+    line: usize,
+}
+
+impl RatingReader<BufReader<File>> {
+    pub fn open(path: &Path, format: RatingFormat) -> Result<Self, ReadError> {
+        let file = File::open(path).map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self::new(
+            path,
+            format,
+            BufReader::with_capacity(1 << 16, file),
+        ))
+    }
+}
+
+impl<R: BufRead> RatingReader<R> {
+    pub fn new(path: &Path, format: RatingFormat, reader: R) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            format,
+            lines: reader.lines(),
+            line: 0,
+        }
+    }
+
+    fn malformed(&self, message: impl Into<String>) -> ReadError {
+        ReadError::Malformed {
+            path: self.path.clone(),
+            line: self.line,
+            message: message.into(),
+        }
+    }
+
+    fn parse(&self, text: &str) -> Result<RawRating, ReadError> {
+        let fields: Vec<String> = match self.format {
+            RatingFormat::Ml100k => text.split('\t').map(str::to_string).collect(),
+            RatingFormat::MlDat => text.split("::").map(str::to_string).collect(),
+            RatingFormat::MlCsv | RatingFormat::Csv => {
+                split_csv_line(text).map_err(|m| self.malformed(m))?
+            }
+        };
+        let (expected, optional_timestamp) = match self.format {
+            RatingFormat::Ml100k => (4, false),
+            _ => (3, true),
+        };
+        if fields.len() != expected && !(optional_timestamp && fields.len() == expected + 1) {
+            let want = if optional_timestamp {
+                format!("{expected} or {}", expected + 1)
+            } else {
+                expected.to_string()
+            };
+            return Err(self.malformed(format!("expected {want} fields, found {}", fields.len())));
+        }
+        let user = fields[0].trim();
+        let item = fields[1].trim();
+        if user.is_empty() || item.is_empty() {
+            return Err(self.malformed("empty user or item id"));
+        }
+        let rating = fields[2].trim();
+        let value: f32 = rating
+            .parse()
+            .map_err(|_| self.malformed(format!("rating {rating:?} is not a number")))?;
+        if !value.is_finite() {
+            return Err(self.malformed(format!("rating {rating:?} is not a finite number")));
+        }
+        if let Some(timestamp) = fields.get(3)
+            && timestamp.trim().parse::<i64>().is_err()
+        {
+            return Err(self.malformed(format!(
+                "timestamp {:?} is not an integer",
+                timestamp.trim()
+            )));
+        }
+        Ok(RawRating {
+            user: user.to_string(),
+            item: item.to_string(),
+            value,
+            line: self.line,
+        })
+    }
+
+    fn check_header(&self, text: &str) -> Result<(), ReadError> {
+        let fields = split_csv_line(text).map_err(|m| self.malformed(m))?;
+        if fields.len() < 3
+            || fields
+                .get(2)
+                .is_some_and(|f| f.trim().parse::<f32>().is_ok())
+        {
+            return Err(self.malformed(
+                "expected a header line naming the columns user,item,rating[,timestamp]",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<R: BufRead> Iterator for RatingReader<R> {
+    type Item = Result<RawRating, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let text = match self.lines.next()? {
+                Ok(text) => text,
+                Err(source) => {
+                    return Some(Err(ReadError::Io {
+                        path: self.path.clone(),
+                        source,
+                    }));
+                }
+            };
+            self.line += 1;
+            let text = text.trim_end_matches('\r');
+            if self.line == 1 && self.format.has_header() {
+                if let Err(e) = self.check_header(text.trim_start_matches('\u{feff}')) {
+                    return Some(Err(e));
+                }
+                continue;
+            }
+            if text.trim().is_empty() {
+                continue;
+            }
+            return Some(self.parse(text));
+        }
+    }
+}
+
+/// Splits one CSV line, honouring double quotes ("" inside quotes is a quote).
+pub fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    while let Some(ch) = chars.next() {
+        match (ch, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', true) => quoted = false,
+            ('"', false) if field.is_empty() => quoted = true,
+            (',', false) => fields.push(std::mem::take(&mut field)),
+            (ch, _) => field.push(ch),
+        }
+    }
+    if quoted {
+        return Err("unterminated quoted field".to_string());
+    }
+    fields.push(field);
+    Ok(fields)
+}
+
+/// Reads a whole ratings file (or MovieLens folder) into a data set. The scale is `scale` if given,
+/// else the format's own, else inferred from the values.
+pub fn read_dataset(
+    path: &Path,
+    format: Option<RatingFormat>,
+    scale: Option<RatingScale>,
+) -> Result<Dataset, ReadError> {
+    let file = ratings_file(path)?;
+    let format = match format {
+        Some(format) => format,
+        None => detect_format(&file)?,
+    };
+    let rows: Vec<RawRating> = RatingReader::open(&file, format)?.collect::<Result<_, _>>()?;
+    let scale = match scale.or(format.default_scale()) {
+        Some(scale) => scale,
+        None => {
+            RatingScale::infer(rows.iter().map(|r| r.value)).map_err(|source| ReadError::Model {
+                path: file.clone(),
+                source,
+            })?
+        }
+    };
+    if let Some(bad) = rows.iter().find(|r| scale.class_of(r.value).is_err()) {
+        return Err(ReadError::Malformed {
+            path: file,
+            line: bad.line,
+            message: format!("rating {} is not on the scale {scale}", bad.value),
+        });
+    }
+    Dataset::from_rows(
+        scale,
+        rows.iter()
+            .map(|r| (r.user.as_str(), r.item.as_str(), r.value)),
+    )
+    .map_err(|source| ReadError::Model { path: file, source })
+}

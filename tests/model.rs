@@ -351,14 +351,20 @@ fn models_are_send_and_sync() {
 
 #[test]
 fn new_users_fold_in_without_retraining() {
-    let data = planted(150, 30, 4);
-    let trained = Recommender::train(&data, &small_config(), |_, _| ControlFlow::Continue(()))
+    let data = planted(300, 30, 4);
+    let mut config = TrainConfig {
+        valid_frac: 0.0,
+        item: None,
+        ..small_config()
+    };
+    config.user.epochs = 60;
+    let trained = Recommender::train(&data, &config, |_, _| ControlFlow::Continue(()))
         .unwrap()
         .recommender;
     // A user the model never saw who loves group 0 should get group-0 items on top.
     let liked: Vec<u32> = (0..30)
         .filter(|i| i % 3 == 0)
-        .take(4)
+        .take(6)
         .map(|i| trained.items.get(&format!("i{i}")).unwrap())
         .collect();
     let mut rated: Vec<(u32, u8)> = liked.iter().map(|&i| (i, 4)).collect();

@@ -99,7 +99,7 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+    1.0 / (1.0 + fast_exp(-x))
 }
 
 /// log(1 + eˣ) without overflow.
@@ -118,7 +118,7 @@ pub fn softmax_in_place(logits: &mut [f32]) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for z in logits.iter_mut() {
-        *z = (*z - max).exp();
+        *z = fast_exp(*z - max);
         sum += *z;
     }
     for z in logits.iter_mut() {
@@ -131,7 +131,7 @@ pub fn softmax_in_place(logits: &mut [f32]) {
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0

@@ -1,6 +1,7 @@
 //! The model core: ratings data structures, the RBM, its training and evaluation. No I/O, no async,
 //! no HTTP types; the readers, the CLI and the service sit around it.
 
+mod batch;
 mod evaluate;
 mod kernels;
 mod optimizer;

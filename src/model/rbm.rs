@@ -299,3 +299,31 @@ impl CatalogWeights {
             });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_scoring_matches_item_by_item_expectations() {
+        let params = RbmParams {
+            hidden: 37,
+            init_std: 0.5,
+            ..RbmParams::default()
+        };
+        let (d, k) = (1300, 5);
+        let counts: Vec<u32> = (0..d * k).map(|n| (n % 7) as u32).collect();
+        let rbm = Rbm::initial(&counts, d, k, &params);
+        let hidden: Vec<f32> = (0..37).map(|j| (j as f32 * 0.37).sin().abs()).collect();
+        let mut logits = Vec::new();
+        let mut all = vec![0.0f32; d];
+        CatalogWeights::new(&rbm).expected_classes(&hidden, &mut logits, &mut all);
+        for (item, &score) in all.iter().enumerate() {
+            let single = rbm.expected_class(item, &hidden);
+            assert!(
+                (score - single).abs() < 1e-4,
+                "item {item}: {score} vs {single}"
+            );
+        }
+    }
+}

@@ -8,10 +8,11 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::batch::MiniBatch;
 use super::evaluate::{predict, rmse};
 use super::kernels;
 use super::optimizer::{OptimizerKind, TensorState, UpdateRule};
-use super::rbm::{MAX_CLASSES, Rbm};
+use super::rbm::Rbm;
 use super::{ModelError, Rating, RatingScale, SparseRatings};
 
 /// Hyperparameters of one RBM. Defaults follow the calibration in DESIGN.md.
@@ -52,7 +53,7 @@ impl Default for RbmParams {
     fn default() -> Self {
         Self {
             hidden: 100,
-            epochs: 40,
+            epochs: 120,
             batch_size: 100,
             learning_rate: 0.01,
             momentum: 0.9,
@@ -168,6 +169,7 @@ pub struct EpochStats {
     /// RMSE of mean-field reconstructions of a fixed sample of training ratings.
     pub train_rmse: f64,
     pub valid_rmse: Option<f64>,
+    /// Time of the training pass, without the RMSE reporting.
     pub seconds: f64,
 }
 
@@ -213,7 +215,7 @@ impl ValidRbmParams {
             .num_threads(threads)
             .build()
             .map_err(|e| ModelError::ThreadPool(e.to_string()))?;
-        pool.install(|| self.fit_in_pool(train, scale, valid, threads, &mut on_epoch, started))
+        pool.install(|| self.fit_in_pool(train, scale, valid, &mut on_epoch, started))
     }
 
     fn fit_in_pool(
@@ -221,7 +223,6 @@ impl ValidRbmParams {
         train: &SparseRatings,
         scale: RatingScale,
         valid: &[Rating],
-        threads: usize,
         on_epoch: &mut (dyn FnMut(&EpochStats) -> ControlFlow<()> + Send),
         started: Instant,
     ) -> Result<Fit, ModelError> {
@@ -244,10 +245,8 @@ impl ValidRbmParams {
         let mut b_state = TensorState::new(d, k, 0.0, p.optimizer);
         let mut c_state = TensorState::new(1, m, 0.0, p.optimizer);
         let mut d_state = TensorState::new(d, m, p.weight_decay, p.optimizer);
-        let mut workers: Vec<Worker> = (0..threads)
-            .map(|_| Worker::new(d, k, m, p.conditional))
-            .collect();
-        let mut batch_mark = vec![u64::MAX; d];
+        let mut batch = MiniBatch::new(d, k, m);
+        let mut item_mark = vec![u64::MAX; d];
         let mut class_mark = vec![u64::MAX; d * k];
 
         let probe = training_probe(train);
@@ -266,81 +265,52 @@ impl ValidRbmParams {
             for i in (1..order.len()).rev() {
                 order.swap(i, shuffle_rng.random_range(0..=i));
             }
-            for (batch_index, batch) in order.chunks(p.batch_size).enumerate() {
+            for rows in order.chunks(p.batch_size) {
                 step += 1;
-                for &row in batch {
-                    for &col in train.row(row as usize).0 {
-                        batch_mark[col as usize] = step;
-                    }
+                batch.run(&rbm, train, rows, cd_steps, p.seed, step);
+                for &i in batch.items() {
+                    item_mark[i as usize] = step;
                 }
-                let chunk = batch.len().div_ceil(threads);
-                let seed = p.seed ^ (epoch as u64) << 40 ^ (batch_index as u64) << 16;
-                {
-                    let rbm = &rbm;
-                    workers
-                        .par_iter_mut()
-                        .zip(batch.par_chunks(chunk))
-                        .enumerate()
-                        .for_each(|(w, (worker, rows))| {
-                            worker.rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ w as u64);
-                            accumulate_gradients(rbm, train, rows, cd_steps, worker);
-                        });
-                }
-                for worker in &workers {
-                    for &row in &worker.touched_classes {
-                        class_mark[row as usize] = step;
-                    }
-                }
+                batch.for_each_weight_row(|row| class_mark[row] = step);
                 let scale_by = 1.0 / batch.len() as f32;
-                let touched = |row: usize| batch_mark[row] == step;
+                let item_touched = |row: usize| item_mark[row] == step;
                 let class_touched = |row: usize| class_mark[row] == step;
-                let workers_ref = &workers;
-                let sum_rows = |pick: fn(&Worker) -> &[f32], row: usize, out: &mut [f32]| {
-                    let len = out.len();
-                    out.fill(0.0);
-                    for worker in workers_ref {
-                        kernels::add_assign(out, &pick(worker)[row * len..(row + 1) * len]);
-                    }
-                    for g in out.iter_mut() {
-                        *g *= scale_by;
-                    }
-                };
+                let batch = &batch;
                 match &mut factors {
                     None => w_state.step(
                         rbm.weights.as_slice_mut().expect("contiguous"),
                         &rule,
                         step,
                         class_touched,
-                        |row, out| sum_rows(|w| &w.grad_w, row, out),
+                        |row, out| batch.weight_gradient(row, scale_by, out),
                     ),
-                    Some(f) => f.step(&mut rbm, &rule, step, &batch_mark, |row, out| {
-                        sum_rows(|w| &w.grad_w, row, out)
+                    Some(f) => f.step(&mut rbm, &rule, step, item_touched, |item, out| {
+                        batch.item_weight_gradient(item, scale_by, out)
                     }),
                 }
                 b_state.step(
                     rbm.visible_bias.as_slice_mut().expect("contiguous"),
                     &rule,
                     step,
-                    touched,
-                    |row, out| sum_rows(|w| &w.grad_b, row, out),
+                    item_touched,
+                    |row, out| batch.visible_bias_gradient(row, scale_by, out),
                 );
                 c_state.step(
                     rbm.hidden_bias.as_slice_mut().expect("contiguous"),
                     &rule,
                     step,
                     |_| true,
-                    |row, out| sum_rows(|w| &w.grad_c, row, out),
+                    |_, out| batch.hidden_bias_gradient(scale_by, out),
                 );
                 if let Some(implicit) = &mut rbm.implicit {
                     d_state.step(
                         implicit.as_slice_mut().expect("contiguous"),
                         &rule,
                         step,
-                        touched,
-                        |row, out| sum_rows(|w| &w.grad_d, row, out),
+                        item_touched,
+                        |row, out| batch.implicit_gradient(row, scale_by, out),
                     );
                 }
-                workers.par_iter_mut().for_each(Worker::clear);
             }
             match &mut factors {
                 None => w_state.synchronize(
@@ -361,6 +331,7 @@ impl ValidRbmParams {
             if !rbm.is_finite() {
                 return Err(ModelError::Diverged { epoch });
             }
+            let seconds = epoch_started.elapsed().as_secs_f64();
 
             let train_rmse = rmse(&predict(&rbm, train, &probe, scale, false), &probe, scale);
             let valid_rmse = (!valid.is_empty())
@@ -371,7 +342,7 @@ impl ValidRbmParams {
                 cd_steps,
                 train_rmse,
                 valid_rmse,
-                seconds: epoch_started.elapsed().as_secs_f64(),
+                seconds,
             };
             let flow = on_epoch(&stats);
             history.push(stats);
@@ -424,155 +395,6 @@ fn training_probe(train: &SparseRatings) -> Vec<Rating> {
             })
         })
         .collect()
-}
-
-/// One thread's share of a mini-batch: its gradient sums (full-size, zero outside the rows it
-/// touched) and scratch buffers.
-struct Worker {
-    k: usize,
-    m: usize,
-    grad_w: Vec<f32>,
-    grad_b: Vec<f32>,
-    grad_c: Vec<f32>,
-    grad_d: Vec<f32>,
-    /// Items this worker rated in the batch, and (item·K + class) rows of W it wrote.
-    touched: Vec<u32>,
-    is_touched: Vec<bool>,
-    touched_classes: Vec<u32>,
-    is_touched_class: Vec<bool>,
-    positive: Vec<f32>,
-    negative: Vec<f32>,
-    hidden_sample: Vec<f32>,
-    sampled_classes: Vec<u8>,
-    rng: Xoshiro256PlusPlus,
-}
-
-impl Worker {
-    fn new(d: usize, k: usize, m: usize, conditional: bool) -> Self {
-        Self {
-            k,
-            m,
-            grad_w: vec![0.0; d * k * m],
-            grad_b: vec![0.0; d * k],
-            grad_c: vec![0.0; m],
-            grad_d: if conditional {
-                vec![0.0; d * m]
-            } else {
-                Vec::new()
-            },
-            touched: Vec::new(),
-            is_touched: vec![false; d],
-            touched_classes: Vec::new(),
-            is_touched_class: vec![false; d * k],
-            positive: vec![0.0; m],
-            negative: vec![0.0; m],
-            hidden_sample: vec![0.0; m],
-            sampled_classes: Vec::new(),
-            rng: Xoshiro256PlusPlus::seed_from_u64(0),
-        }
-    }
-
-    /// Zeroes the rows this worker wrote, ready for the next batch.
-    fn clear(&mut self) {
-        let (k, m) = (self.k, self.m);
-        for &row in &self.touched_classes {
-            let row = row as usize;
-            self.grad_w[row * m..(row + 1) * m].fill(0.0);
-            self.is_touched_class[row] = false;
-        }
-        self.touched_classes.clear();
-        for &i in &self.touched {
-            let i = i as usize;
-            self.grad_b[i * k..(i + 1) * k].fill(0.0);
-            if !self.grad_d.is_empty() {
-                self.grad_d[i * m..(i + 1) * m].fill(0.0);
-            }
-            self.is_touched[i] = false;
-        }
-        self.touched.clear();
-        self.grad_c.fill(0.0);
-    }
-}
-
-fn sample_bernoulli(probabilities: &[f32], rng: &mut Xoshiro256PlusPlus, out: &mut [f32]) {
-    for (h, &p) in out.iter_mut().zip(probabilities) {
-        *h = if rng.random::<f32>() < p { 1.0 } else { 0.0 };
-    }
-}
-
-/// CD-T for each case in `rows`: h⁰ ~ p(h|v), T Gibbs steps resampling v only at the case's rated
-/// items, then ΔW[i][k] += v[i][k]·p(h|v) − v_T[i][k]·p(h|v_T), and likewise for b, c and Dimp.
-#[inline(always)]
-fn accumulate_gradients(
-    rbm: &Rbm,
-    train: &SparseRatings,
-    rows: &[u32],
-    cd_steps: usize,
-    w: &mut Worker,
-) {
-    let (k, m) = (w.k, w.m);
-    let mut logits = [0.0f32; MAX_CLASSES];
-    for &row in rows {
-        let (items, classes) = train.row(row as usize);
-        rbm.hidden_probabilities(items, classes, items, &mut w.positive);
-        sample_bernoulli(&w.positive, &mut w.rng, &mut w.hidden_sample);
-        w.sampled_classes.clear();
-        w.sampled_classes.extend_from_slice(classes);
-        for t in 0..cd_steps {
-            for (slot, &i) in w.sampled_classes.iter_mut().zip(items) {
-                let logits = &mut logits[..k];
-                rbm.visible_probabilities(i as usize, &w.hidden_sample, logits);
-                let u: f32 = w.rng.random();
-                let mut cumulative = 0.0;
-                *slot = (k - 1) as u8;
-                for (class, &p) in logits.iter().enumerate() {
-                    cumulative += p;
-                    if u < cumulative {
-                        *slot = class as u8;
-                        break;
-                    }
-                }
-            }
-            rbm.hidden_probabilities(items, &w.sampled_classes, items, &mut w.negative);
-            if t + 1 < cd_steps {
-                sample_bernoulli(&w.negative, &mut w.rng, &mut w.hidden_sample);
-            }
-        }
-        for ((&i, &class), &sampled) in items.iter().zip(classes).zip(&w.sampled_classes) {
-            let i = i as usize;
-            if !w.is_touched[i] {
-                w.is_touched[i] = true;
-                w.touched.push(i as u32);
-            }
-            let positive_row = i * k + class as usize;
-            let negative_row = i * k + sampled as usize;
-            for row in [positive_row, negative_row] {
-                if !w.is_touched_class[row] {
-                    w.is_touched_class[row] = true;
-                    w.touched_classes.push(row as u32);
-                }
-            }
-            kernels::add_assign(
-                &mut w.grad_w[positive_row * m..(positive_row + 1) * m],
-                &w.positive,
-            );
-            kernels::sub_assign(
-                &mut w.grad_w[negative_row * m..(negative_row + 1) * m],
-                &w.negative,
-            );
-            w.grad_b[i * k + class as usize] += 1.0;
-            w.grad_b[i * k + sampled as usize] -= 1.0;
-        }
-        // From here on `positive` holds p(h|v) − p(h|v_T), the gradient of c and of each Dimp row.
-        kernels::sub_assign(&mut w.positive, &w.negative);
-        kernels::add_assign(&mut w.grad_c, &w.positive);
-        if !w.grad_d.is_empty() {
-            for &i in items {
-                let i = i as usize;
-                kernels::add_assign(&mut w.grad_d[i * m..(i + 1) * m], &w.positive);
-            }
-        }
-    }
 }
 
 /// The factored parameterisation W = A·B (A[D][K][C], B[C][M]); W itself is kept expanded for the
@@ -629,12 +451,11 @@ impl Factors {
         rbm: &mut Rbm,
         rule: &UpdateRule,
         step: u64,
-        batch_mark: &[u64],
+        touched: impl Fn(usize) -> bool + Sync,
         gradient: impl Fn(usize, &mut [f32]) + Sync,
     ) {
         let (_, k, m) = rbm.weights.dim();
         let c = self.c;
-        let touched = |row: usize| batch_mark[row] == step;
         self.grad_w
             .par_chunks_mut(k * m)
             .enumerate()
@@ -685,8 +506,8 @@ impl Factors {
 }
 
 /// The average CD-T estimate of ∂log p(v)/∂W for one case over `samples` independent chains, as the
-/// training kernel computes it (before averaging over a batch). Lets tests compare CD-T with the
-/// exact gradient of a tiny model.
+/// training kernel computes it (a batch of `samples` copies of the case). Lets tests compare CD-T
+/// with the exact gradient of a tiny model.
 pub fn cd_weight_gradient(
     rbm: &Rbm,
     items: &[u32],
@@ -696,18 +517,17 @@ pub fn cd_weight_gradient(
     seed: u64,
 ) -> Vec<f64> {
     let (d, k, m) = rbm.weights.dim();
-    let case =
-        SparseRatings::from_triples(1, d, items.iter().zip(classes).map(|(&i, &c)| (0u32, i, c)));
-    let mut worker = Worker::new(d, k, m, rbm.is_conditional());
-    worker.rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let mut total = vec![0.0f64; d * k * m];
-    for _ in 0..samples {
-        accumulate_gradients(rbm, &case, &[0], cd_steps, &mut worker);
-        for (t, g) in total.iter_mut().zip(&worker.grad_w) {
-            *t += f64::from(*g);
+    let copies = (0..samples as u32)
+        .flat_map(|row| items.iter().zip(classes).map(move |(&i, &c)| (row, i, c)));
+    let cases = SparseRatings::from_triples(samples, d, copies);
+    let rows: Vec<u32> = (0..samples as u32).collect();
+    let mut batch = MiniBatch::new(d, k, m);
+    batch.run(rbm, &cases, &rows, cd_steps, seed, 1);
+    let mut gradient = vec![0.0f32; d * k * m];
+    for (row, out) in gradient.chunks_mut(m).enumerate() {
+        if items.contains(&((row / k) as u32)) {
+            batch.weight_gradient(row, 1.0 / samples as f32, out);
         }
-        worker.clear();
     }
-    total.iter_mut().for_each(|t| *t /= samples as f64);
-    total
+    gradient.into_iter().map(f64::from).collect()
 }

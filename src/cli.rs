@@ -38,6 +38,10 @@ pub enum Command {
     Recommend(RecommendArgs),
     /// Measure training throughput and full-catalogue scoring latency, as one JSON line.
     Bench(BenchArgs),
+    /// Run the HTTP service (embedded SQLite under ./data unless DATABASE_URL is set).
+    Serve(crate::config::Settings),
+    /// Apply database migrations and exit.
+    Migrate(crate::config::Settings),
 }
 
 #[derive(Debug, Args)]
@@ -67,16 +71,22 @@ impl DataArgs {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ModelKind {
     /// The user-based RBM alone.
     User,
     /// User-based and item-based RBMs, blended with a weight fitted on the validation slice.
+    #[default]
     Blend,
 }
 
-/// Hyperparameters; each one left out takes the default recommended for the data's size.
-#[derive(Debug, Args, Clone)]
+/// Hyperparameters; each one left out takes the default recommended for the data's size. The same
+/// struct is the JSON body of a retrain request, where unknown fields are rejected.
+#[derive(Debug, Args, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HyperArgs {
     /// Hidden units M.
     #[arg(long)]
@@ -133,9 +143,39 @@ impl ValueEnum for OptimizerKind {
 }
 
 impl HyperArgs {
+    /// These settings with every field that `over` sets replaced by its value.
+    pub fn overlay(&self, over: &HyperArgs) -> HyperArgs {
+        HyperArgs {
+            hidden: over.hidden.or(self.hidden),
+            epochs: over.epochs.or(self.epochs),
+            batch_size: over.batch_size.or(self.batch_size),
+            learning_rate: over.learning_rate.or(self.learning_rate),
+            momentum: over.momentum.or(self.momentum),
+            weight_decay: over.weight_decay.or(self.weight_decay),
+            cd_steps: over.cd_steps.or(self.cd_steps),
+            cd_schedule: over.cd_schedule || self.cd_schedule,
+            conditional: over.conditional || self.conditional,
+            factors: over.factors.or(self.factors),
+            threads: over.threads.or(self.threads),
+            optimizer: over.optimizer.or(self.optimizer),
+            valid_frac: over.valid_frac.or(self.valid_frac),
+            patience: over.patience.or(self.patience),
+            model: if over.model != ModelKind::default() {
+                over.model
+            } else {
+                self.model
+            },
+        }
+    }
+
     /// The recommended configuration for `data` with every given flag applied over it.
     pub fn config(&self, data: &Dataset, seed: u64) -> TrainConfig {
-        let mut config = TrainConfig::recommended(data.ratings.len(), data.users.len());
+        self.config_for(data.ratings.len(), data.users.len(), seed)
+    }
+
+    /// The recommended configuration for data of this size with every given flag applied over it.
+    pub fn config_for(&self, n_ratings: usize, n_users: usize, seed: u64) -> TrainConfig {
+        let mut config = TrainConfig::recommended(n_ratings, n_users);
         let overlay = |p: &mut crate::model::RbmParams| {
             p.seed = seed;
             if let Some(x) = self.hidden {
@@ -255,7 +295,74 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train(args),
         Command::Recommend(args) => recommend(args),
         Command::Bench(args) => bench(args),
+        Command::Serve(settings) => runtime()?.block_on(serve(settings)),
+        Command::Migrate(settings) => runtime()?.block_on(migrate(settings)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_logging(format: crate::config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Json => builder.json().try_init(),
+        crate::config::LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+async fn open_store(settings: &crate::config::Settings) -> anyhow::Result<crate::store::Store> {
+    let url = settings.database_url();
+    let store = crate::store::Store::connect(&url, settings.max_connections)
+        .await
+        .with_context(|| format!("failed to open the database ({:?})", store_label(&url)))?;
+    store
+        .migrate()
+        .await
+        .context("failed to migrate the database")?;
+    Ok(store)
+}
+
+/// The URL without credentials, for messages.
+fn store_label(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+async fn serve(settings: crate::config::Settings) -> anyhow::Result<()> {
+    init_logging(settings.log_format);
+    let store = open_store(&settings).await?;
+    tracing::info!(database = %store_label(&settings.database_url()), "database ready");
+    let retrain_every = settings.retrain_every;
+    let service = crate::service::Service::start(store, settings).await?;
+    if let Some(every) = retrain_every {
+        service.spawn_periodic_retraining(every);
+    }
+    let app = crate::http::Application::bind(service.clone())
+        .await
+        .context("failed to bind the listen address")?;
+    tracing::info!(address = %app.local_addr()?, "listening");
+    app.run_until_stopped().await?;
+    service.store.close().await;
+    Ok(())
+}
+
+async fn migrate(settings: crate::config::Settings) -> anyhow::Result<()> {
+    init_logging(settings.log_format);
+    let store = open_store(&settings).await?;
+    eprintln!("migrated {}", store_label(&settings.database_url()));
+    store.close().await;
+    Ok(())
 }
 
 /// Progress bars on stderr, one per RBM, showing epoch and training/validation RMSE.

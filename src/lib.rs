@@ -1,6 +1,11 @@
 //! rbm-recommender: a recommendation service built on the categorical RBM for collaborative filtering.
 
 pub mod cli;
+pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod model_file;
 pub mod readers;
+pub mod service;
+pub mod store;

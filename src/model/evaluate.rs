@@ -70,11 +70,21 @@ pub struct RankingMetrics {
 
 /// The `n` best-scored columns, best first, ties broken by the lower index; `skip` columns are left out.
 pub fn top_n(scores: &[f32], n: usize, skip: impl Fn(u32) -> bool) -> Vec<u32> {
+    top_n_by(scores, n, skip, |a, b| a.cmp(&b))
+}
+
+/// The `n` best-scored columns, best first, ties ordered by `tie`; `skip` columns are left out.
+pub fn top_n_by(
+    scores: &[f32],
+    n: usize,
+    skip: impl Fn(u32) -> bool,
+    tie: impl Fn(u32, u32) -> std::cmp::Ordering,
+) -> Vec<u32> {
     let mut candidates: Vec<u32> = (0..scores.len() as u32).filter(|&i| !skip(i)).collect();
     let better = |a: &u32, b: &u32| {
         scores[*b as usize]
             .total_cmp(&scores[*a as usize])
-            .then(a.cmp(b))
+            .then_with(|| tie(*a, *b))
     };
     if candidates.len() > n {
         candidates.select_nth_unstable_by(n, better);

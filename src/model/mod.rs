@@ -11,7 +11,7 @@ mod recommender;
 mod scale;
 mod train;
 
-pub use evaluate::{RankingMetrics, mae, predict, ranking_metrics, rmse, top_n};
+pub use evaluate::{RankingMetrics, mae, predict, ranking_metrics, rmse, top_n, top_n_by};
 pub use optimizer::OptimizerKind;
 pub use ratings::{Dataset, IdMap, Rating, SparseRatings, Split};
 pub use rbm::Rbm;

@@ -1,0 +1,141 @@
+//! Service configuration: one struct filled from flags and environment variables (the only place
+//! the environment is read), with defaults that run on a fresh machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::cli::HyperArgs;
+use crate::model::RatingScale;
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// postgres://… for PostgreSQL; without it an embedded SQLite file under --data-dir is used.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Folder of the embedded SQLite database.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    #[arg(long = "bind", env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Bearer token for /admin routes; without it they answer 403.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+    /// Rating scale as min:max:step.
+    #[arg(long, env = "RATING_SCALE", default_value = "0.5:5:0.5", value_parser = parse_scale)]
+    pub scale: RatingScale,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+    /// Retrain periodically, e.g. 6h, 30m, 90s.
+    #[arg(long, env = "RETRAIN_EVERY", value_parser = parse_duration)]
+    pub retrain_every: Option<Duration>,
+    /// Requests taking longer than this are answered 408.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub max_connections: u32,
+    /// Training defaults for retraining; a retrain request's body overrides them.
+    #[command(flatten)]
+    pub training: HyperArgs,
+}
+
+impl Settings {
+    /// The database URL: DATABASE_URL, or the embedded SQLite file.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.data_dir.join("rbm-recommender.db").display()
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A secret whose value never appears in logs or Debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            Err("the admin token must not be empty".to_string())
+        } else {
+            Ok(Self(s.to_string()))
+        }
+    }
+}
+
+pub fn parse_scale(text: &str) -> Result<RatingScale, String> {
+    RatingScale::parse(text).map_err(|e| e.to_string())
+}
+
+/// Parses `90s`, `30m`, `6h` or `2d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 90s, 30m, 6h"))?;
+    let seconds = match unit {
+        "s" | "" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        "d" => number * 86_400,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?}: use s, m, h or d"
+            ));
+        }
+    };
+    if seconds == 0 {
+        return Err(format!("duration {text:?} must be positive"));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("6h").unwrap(), Duration::from_secs(21_600));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert!(
+            parse_duration("0s").is_err()
+                && parse_duration("5w").is_err()
+                && parse_duration("h").is_err()
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let secret: Secret = "hunter2".parse().unwrap();
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}

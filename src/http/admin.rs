@@ -1,0 +1,141 @@
+//! Admin routes behind `Authorization: Bearer <ADMIN_TOKEN>`: retraining, training runs, models.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::{ApiError, AppJson};
+use crate::cli::HyperArgs;
+use crate::service::Service;
+
+type AppState = State<Arc<Service>>;
+
+pub fn router(service: Arc<Service>) -> Router<Arc<Service>> {
+    Router::new()
+        .route("/retrain", post(retrain))
+        .route("/training-runs", get(runs))
+        .route("/training-runs/{id}", get(run))
+        .route("/training-runs/{id}/cancel", post(cancel))
+        .route("/models", get(models))
+        .route("/models/{version}/activate", post(activate))
+        .route_layer(middleware::from_fn_with_state(service, require_admin))
+}
+
+/// 403 when no token is configured, 401 without the right one; compared in constant time.
+async fn require_admin(
+    State(service): AppState,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(expected) = &service.settings.admin_token else {
+        return Err(ApiError::AdminDisabled);
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// An optional JSON body of hyperparameter overrides, checked before the run starts.
+async fn retrain(
+    State(service): AppState,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let overrides: HyperArgs = if body.iter().all(u8::is_ascii_whitespace) {
+        HyperArgs::default()
+    } else {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected Content-Type: application/json".to_string(),
+            ));
+        }
+        serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => ApiError::Invalid(format!("body: {e}")),
+            _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
+        })?
+    };
+    let config = service
+        .settings
+        .training
+        .overlay(&overrides)
+        .config_for(1_000_000, 1_000, 42);
+    config
+        .user
+        .clone()
+        .check()
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+    if !(0.0..1.0).contains(&config.valid_frac) {
+        return Err(ApiError::Invalid(format!(
+            "valid_frac: must be in [0, 1), got {}",
+            config.valid_frac
+        )));
+    }
+    let run_id = service.start_retrain(overrides).await?;
+    Ok((StatusCode::ACCEPTED, AppJson(json!({"run_id": run_id}))))
+}
+
+async fn runs(State(service): AppState) -> Result<impl IntoResponse, ApiError> {
+    let runs = service
+        .store
+        .runs(100)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(AppJson(json!({"runs": runs})))
+}
+
+async fn run(State(service): AppState, Path(id): Path<i64>) -> Result<impl IntoResponse, ApiError> {
+    match service
+        .store
+        .run(id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    {
+        Some(run) => Ok(AppJson(run)),
+        None => Err(ApiError::NotFound(format!("no training run {id}"))),
+    }
+}
+
+async fn cancel(
+    State(service): AppState,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    let run = service.cancel_run(id).await?;
+    Ok((StatusCode::ACCEPTED, AppJson(run)))
+}
+
+async fn models(State(service): AppState) -> Result<impl IntoResponse, ApiError> {
+    let models = service
+        .store
+        .models()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(AppJson(json!({"models": models})))
+}
+
+async fn activate(
+    State(service): AppState,
+    Path(version): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    service.activate(version).await?;
+    Ok(AppJson(json!({"version": version, "active": true})))
+}

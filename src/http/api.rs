@@ -1,0 +1,321 @@
+//! Public routes: ratings, items, recommendations, similar items, health and metrics.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppJson};
+use crate::model::RatingScale;
+use crate::service::Service;
+use crate::store::{Item, NewRating};
+
+/// Most ratings accepted in one request.
+const MAX_BATCH: usize = 10_000;
+const MAX_ID_CHARS: usize = 128;
+const MAX_LIMIT: usize = 1000;
+const MAX_OFFSET: usize = 100_000;
+
+type AppState = State<Arc<Service>>;
+
+pub fn router() -> Router<Arc<Service>> {
+    Router::new()
+        .route("/ratings", post(post_ratings))
+        .route("/users/{id}/ratings", get(user_ratings))
+        .route("/users/{id}/ratings/{item_id}", delete(delete_rating))
+        .route("/users/{id}/recommendations", get(recommendations))
+        .route("/items/{id}", get(get_item).put(put_item))
+        .route("/items/{id}/similar", get(similar_items))
+        .route(
+            "/healthz",
+            get(|| async { AppJson(json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+}
+
+/// Checks an opaque id: 1 to 128 characters, no control characters.
+pub fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_ID_CHARS {
+        return Err(ApiError::Invalid(format!(
+            "{field}: must be 1 to {MAX_ID_CHARS} characters, got {chars}"
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(ApiError::Invalid(format!(
+            "{field}: {id:?} contains a control character"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_rating(value: &Value, path: &str, scale: RatingScale) -> Result<NewRating, ApiError> {
+    let Some(object) = value.as_object() else {
+        return Err(ApiError::Invalid(format!(
+            "{path}: expected an object {{user_id, item_id, rating}}, got {value}"
+        )));
+    };
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "user_id" | "item_id" | "rating"))
+    {
+        return Err(ApiError::Invalid(format!(
+            "{path}.{unknown}: unknown field"
+        )));
+    }
+    let text = |field: &str| match object.get(field) {
+        Some(Value::String(s)) => {
+            check_id(&format!("{path}.{field}"), s)?;
+            Ok(s.clone())
+        }
+        Some(other) => Err(ApiError::Invalid(format!(
+            "{path}.{field}: expected a string, got {other}"
+        ))),
+        None => Err(ApiError::Invalid(format!("{path}.{field}: missing"))),
+    };
+    let (user_id, item_id) = (text("user_id")?, text("item_id")?);
+    let rating = match object.get("rating") {
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "{path}.rating: expected a number, got {other}"
+            )));
+        }
+        None => return Err(ApiError::Invalid(format!("{path}.rating: missing"))),
+    };
+    scale.class_of(rating as f32).map_err(|_| {
+        ApiError::Invalid(format!(
+            "{path}.rating: {rating} is not on the scale {scale}"
+        ))
+    })?;
+    Ok(NewRating {
+        user_id,
+        item_id,
+        rating,
+    })
+}
+
+/// One rating `{user_id, item_id, rating}` or `{"ratings": [...]}` of up to 10,000, all or nothing.
+async fn post_ratings(
+    State(service): AppState,
+    AppJson(body): AppJson<Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    let scale = service.settings.scale;
+    let ratings = match body.get("ratings") {
+        Some(Value::Array(list)) => {
+            if list.is_empty() || list.len() > MAX_BATCH {
+                return Err(ApiError::Invalid(format!(
+                    "ratings: must hold 1 to {MAX_BATCH} ratings, got {}",
+                    list.len()
+                )));
+            }
+            if let Some(unknown) = body
+                .as_object()
+                .and_then(|o| o.keys().find(|k| *k != "ratings"))
+            {
+                return Err(ApiError::Invalid(format!("{unknown}: unknown field")));
+            }
+            list.iter()
+                .enumerate()
+                .map(|(n, v)| parse_rating(v, &format!("ratings[{n}]"), scale))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "ratings: expected an array, got {other}"
+            )));
+        }
+        None => vec![parse_rating(&body, "body", scale)?],
+    };
+    let counts = service.post_ratings(ratings).await?;
+    Ok(AppJson(counts))
+}
+
+async fn user_ratings(
+    State(service): AppState,
+    Path(user_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_id("user_id", &user_id)?;
+    let ratings = service
+        .store
+        .user_ratings(&user_id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let ratings: Vec<Value> = ratings
+        .into_iter()
+        .map(|(item_id, rating)| json!({"item_id": item_id, "rating": rating}))
+        .collect();
+    Ok(AppJson(json!({"user_id": user_id, "ratings": ratings})))
+}
+
+async fn delete_rating(
+    State(service): AppState,
+    Path((user_id, item_id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_id("user_id", &user_id)?;
+    check_id("item_id", &item_id)?;
+    if service
+        .store
+        .delete_rating(&user_id, &item_id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "user {user_id:?} has no rating for item {item_id:?}"
+        )))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemBody {
+    title: String,
+    #[serde(default)]
+    metadata: Option<Value>,
+}
+
+async fn put_item(
+    State(service): AppState,
+    Path(item_id): Path<String>,
+    AppJson(body): AppJson<ItemBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_id("item_id", &item_id)?;
+    if body.title.chars().count() > 1000 {
+        return Err(ApiError::Invalid(
+            "title: must be at most 1000 characters".to_string(),
+        ));
+    }
+    if let Some(metadata) = &body.metadata
+        && !metadata.is_object()
+    {
+        return Err(ApiError::Invalid(format!(
+            "metadata: expected an object, got {metadata}"
+        )));
+    }
+    let item = Item {
+        item_id,
+        title: Some(body.title),
+        metadata: body.metadata,
+    };
+    let created = service.put_item(&item).await?;
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        AppJson(item),
+    ))
+}
+
+async fn get_item(
+    State(service): AppState,
+    Path(item_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_id("item_id", &item_id)?;
+    match service
+        .store
+        .item(&item_id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    {
+        Some(item) => Ok(AppJson(item)),
+        None => Err(ApiError::NotFound(format!("no item {item_id:?}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+    offset: Option<usize>,
+    /// Comma-separated item ids to leave out.
+    exclude: Option<String>,
+}
+
+fn check_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(10);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::Invalid(format!(
+            "limit: must be 1 to {MAX_LIMIT}, got {limit}"
+        )));
+    }
+    Ok(limit)
+}
+
+async fn recommendations(
+    State(service): AppState,
+    Path(user_id): Path<String>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(query) = query?;
+    check_id("user_id", &user_id)?;
+    let limit = check_limit(query.limit)?;
+    let offset = query.offset.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(ApiError::Invalid(format!(
+            "offset: must be at most {MAX_OFFSET}, got {offset}"
+        )));
+    }
+    let exclude: HashSet<String> = query
+        .exclude
+        .iter()
+        .flat_map(|list| list.split(','))
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok(AppJson(
+        service
+            .recommendations(&user_id, limit, offset, exclude)
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn similar_items(
+    State(service): AppState,
+    Path(item_id): Path<String>,
+    query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(query) = query?;
+    check_id("item_id", &item_id)?;
+    let limit = check_limit(query.limit)?;
+    let items = service.similar_items(&item_id, limit).await?;
+    Ok(AppJson(json!({"item_id": item_id, "items": items})))
+}
+
+async fn ready(State(service): AppState) -> Result<impl IntoResponse, ApiError> {
+    service
+        .store
+        .ping()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("database unreachable: {e}")))?;
+    let model = service.model();
+    Ok(AppJson(json!({
+        "status": "ready",
+        "database": service.store.backend(),
+        "model_loaded": model.is_some(),
+        "model_version": model.map(|m| m.version),
+    })))
+}
+
+async fn metrics(State(service): AppState) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        service.metrics.render(),
+    )
+}

@@ -1,0 +1,142 @@
+//! The HTTP API: routers of the public and admin modules merged in one place, with the layers
+//! every request goes through (timeout, metrics, tracing, body limit) and graceful shutdown.
+
+mod admin;
+mod api;
+mod error;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Router, extract::DefaultBodyLimit};
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::service::Service;
+
+/// Largest accepted request body: 10,000 ratings with long ids fit.
+const BODY_LIMIT: usize = 4 << 20;
+
+/// Every (method, path) the router serves; the API tests check it against openapi.yaml.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/ratings"),
+    ("GET", "/users/{id}/ratings"),
+    ("DELETE", "/users/{id}/ratings/{item_id}"),
+    ("GET", "/users/{id}/recommendations"),
+    ("PUT", "/items/{id}"),
+    ("GET", "/items/{id}"),
+    ("GET", "/items/{id}/similar"),
+    ("POST", "/admin/retrain"),
+    ("GET", "/admin/training-runs"),
+    ("GET", "/admin/training-runs/{id}"),
+    ("POST", "/admin/training-runs/{id}/cancel"),
+    ("GET", "/admin/models"),
+    ("POST", "/admin/models/{version}/activate"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+];
+
+/// JSON body extractor whose rejections are `ApiError`s, so malformed JSON gets the same error
+/// shape as every other 4xx.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct AppJson<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for AppJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .merge(api::router())
+        .nest("/admin", admin::router(service.clone()))
+        .fallback(|| async { ApiError::NotFound("no such route".to_string()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("method not allowed on this route".to_string())
+        })
+        .layer(middleware::from_fn_with_state(service.clone(), observe))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(service)
+}
+
+/// Answers 408 past the configured timeout and records latency per route.
+async fn observe(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let timeout = service.settings.request_timeout;
+    let response = match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(timeout.as_secs()).into_response(),
+    };
+    service.metrics.observe(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// A bound listener and its router, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl Application {
+    pub async fn bind(service: Arc<Service>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(service.settings.bind).await?;
+        Ok(Self {
+            listener,
+            router: router(service),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until ctrl-c or SIGTERM, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,568 @@
+//! The application layer between HTTP and the store and model: live recommendations from the
+//! active model, and training runs that build new model versions in the background and swap them in.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::cli::HyperArgs;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::model::{Dataset, EpochStats, ModelError, Recommender, Scratch, Side, top_n_by};
+use crate::model_file::{ModelFile, ModelFileError};
+use crate::store::{Item, NewRating, Store, StoreError, TrainingRun, UpsertCounts};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored model is unreadable: {0}")]
+    ModelFile(#[from] ModelFileError),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// A model version being served.
+pub struct ServedModel {
+    pub version: i64,
+    pub recommender: Recommender,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Model,
+    Popular,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Recommendation {
+    pub item_id: String,
+    pub title: Option<String>,
+    pub expected_rating: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecommendationPage {
+    pub user_id: String,
+    pub model_version: Option<i64>,
+    pub source: Source,
+    pub items: Vec<Recommendation>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SimilarItem {
+    pub item_id: String,
+    pub title: Option<String>,
+    pub similarity: f64,
+}
+
+struct ActiveRun {
+    id: i64,
+    cancel: Arc<AtomicBool>,
+}
+
+pub struct Service {
+    pub store: Store,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    model: ArcSwapOption<ServedModel>,
+    training: Mutex<Option<ActiveRun>>,
+}
+
+thread_local! {
+    /// Scoring buffers, reused by each blocking-pool thread from request to request.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+impl Service {
+    /// Opens the service on a migrated store: marks runs a stopped process left behind as failed
+    /// and loads the active model version, if any.
+    pub async fn start(store: Store, settings: Settings) -> Result<Arc<Self>, ServiceError> {
+        let abandoned = store.fail_abandoned_runs().await?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "marked training runs of a previous process as failed"
+            );
+        }
+        let service = Arc::new(Self {
+            store,
+            settings,
+            metrics: Metrics::default(),
+            model: ArcSwapOption::empty(),
+            training: Mutex::new(None),
+        });
+        if let Some((version, blob)) = service.store.active_model().await? {
+            match service.install(version, blob).await {
+                Ok(()) => tracing::info!(version, "loaded the active model"),
+                Err(error) => {
+                    tracing::error!(version, %error, "cannot load the active model; serving popular items")
+                }
+            }
+        }
+        Ok(service)
+    }
+
+    pub fn model(&self) -> Option<Arc<ServedModel>> {
+        self.model.load_full()
+    }
+
+    /// Decodes a model blob off the async threads and swaps it in; requests already running keep
+    /// the model they started with.
+    async fn install(&self, version: i64, blob: Vec<u8>) -> Result<(), ServiceError> {
+        let file = tokio::task::spawn_blocking(move || ModelFile::from_bytes(&blob))
+            .await
+            .map_err(|e| ServiceError::Task(e.to_string()))??;
+        self.model.store(Some(Arc::new(ServedModel {
+            version,
+            recommender: file.recommender,
+        })));
+        self.metrics.set_model_version(version);
+        Ok(())
+    }
+
+    pub async fn post_ratings(
+        &self,
+        ratings: Vec<NewRating>,
+    ) -> Result<UpsertCounts, ServiceError> {
+        let counts = self.store.upsert_ratings(&ratings).await?;
+        self.metrics
+            .add_ratings_written(counts.inserted + counts.updated);
+        Ok(counts)
+    }
+
+    /// The user's top unrated items by expected rating under the active model, from the user's
+    /// ratings as they are in the store now; the most popular items when there is no model or the
+    /// model knows none of the user's items.
+    pub async fn recommendations(
+        &self,
+        user_id: &str,
+        limit: usize,
+        offset: usize,
+        exclude: HashSet<String>,
+    ) -> Result<RecommendationPage, ServiceError> {
+        let ratings = self.store.user_ratings(user_id).await?;
+        let model = self.model();
+        let scored = match &model {
+            Some(served) => {
+                score(served.clone(), user_id, &ratings, limit, offset, &exclude).await?
+            }
+            None => None,
+        };
+        let (source, mut items) = match scored {
+            Some(items) => (Source::Model, items),
+            None => {
+                let mut skip = exclude;
+                skip.extend(ratings.into_iter().map(|(item, _)| item));
+                let popular = self.store.popular_items(limit, offset, &skip).await?;
+                let items = popular
+                    .into_iter()
+                    .map(|p| Recommendation {
+                        item_id: p.item_id,
+                        title: None,
+                        expected_rating: p.mean_rating,
+                    })
+                    .collect();
+                (Source::Popular, items)
+            }
+        };
+        let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
+        let titles = self.store.titles(&ids).await?;
+        for item in &mut items {
+            item.title = titles.get(&item.item_id).cloned();
+        }
+        Ok(RecommendationPage {
+            user_id: user_id.to_string(),
+            model_version: model.map(|m| m.version),
+            source,
+            items,
+        })
+    }
+
+    /// Items whose learned weights are closest to `item_id`'s by cosine.
+    pub async fn similar_items(
+        &self,
+        item_id: &str,
+        limit: usize,
+    ) -> Result<Vec<SimilarItem>, ServiceError> {
+        let Some(served) = self.model() else {
+            return Err(ServiceError::NotFound(
+                "no model has been trained yet".to_string(),
+            ));
+        };
+        let Some(index) = served.recommender.items.get(item_id) else {
+            return Err(ServiceError::NotFound(format!(
+                "item {item_id:?} is not in the active model"
+            )));
+        };
+        let model = served.clone();
+        let similar = tokio::task::spawn_blocking(move || {
+            model
+                .recommender
+                .similar_items(index, limit)
+                .into_iter()
+                .map(|(i, similarity)| {
+                    (
+                        model.recommender.items.id(i).to_string(),
+                        f64::from(similarity),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?;
+        let ids: Vec<&str> = similar.iter().map(|(id, _)| id.as_str()).collect();
+        let titles = self.store.titles(&ids).await?;
+        Ok(similar
+            .into_iter()
+            .map(|(item_id, similarity)| SimilarItem {
+                title: titles.get(&item_id).cloned(),
+                item_id,
+                similarity,
+            })
+            .collect())
+    }
+
+    pub async fn put_item(&self, item: &Item) -> Result<bool, ServiceError> {
+        Ok(self.store.put_item(item).await?)
+    }
+
+    /// Starts a training run in the background; a conflict while another run is going.
+    pub async fn start_retrain(
+        self: &Arc<Self>,
+        overrides: HyperArgs,
+    ) -> Result<i64, ServiceError> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        {
+            let mut active = self.training.lock().expect("training lock");
+            if let Some(run) = active.as_ref() {
+                return Err(ServiceError::Conflict(format!(
+                    "training run {} is still going",
+                    run.id
+                )));
+            }
+            // Claim the slot before the first await so two requests cannot both start a run.
+            *active = Some(ActiveRun {
+                id: 0,
+                cancel: cancel.clone(),
+            });
+        }
+        let run_id = match self.store.create_run(&json!(overrides)).await {
+            Ok(id) => id,
+            Err(error) => {
+                *self.training.lock().expect("training lock") = None;
+                return Err(error.into());
+            }
+        };
+        if let Some(run) = self.training.lock().expect("training lock").as_mut() {
+            run.id = run_id;
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            let outcome = service.train(run_id, overrides, cancel).await;
+            if let Err(error) = &outcome {
+                tracing::error!(run_id, %error, "training run failed");
+            }
+            *service.training.lock().expect("training lock") = None;
+            service.metrics.set_training_progress(0, 0);
+        });
+        Ok(run_id)
+    }
+
+    /// Asks a running training run to stop at the end of its current epoch.
+    pub async fn cancel_run(&self, run_id: i64) -> Result<TrainingRun, ServiceError> {
+        let run = self
+            .store
+            .run(run_id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no training run {run_id}")))?;
+        let active = self.training.lock().expect("training lock");
+        match active.as_ref() {
+            Some(active) if active.id == run_id => {
+                active.cancel.store(true, Ordering::Relaxed);
+                Ok(run)
+            }
+            _ => Err(ServiceError::Conflict(format!(
+                "training run {run_id} is {} and cannot be cancelled",
+                run.status
+            ))),
+        }
+    }
+
+    /// Makes a stored model version the active one (also a rollback).
+    pub async fn activate(&self, version: i64) -> Result<(), ServiceError> {
+        let blob = self
+            .store
+            .model_blob(version)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no model version {version}")))?;
+        self.install(version, blob).await?;
+        self.store.activate_model(version).await?;
+        tracing::info!(version, "activated model");
+        Ok(())
+    }
+
+    async fn train(
+        &self,
+        run_id: i64,
+        overrides: HyperArgs,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<(), ServiceError> {
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        self.store
+            .update_run(run_id, "running", &json!({}), None, None)
+            .await?;
+        let outcome = self
+            .train_model(run_id, overrides, cancel, progress.clone())
+            .await;
+        let progress = progress.lock().expect("progress lock").to_json();
+        match outcome {
+            Ok(version) => {
+                self.store
+                    .update_run(run_id, "succeeded", &progress, None, Some(version))
+                    .await?;
+                tracing::info!(run_id, version, "training run succeeded; new model active");
+            }
+            Err(TrainError::Cancelled) => {
+                self.store
+                    .update_run(run_id, "cancelled", &progress, None, None)
+                    .await?
+            }
+            Err(TrainError::Failed(message)) => {
+                self.store
+                    .update_run(run_id, "failed", &progress, Some(&message), None)
+                    .await?;
+                tracing::warn!(run_id, %message, "training run failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Snapshot → train on the blocking pool (progress streamed to the run record) → store the
+    /// model version → swap it in.
+    async fn train_model(
+        &self,
+        run_id: i64,
+        overrides: HyperArgs,
+        cancel: Arc<AtomicBool>,
+        progress: Arc<Mutex<Progress>>,
+    ) -> Result<i64, TrainError> {
+        let rows = self.store.all_ratings().await.map_err(TrainError::failed)?;
+        let data = Dataset::from_rows(
+            self.settings.scale,
+            rows.iter()
+                .map(|(u, i, r)| (u.as_str(), i.as_str(), *r as f32)),
+        )
+        .map_err(TrainError::failed)?;
+        drop(rows);
+        if data.ratings.is_empty() {
+            return Err(TrainError::Failed(
+                "there are no ratings to train on".to_string(),
+            ));
+        }
+        let config = self.settings.training.overlay(&overrides).config(&data, 42);
+        let (sender, mut receiver) = mpsc::unbounded_channel::<(Side, EpochStats)>();
+        let trainer = tokio::task::spawn_blocking({
+            let config = config.clone();
+            move || {
+                let trained = Recommender::train(&data, &config, |side, stats| {
+                    let _ = sender.send((side, stats.clone()));
+                    if cancel.load(Ordering::Relaxed) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })?;
+                let metrics = json!({
+                    "valid_rmse": trained.valid_rmse,
+                    "best_epoch": trained.user_fit.best_epoch,
+                    "n_train": data.ratings.len(),
+                    "users": data.users.len(),
+                    "items": data.items.len(),
+                });
+                let file = ModelFile {
+                    recommender: trained.recommender,
+                    config,
+                    metrics: metrics.clone(),
+                };
+                let blob = file.to_bytes().map_err(|e| ModelError::InvalidParameter {
+                    name: "model",
+                    value: e.to_string(),
+                    rule: "must serialise",
+                })?;
+                Ok::<_, ModelError>((file.recommender, metrics, blob))
+            }
+        });
+        while let Some((side, stats)) = receiver.recv().await {
+            let snapshot = {
+                let mut progress = progress.lock().expect("progress lock");
+                progress.record(side, &stats);
+                progress.to_json()
+            };
+            self.metrics
+                .set_training_progress(stats.epoch, stats.epochs);
+            if let Err(error) = self
+                .store
+                .update_run(run_id, "running", &snapshot, None, None)
+                .await
+            {
+                tracing::warn!(run_id, %error, "cannot record training progress");
+            }
+        }
+        let (recommender, metrics, blob) = match trainer.await {
+            Ok(Ok(done)) => done,
+            Ok(Err(ModelError::Cancelled)) => return Err(TrainError::Cancelled),
+            Ok(Err(error)) => return Err(TrainError::failed(error)),
+            Err(join) => {
+                return Err(TrainError::Failed(format!(
+                    "training thread failed: {join}"
+                )));
+            }
+        };
+        let params = json!(config);
+        let version = self
+            .store
+            .insert_model(&params, &metrics, blob)
+            .await
+            .map_err(TrainError::failed)?;
+        self.store
+            .activate_model(version)
+            .await
+            .map_err(TrainError::failed)?;
+        self.model.store(Some(Arc::new(ServedModel {
+            version,
+            recommender,
+        })));
+        self.metrics.set_model_version(version);
+        Ok(version)
+    }
+
+    /// Retrains every `every`, skipping a tick while a run is going.
+    pub fn spawn_periodic_retraining(self: &Arc<Self>, every: std::time::Duration) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                match service.start_retrain(HyperArgs::default()).await {
+                    Ok(run_id) => tracing::info!(run_id, "started periodic retraining"),
+                    Err(error) => tracing::info!(%error, "skipped periodic retraining"),
+                }
+            }
+        });
+    }
+}
+
+enum TrainError {
+    Cancelled,
+    Failed(String),
+}
+
+impl TrainError {
+    fn failed(error: impl std::fmt::Display) -> Self {
+        Self::Failed(error.to_string())
+    }
+}
+
+/// Per-epoch history of a run, as stored in its `progress`.
+#[derive(Default)]
+struct Progress {
+    side: Option<Side>,
+    epoch: usize,
+    epochs: usize,
+    user: Vec<serde_json::Value>,
+    item: Vec<serde_json::Value>,
+}
+
+impl Progress {
+    fn record(&mut self, side: Side, stats: &EpochStats) {
+        self.side = Some(side);
+        self.epoch = stats.epoch;
+        self.epochs = stats.epochs;
+        let entry = json!({"epoch": stats.epoch, "train_rmse": stats.train_rmse, "valid_rmse": stats.valid_rmse});
+        match side {
+            Side::User => self.user.push(entry),
+            Side::Item => self.item.push(entry),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({"rbm": self.side, "epoch": self.epoch, "epochs": self.epochs, "user": self.user, "item": self.item})
+    }
+}
+
+/// Ranks every item the model knows for the user on the blocking pool; None if the model knows
+/// none of the user's rated items.
+async fn score(
+    served: Arc<ServedModel>,
+    user_id: &str,
+    ratings: &[(String, f64)],
+    limit: usize,
+    offset: usize,
+    exclude: &HashSet<String>,
+) -> Result<Option<Vec<Recommendation>>, ServiceError> {
+    let model = &served.recommender;
+    let mut rated: Vec<(u32, u8)> = ratings
+        .iter()
+        .filter_map(|(item, value)| {
+            let index = model.items.get(item)?;
+            model
+                .scale
+                .class_of(*value as f32)
+                .ok()
+                .map(|class| (index, class))
+        })
+        .collect();
+    if rated.is_empty() {
+        return Ok(None);
+    }
+    rated.sort_unstable();
+    let user = model.users.get(user_id);
+    let excluded: Vec<u32> = exclude
+        .iter()
+        .filter_map(|id| model.items.get(id))
+        .collect();
+    let served = served.clone();
+    let items = tokio::task::spawn_blocking(move || {
+        let model = &served.recommender;
+        let (items, classes): (Vec<u32>, Vec<u8>) = rated.into_iter().unzip();
+        let mut scores = vec![0.0f32; model.items.len()];
+        SCRATCH.with(|scratch| {
+            model.expected_ratings(
+                user,
+                &items,
+                &classes,
+                &mut scratch.borrow_mut(),
+                &mut scores,
+            )
+        });
+        let skip = |i: u32| items.binary_search(&i).is_ok() || excluded.contains(&i);
+        let ranked = top_n_by(&scores, offset + limit, skip, |a, b| {
+            model.items.id(a).cmp(model.items.id(b))
+        });
+        ranked
+            .into_iter()
+            .skip(offset)
+            .map(|i| Recommendation {
+                item_id: model.items.id(i).to_string(),
+                title: None,
+                expected_rating: f64::from(scores[i as usize]),
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| ServiceError::Task(e.to_string()))?;
+    Ok(Some(items))
+}

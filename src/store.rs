@@ -1,0 +1,522 @@
+//! The ratings store: PostgreSQL in production, an embedded SQLite file by default. One set of
+//! portable SQL runs on both through sqlx's `Any` driver; each backend has its own migrations
+//! folder, kept in step, and the same API test suite runs against both so that drift fails CI.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+// Dynamic SQL below only adds generated `$n` placeholders and constants, never input.
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Rows per multi-row INSERT: 4 parameters each stays far below both backends' bind limits.
+const INSERT_CHUNK: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported DATABASE_URL {0:?}: use postgres://… or sqlite://…")]
+    UnsupportedUrl(String),
+    #[error("cannot create the database folder {path}: {source}")]
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// One rating to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRating {
+    pub user_id: String,
+    pub item_id: String,
+    pub rating: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UpsertCounts {
+    pub inserted: u64,
+    pub updated: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Item {
+    pub item_id: String,
+    pub title: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PopularItem {
+    pub item_id: String,
+    pub mean_rating: f64,
+    pub ratings: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelInfo {
+    pub version: i64,
+    pub created_at: i64,
+    pub active: bool,
+    pub params: serde_json::Value,
+    pub metrics: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainingRun {
+    pub id: i64,
+    pub status: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub params: serde_json::Value,
+    pub progress: serde_json::Value,
+    pub error: Option<String>,
+    pub model_version: Option<i64>,
+}
+
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn json_column(row: &AnyRow, column: &str) -> Result<serde_json::Value, sqlx::Error> {
+    let text: String = row.try_get(column)?;
+    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Store {
+    /// Connects to `postgres://…` or `sqlite://…` (the SQLite file and its folder are created).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else if let Some(path) = url.strip_prefix("sqlite://") {
+            let file = path.split('?').next().unwrap_or_default();
+            if let Some(folder) = Path::new(file)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(folder).map_err(|source| StoreError::Folder {
+                    path: folder.display().to_string(),
+                    source,
+                })?;
+            }
+            Backend::Sqlite
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
+            _ => url.to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(&url)
+            .await?;
+        if backend == Backend::Sqlite {
+            // Readers never wait for the writer; one writer at a time, waiting up to 5 s for the lock.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Writes ratings in one transaction (all or nothing), creating unknown items. When a
+    /// (user, item) pair repeats, the last one wins.
+    pub async fn upsert_ratings(&self, ratings: &[NewRating]) -> Result<UpsertCounts, StoreError> {
+        let mut latest: HashMap<(&str, &str), f64> = HashMap::with_capacity(ratings.len());
+        for r in ratings {
+            latest.insert((&r.user_id, &r.item_id), r.rating);
+        }
+        let mut rows: Vec<((&str, &str), f64)> = latest.into_iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let now = now_millis();
+        let mut counts = UpsertCounts::default();
+        let mut tx = self.pool.begin().await?;
+        let mut items: Vec<&str> = rows.iter().map(|((_, item), _)| *item).collect();
+        items.sort_unstable();
+        items.dedup();
+        for chunk in items.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|n| format!("(${}, ${})", 2 * n + 1, 2 * n + 2))
+                .collect();
+            let sql = format!(
+                "INSERT INTO items (item_id, created_at) VALUES {} ON CONFLICT (item_id) DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for item in chunk {
+                query = query.bind(item.to_string()).bind(now);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|n| format!("({})", placeholders(4 * n + 1, 4)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO ratings (user_id, item_id, rating, updated_at) VALUES {} \
+                 ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, \
+                 updated_at = excluded.updated_at, revision = ratings.revision + 1 RETURNING revision",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for ((user, item), rating) in chunk {
+                query = query
+                    .bind(user.to_string())
+                    .bind(item.to_string())
+                    .bind(*rating)
+                    .bind(now);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                if row.try_get::<i64, _>(0)? == 0 {
+                    counts.inserted += 1;
+                } else {
+                    counts.updated += 1;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(counts)
+    }
+
+    /// The user's ratings, by item id.
+    pub async fn user_ratings(&self, user_id: &str) -> Result<Vec<(String, f64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT item_id, rating FROM ratings WHERE user_id = $1 ORDER BY item_id")
+                .bind(user_id.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// Deletes one rating; false if there was none.
+    pub async fn delete_rating(&self, user_id: &str, item_id: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM ratings WHERE user_id = $1 AND item_id = $2")
+            .bind(user_id.to_string())
+            .bind(item_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Creates or replaces an item's title and metadata; true if it was created.
+    pub async fn put_item(&self, item: &Item) -> Result<bool, StoreError> {
+        let metadata = item.metadata.as_ref().map(|m| m.to_string());
+        let mut tx = self.pool.begin().await?;
+        let existed = sqlx::query("SELECT 1 FROM items WHERE item_id = $1")
+            .bind(item.item_id.clone())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        sqlx::query(
+            "INSERT INTO items (item_id, title, metadata, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, metadata = excluded.metadata",
+        )
+        .bind(item.item_id.clone())
+        .bind(item.title.clone())
+        .bind(metadata)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    pub async fn item(&self, item_id: &str) -> Result<Option<Item>, StoreError> {
+        let row = sqlx::query("SELECT item_id, title, metadata FROM items WHERE item_id = $1")
+            .bind(item_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            let metadata: Option<String> = row.try_get(2)?;
+            Ok(Item {
+                item_id: row.try_get(0)?,
+                title: row.try_get(1)?,
+                metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+            })
+        })
+        .transpose()
+    }
+
+    /// Titles of the given items (missing items and items without a title are absent).
+    pub async fn titles(&self, item_ids: &[&str]) -> Result<HashMap<String, String>, StoreError> {
+        if item_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT item_id, title FROM items WHERE title IS NOT NULL AND item_id IN ({})",
+            placeholders(1, item_ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in item_ids {
+            query = query.bind(id.to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// Items by number of ratings (ties by id), skipping `exclude`, from position `offset`.
+    pub async fn popular_items(
+        &self,
+        limit: usize,
+        offset: usize,
+        exclude: &HashSet<String>,
+    ) -> Result<Vec<PopularItem>, StoreError> {
+        let fetch = (limit + offset + exclude.len()) as i64;
+        let rows = sqlx::query(
+            "SELECT item_id, AVG(rating) AS mean_rating, COUNT(*) AS n FROM ratings \
+             GROUP BY item_id ORDER BY n DESC, item_id ASC LIMIT $1",
+        )
+        .bind(fetch)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = Vec::with_capacity(limit);
+        for row in rows {
+            let item_id: String = row.try_get(0)?;
+            if !exclude.contains(&item_id) {
+                items.push(PopularItem {
+                    item_id,
+                    mean_rating: row.try_get(1)?,
+                    ratings: row.try_get(2)?,
+                });
+            }
+        }
+        Ok(items.into_iter().skip(offset).take(limit).collect())
+    }
+
+    /// Every rating, read by one statement (a consistent snapshot on both backends).
+    pub async fn all_ratings(&self) -> Result<Vec<(String, String, f64)>, StoreError> {
+        let rows = sqlx::query("SELECT user_id, item_id, rating FROM ratings")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect()
+    }
+
+    pub async fn insert_model(
+        &self,
+        params: &serde_json::Value,
+        metrics: &serde_json::Value,
+        blob: Vec<u8>,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO models (created_at, params, metrics, blob) VALUES ($1, $2, $3, $4) RETURNING version",
+        )
+        .bind(now_millis())
+        .bind(params.to_string())
+        .bind(metrics.to_string())
+        .bind(blob)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Makes `version` the active model; false if there is no such version.
+    pub async fn activate_model(&self, version: i64) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE models SET activated_at = $1 WHERE version = $2")
+            .bind(now_millis())
+            .bind(version)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    const ACTIVE: &str = "SELECT version FROM models WHERE activated_at IS NOT NULL \
+                          ORDER BY activated_at DESC, version DESC LIMIT 1";
+
+    /// The active model's version and blob.
+    pub async fn active_model(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+        let sql = format!(
+            "SELECT version, blob FROM models WHERE version = ({})",
+            Self::ACTIVE
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()
+    }
+
+    pub async fn model_blob(&self, version: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT blob FROM models WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok(row.try_get(0)?)).transpose()
+    }
+
+    pub async fn models(&self) -> Result<Vec<ModelInfo>, StoreError> {
+        let sql = format!(
+            "SELECT version, created_at, params, metrics, \
+             CAST(CASE WHEN version = ({}) THEN 1 ELSE 0 END AS BIGINT) AS active \
+             FROM models ORDER BY version DESC",
+            Self::ACTIVE
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ModelInfo {
+                    version: row.try_get(0)?,
+                    created_at: row.try_get(1)?,
+                    params: json_column(row, "params")?,
+                    metrics: json_column(row, "metrics")?,
+                    active: row.try_get::<i64, _>(4)? == 1,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn create_run(&self, params: &serde_json::Value) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO training_runs (status, created_at, params, progress) VALUES ('queued', $1, $2, '{}') RETURNING id",
+        )
+        .bind(now_millis())
+        .bind(params.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Records a run's status and progress; `finished` also stamps finished_at.
+    pub async fn update_run(
+        &self,
+        id: i64,
+        status: &str,
+        progress: &serde_json::Value,
+        error: Option<&str>,
+        model_version: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let now = now_millis();
+        let finished = matches!(status, "succeeded" | "failed" | "cancelled").then_some(now);
+        let started = (status == "running").then_some(now);
+        sqlx::query(
+            "UPDATE training_runs SET status = $1, progress = $2, error = $3, model_version = $4, \
+             started_at = COALESCE(started_at, $5), finished_at = COALESCE(finished_at, $6) WHERE id = $7",
+        )
+        .bind(status.to_string())
+        .bind(progress.to_string())
+        .bind(error.map(str::to_string))
+        .bind(model_version)
+        .bind(started)
+        .bind(finished)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Runs left queued or running by a process that stopped are marked failed.
+    pub async fn fail_abandoned_runs(&self) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE training_runs SET status = 'failed', error = 'the server stopped during training', \
+             finished_at = $1 WHERE status IN ('queued', 'running')",
+        )
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    const RUN_COLUMNS: &str =
+        "id, status, created_at, started_at, finished_at, params, progress, error, model_version";
+
+    fn run_of(row: &AnyRow) -> Result<TrainingRun, sqlx::Error> {
+        Ok(TrainingRun {
+            id: row.try_get(0)?,
+            status: row.try_get(1)?,
+            created_at: row.try_get(2)?,
+            started_at: row.try_get(3)?,
+            finished_at: row.try_get(4)?,
+            params: json_column(row, "params")?,
+            progress: json_column(row, "progress")?,
+            error: row.try_get(7)?,
+            model_version: row.try_get(8)?,
+        })
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<TrainingRun>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM training_runs WHERE id = $1",
+            Self::RUN_COLUMNS
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(Self::run_of).transpose()?)
+    }
+
+    pub async fn runs(&self, limit: i64) -> Result<Vec<TrainingRun>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM training_runs ORDER BY id DESC LIMIT $1",
+            Self::RUN_COLUMNS
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(Self::run_of).collect::<Result<_, _>>()?)
+    }
+}

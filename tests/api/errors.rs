@@ -1,0 +1,234 @@
+//! Every error status from real bad requests, in the one JSON error shape; admin auth.
+
+use serde_json::{Value, json};
+
+use crate::{Backend, TestApp, on_both_backends, spawn_app_with};
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+async fn raw(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &'static str,
+) -> (u16, Value) {
+    let mut request = app
+        .client
+        .request(method.parse().unwrap(), app.url(path))
+        .body(body);
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    app.checked(method, path, request.send().await.unwrap())
+        .await
+}
+
+async fn malformed_requests_get_4xx_json_errors(app: TestApp) {
+    let (status, body) = raw(
+        &app,
+        "POST",
+        "/ratings",
+        Some("application/json"),
+        "{\"user_id\": ",
+    )
+    .await;
+    assert_eq!((status, code(&body)), (400, "bad_request"));
+    let (status, body) = raw(&app, "POST", "/ratings", Some("text/plain"), "{}").await;
+    assert_eq!((status, code(&body)), (415, "unsupported_media_type"));
+    let huge = "x".repeat(5 << 20);
+    let response = app
+        .client
+        .post(app.url("/ratings"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = app.checked("POST", "/ratings", response).await;
+    assert_eq!((status, code(&body)), (413, "payload_too_large"));
+    let (status, body) = app.call("GET", "/no/such/route", None, false).await;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+    let (status, body) = app.call("PATCH", "/ratings", None, false).await;
+    assert_eq!((status, code(&body)), (405, "method_not_allowed"));
+    let (status, body) = app.call("GET", "/items/missing", None, false).await;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+}
+on_both_backends!(malformed_requests_get_4xx_json_errors);
+
+async fn invalid_values_are_named_and_nothing_is_written(app: TestApp) {
+    let long = "x".repeat(129);
+    let cases = [
+        (
+            json!({"user_id": "a", "item_id": "b", "rating": 7}),
+            "body.rating: 7",
+        ),
+        (
+            json!({"user_id": "a", "item_id": "b", "rating": 3.25}),
+            "3.25 is not on the scale",
+        ),
+        (
+            json!({"user_id": "", "item_id": "b", "rating": 3}),
+            "body.user_id",
+        ),
+        (
+            json!({"user_id": long, "item_id": "b", "rating": 3}),
+            "got 129",
+        ),
+        (
+            json!({"user_id": "a\u{7}", "item_id": "b", "rating": 3}),
+            "control character",
+        ),
+        (
+            json!({"user_id": "a", "item_id": "b", "rating": "five"}),
+            "expected a number",
+        ),
+        (json!({"user_id": "a", "item_id": "b"}), "rating: missing"),
+        (
+            json!({"user_id": "a", "item_id": "b", "rating": 3, "extra": 1}),
+            "extra: unknown field",
+        ),
+        (json!({"ratings": []}), "1 to 10000"),
+        (
+            json!({"ratings": [{"user_id": "ok", "item_id": "b", "rating": 3}, {"user_id": "a", "item_id": "b", "rating": 9}]}),
+            "ratings[1].rating: 9",
+        ),
+    ];
+    for (body, message) in cases {
+        let (status, error) = app
+            .call("POST", "/ratings", Some(body.clone()), false)
+            .await;
+        assert_eq!((status, code(&error)), (422, "invalid"), "{body}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(message),
+            "{body}: {error}"
+        );
+    }
+    // The batch with one bad rating wrote nothing.
+    let (_, ratings) = app.call("GET", "/users/ok/ratings", None, false).await;
+    assert_eq!(ratings["ratings"], json!([]));
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|n| json!({"user_id": "u", "item_id": format!("i{n}"), "rating": 3}))
+        .collect();
+    let (status, _) = app
+        .call(
+            "POST",
+            "/ratings",
+            Some(json!({"ratings": too_many})),
+            false,
+        )
+        .await;
+    assert_eq!(status, 422);
+    for query in [
+        "?limit=0",
+        "?limit=5000",
+        "?limit=abc",
+        "?offset=-1",
+        "?bogus=1",
+    ] {
+        let (status, body) = app
+            .call(
+                "GET",
+                &format!("/users/u/recommendations{query}"),
+                None,
+                false,
+            )
+            .await;
+        assert_eq!((status, code(&body)), (422, "invalid"), "{query}: {body}");
+    }
+    let (status, body) = app
+        .call("PUT", "/items/x", Some(json!({"title": 5})), false)
+        .await;
+    assert_eq!((status, code(&body)), (422, "invalid"));
+    let (status, body) = app
+        .call(
+            "POST",
+            "/admin/retrain",
+            Some(json!({"learning_rate": -1})),
+            true,
+        )
+        .await;
+    assert_eq!((status, code(&body)), (422, "invalid"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("learning_rate"),
+        "{body}"
+    );
+    let (status, body) = app
+        .call("POST", "/admin/retrain", Some(json!({"epochz": 3})), true)
+        .await;
+    assert_eq!((status, code(&body)), (422, "invalid"), "{body}");
+    let (status, body) = app
+        .call("POST", "/admin/models/999/activate", None, true)
+        .await;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+    let (status, _) = app
+        .call("GET", "/admin/training-runs/999", None, true)
+        .await;
+    assert_eq!(status, 404);
+}
+on_both_backends!(invalid_values_are_named_and_nothing_is_written);
+
+async fn admin_routes_need_the_token(app: TestApp) {
+    let (status, body) = app.call("GET", "/admin/models", None, false).await;
+    assert_eq!((status, code(&body)), (401, "unauthorized"));
+    let response = app
+        .client
+        .get(app.url("/admin/models"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app.checked("GET", "/admin/models", response).await.0, 401);
+    assert_eq!(app.call("GET", "/admin/models", None, true).await.0, 200);
+}
+on_both_backends!(admin_routes_need_the_token);
+
+#[tokio::test]
+async fn admin_routes_are_forbidden_without_a_configured_token() {
+    let app = spawn_app_with(Backend::Sqlite, None).await;
+    let (status, body) = app.call("POST", "/admin/retrain", None, true).await;
+    assert_eq!((status, code(&body)), (403, "admin_disabled"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ADMIN_TOKEN")
+    );
+}
+
+async fn health_and_metrics_answer(app: TestApp) {
+    assert_eq!(
+        app.call("GET", "/healthz", None, false).await,
+        (200, json!({"status": "ok"}))
+    );
+    let (status, ready) = app.call("GET", "/readyz", None, false).await;
+    assert_eq!((status, &ready["model_loaded"]), (200, &json!(false)));
+    app.post_ratings(&[("a", "b", 3.0)]).await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "http_request_duration_seconds_bucket{method=\"POST\",route=\"/ratings\",status=\"200\""
+        ),
+        "{text}"
+    );
+    assert!(text.contains("ratings_written_total 1"), "{text}");
+}
+on_both_backends!(health_and_metrics_answer);

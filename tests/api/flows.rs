@@ -1,0 +1,352 @@
+//! The product's flows: ratings in, retraining, live recommendations, paging, concurrency.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use crate::{TestApp, fast_training, on_both_backends, seed};
+
+fn item_ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["item_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn ratings_are_upserted_and_counted(app: TestApp) {
+    let (status, body) = app
+        .post_ratings(&[("alice", "a", 4.0), ("alice", "b", 2.5)])
+        .await;
+    assert_eq!((status, body), (200, json!({"inserted": 2, "updated": 0})));
+    let (status, body) = app
+        .call(
+            "POST",
+            "/ratings",
+            Some(json!({"user_id": "alice", "item_id": "a", "rating": 1.5})),
+            false,
+        )
+        .await;
+    assert_eq!((status, body), (200, json!({"inserted": 0, "updated": 1})));
+    let (_, body) = app.call("GET", "/users/alice/ratings", None, false).await;
+    assert_eq!(
+        body["ratings"],
+        json!([{"item_id": "a", "rating": 1.5}, {"item_id": "b", "rating": 2.5}])
+    );
+    // Unknown items were created.
+    let (status, item) = app.call("GET", "/items/b", None, false).await;
+    assert_eq!((status, item["item_id"].as_str()), (200, Some("b")));
+    let (status, _) = app
+        .call("DELETE", "/users/alice/ratings/a", None, false)
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = app
+        .call("DELETE", "/users/alice/ratings/a", None, false)
+        .await;
+    assert_eq!(status, 404);
+}
+on_both_backends!(ratings_are_upserted_and_counted);
+
+async fn items_have_titles_and_metadata(app: TestApp) {
+    let body = json!({"title": "Alien (1979)", "metadata": {"genres": ["Horror", "Sci-Fi"]}});
+    let (status, created) = app
+        .call("PUT", "/items/alien", Some(body.clone()), false)
+        .await;
+    assert_eq!((status, &created["title"]), (201, &json!("Alien (1979)")));
+    let (status, _) = app
+        .call(
+            "PUT",
+            "/items/alien",
+            Some(json!({"title": "Alien"})),
+            false,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, item) = app.call("GET", "/items/alien", None, false).await;
+    assert_eq!(
+        item,
+        json!({"item_id": "alien", "title": "Alien", "metadata": null})
+    );
+}
+on_both_backends!(items_have_titles_and_metadata);
+
+async fn without_a_model_users_get_popular_items(app: TestApp) {
+    app.post_ratings(&[
+        ("a", "x", 5.0),
+        ("b", "x", 4.0),
+        ("b", "y", 3.0),
+        ("c", "z", 1.0),
+        ("c", "x", 2.0),
+    ])
+    .await;
+    let page = app.recommendations("newcomer", "").await;
+    assert_eq!(page["source"], "popular");
+    assert_eq!(page["model_version"], Value::Null);
+    assert_eq!(item_ids(&page), ["x", "y", "z"]);
+    // Popular recommendations leave out what the user rated.
+    assert_eq!(item_ids(&app.recommendations("b", "").await), ["z"]);
+}
+on_both_backends!(without_a_model_users_get_popular_items);
+
+async fn retraining_serves_a_new_model_version(app: TestApp) {
+    seed(&app, 90, 18).await;
+    let run = app.retrain(fast_training()).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let version = run["model_version"].as_i64().unwrap();
+    assert_eq!(run["progress"]["user"].as_array().unwrap().len(), 60);
+    let page = app.recommendations("u0", "?limit=5").await;
+    assert_eq!(page["source"], "model");
+    assert_eq!(page["model_version"], version);
+    // u0 is in taste group 0: its unrated group-0 items come first.
+    for id in item_ids(&page).iter().take(2) {
+        let n: usize = id[1..].parse().unwrap();
+        assert_eq!(n % 3, 0, "recommended {id} to u0: {page}");
+    }
+    let second = app.retrain(fast_training()).await;
+    assert_eq!(
+        app.recommendations("u0", "").await["model_version"],
+        second["model_version"]
+    );
+    let (_, models) = app.call("GET", "/admin/models", None, true).await;
+    let active: Vec<i64> = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["active"] == true)
+        .map(|m| m["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(active, [second["model_version"].as_i64().unwrap()]);
+    // Roll back.
+    let (status, _) = app
+        .call(
+            "POST",
+            &format!("/admin/models/{version}/activate"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        app.recommendations("u0", "").await["model_version"],
+        version
+    );
+}
+on_both_backends!(retraining_serves_a_new_model_version);
+
+async fn new_ratings_change_recommendations_without_retraining(app: TestApp) {
+    seed(&app, 90, 18).await;
+    app.retrain(fast_training()).await;
+    // A new user loves group 1; then changes taste to group 2.
+    app.post_ratings(&[
+        ("newbie", "i01", 5.0),
+        ("newbie", "i04", 5.0),
+        ("newbie", "i07", 5.0),
+    ])
+    .await;
+    let first = app.recommendations("newbie", "?limit=3").await;
+    assert_eq!(first["source"], "model");
+    assert!(
+        item_ids(&first)
+            .iter()
+            .all(|id| id[1..].parse::<usize>().unwrap() % 3 == 1),
+        "{first}"
+    );
+    app.post_ratings(&[
+        ("newbie", "i01", 0.5),
+        ("newbie", "i04", 0.5),
+        ("newbie", "i07", 0.5),
+        ("newbie", "i02", 5.0),
+        ("newbie", "i05", 5.0),
+        ("newbie", "i08", 5.0),
+    ])
+    .await;
+    let second = app.recommendations("newbie", "?limit=3").await;
+    assert!(
+        item_ids(&second)
+            .iter()
+            .all(|id| id[1..].parse::<usize>().unwrap() % 3 == 2),
+        "{second}"
+    );
+}
+on_both_backends!(new_ratings_change_recommendations_without_retraining);
+
+async fn rated_and_excluded_items_are_never_recommended(app: TestApp) {
+    seed(&app, 90, 18).await;
+    app.retrain(fast_training()).await;
+    let (_, rated) = app.call("GET", "/users/u4/ratings", None, false).await;
+    let rated: HashSet<String> = rated["ratings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item_id"].as_str().unwrap().to_string())
+        .collect();
+    let page = app
+        .recommendations("u4", "?limit=100&exclude=i03,i06")
+        .await;
+    let ids = item_ids(&page);
+    assert!(!ids.is_empty());
+    for id in &ids {
+        assert!(
+            !rated.contains(id) && id != "i03" && id != "i06",
+            "{id} in {page}"
+        );
+    }
+    assert_eq!(
+        ids.len(),
+        18 - rated.len() - 2
+            + usize::from(rated.contains("i03"))
+            + usize::from(rated.contains("i06"))
+    );
+}
+on_both_backends!(rated_and_excluded_items_are_never_recommended);
+
+async fn pages_never_repeat_or_skip(app: TestApp) {
+    seed(&app, 90, 18).await;
+    app.retrain(fast_training()).await;
+    let all = item_ids(&app.recommendations("u2", "?limit=100").await);
+    let mut paged = Vec::new();
+    for offset in (0..all.len()).step_by(4) {
+        paged.extend(item_ids(
+            &app.recommendations("u2", &format!("?limit=4&offset={offset}"))
+                .await,
+        ));
+    }
+    assert_eq!(paged, all);
+    let scores: Vec<f64> = app.recommendations("u2", "?limit=100").await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["expected_rating"].as_f64().unwrap())
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "not ordered: {scores:?}"
+    );
+}
+on_both_backends!(pages_never_repeat_or_skip);
+
+async fn similar_items_share_taste_groups(app: TestApp) {
+    seed(&app, 90, 18).await;
+    app.retrain(fast_training()).await;
+    let (status, body) = app
+        .call("GET", "/items/i00/similar?limit=3", None, false)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"].as_array().unwrap().len(), 3);
+    let (status, _) = app.call("GET", "/items/nothing/similar", None, false).await;
+    assert_eq!(status, 404);
+}
+on_both_backends!(similar_items_share_taste_groups);
+
+async fn concurrent_posts_lose_nothing(app: TestApp) {
+    let mut tasks = Vec::new();
+    for writer in 0..16 {
+        let (client, url) = (app.client.clone(), app.url("/ratings"));
+        tasks.push(tokio::spawn(async move {
+            let ratings: Vec<Value> =
+                (0..25).map(|n| json!({"user_id": format!("w{writer}"), "item_id": format!("item{n}"), "rating": 3.0})).collect();
+            client.post(url).json(&json!({"ratings": ratings})).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    for writer in 0..16 {
+        let (_, body) = app
+            .call("GET", &format!("/users/w{writer}/ratings"), None, false)
+            .await;
+        assert_eq!(body["ratings"].as_array().unwrap().len(), 25);
+    }
+}
+on_both_backends!(concurrent_posts_lose_nothing);
+
+async fn no_request_fails_while_models_are_swapped(app: TestApp) {
+    seed(&app, 90, 18).await;
+    let first = app.retrain(fast_training()).await["model_version"]
+        .as_i64()
+        .unwrap();
+    let second = app.retrain(fast_training()).await["model_version"]
+        .as_i64()
+        .unwrap();
+    let readers: Vec<_> = (0..4)
+        .map(|reader| {
+            let (client, url) = (
+                app.client.clone(),
+                app.url(&format!("/users/u{reader}/recommendations")),
+            );
+            tokio::spawn(async move {
+                let mut failures = 0;
+                for _ in 0..60 {
+                    if client
+                        .get(&url)
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0)
+                        != 200
+                    {
+                        failures += 1;
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    for n in 0..10 {
+        let version = if n % 2 == 0 { first } else { second };
+        let (status, _) = app
+            .call(
+                "POST",
+                &format!("/admin/models/{version}/activate"),
+                None,
+                true,
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let retrain = app.retrain(fast_training()).await;
+    assert_eq!(retrain["status"], "succeeded");
+    for reader in readers {
+        assert_eq!(
+            reader.await.unwrap(),
+            0,
+            "requests failed during model swaps"
+        );
+    }
+}
+on_both_backends!(no_request_fails_while_models_are_swapped);
+
+async fn training_runs_can_be_cancelled(app: TestApp) {
+    seed(&app, 90, 18).await;
+    let slow = json!({"epochs": 100000, "hidden": 64, "patience": 0, "valid_frac": 0.0});
+    let (status, body) = app.call("POST", "/admin/retrain", Some(slow), true).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["run_id"].as_i64().unwrap();
+    let (status, conflict) = app.call("POST", "/admin/retrain", None, true).await;
+    assert_eq!(status, 409, "{conflict}");
+    let (status, _) = app
+        .call(
+            "POST",
+            &format!("/admin/training-runs/{id}/cancel"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, 202);
+    let run = app.wait_for_run(id).await;
+    assert_eq!(run["status"], "cancelled");
+    assert_eq!(run["model_version"], Value::Null);
+    let (status, _) = app
+        .call(
+            "POST",
+            &format!("/admin/training-runs/{id}/cancel"),
+            None,
+            true,
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (_, models) = app.call("GET", "/admin/models", None, true).await;
+    assert_eq!(models["models"], json!([]));
+}
+on_both_backends!(training_runs_can_be_cancelled);

@@ -42,6 +42,33 @@ pub enum Command {
     Serve(crate::config::Settings),
     /// Apply database migrations and exit.
     Migrate(crate::config::Settings),
+    /// Load ratings and item titles from MovieLens, Netflix Prize or CSV files into the database.
+    Import(ImportArgs),
+    /// Seed a synthetic catalogue (or --from a data set), train, serve, and print what to try.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// A MovieLens folder (ml-100k, ml-1m, ml-latest…), a Netflix Prize folder (training_set/,
+    /// movie_titles.txt), or a ratings file.
+    pub path: PathBuf,
+    #[arg(long, value_enum)]
+    pub format: Option<RatingFormat>,
+    /// Import the good rows and report the bad ones instead of stopping at the first.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    #[command(flatten)]
+    pub settings: crate::config::Settings,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Import this data set (as `import` would) instead of the synthetic catalogue.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: crate::config::Settings,
 }
 
 #[derive(Debug, Args)]
@@ -297,7 +324,100 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench(args),
         Command::Serve(settings) => runtime()?.block_on(serve(settings)),
         Command::Migrate(settings) => runtime()?.block_on(migrate(settings)),
+        Command::Import(args) => runtime()?.block_on(import(args)),
+        Command::Demo(args) => runtime()?.block_on(demo(args)),
     }
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    init_logging(args.settings.log_format);
+    let store = open_store(&args.settings).await?;
+    let summary = crate::import::import(
+        &store,
+        &args.settings.database_url(),
+        &args.path,
+        args.format,
+        args.settings.scale,
+        args.skip_invalid,
+    )
+    .await?;
+    eprintln!(
+        "imported {} ratings ({} new, {} updated) and {} titles in {:.1} s ({:.0} ratings/s){}",
+        summary.ratings_read,
+        summary.inserted,
+        summary.updated,
+        summary.titles,
+        summary.seconds,
+        summary.ratings_per_second,
+        if summary.invalid > 0 {
+            format!("; skipped {} invalid rows", summary.invalid)
+        } else {
+            String::new()
+        }
+    );
+    for example in &summary.invalid_examples {
+        eprintln!("  skipped {example}");
+    }
+    println!("{}", json!(summary));
+    store.close().await;
+    Ok(())
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let settings = args.settings;
+    init_logging(settings.log_format);
+    let store = open_store(&settings).await?;
+    match &args.from {
+        Some(path) => {
+            let summary = crate::import::import(
+                &store,
+                &settings.database_url(),
+                path,
+                None,
+                settings.scale,
+                false,
+            )
+            .await?;
+            eprintln!(
+                "imported {} ratings from {}",
+                summary.ratings_read,
+                path.display()
+            );
+        }
+        None => {
+            if crate::demo::seed(&store).await? {
+                eprintln!("created the synthetic demo catalogue: 60 films in 4 genres, 2000 users");
+            }
+        }
+    }
+    let service = crate::service::Service::start(store, settings).await?;
+    if service.model().is_none() {
+        eprintln!("training the first model…");
+        let run_id = service.start_retrain(HyperArgs::default()).await?;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let run = service
+                .store
+                .run(run_id)
+                .await?
+                .context("the training run disappeared")?;
+            match run.status.as_str() {
+                "succeeded" => break,
+                "failed" | "cancelled" => {
+                    bail!("training failed: {}", run.error.unwrap_or_default())
+                }
+                _ => {}
+            }
+        }
+    }
+    let app = crate::http::Application::bind(service.clone())
+        .await
+        .context("failed to bind the listen address")?;
+    let base = format!("http://{}", app.local_addr()?);
+    eprintln!("{}", crate::demo::walkthrough(&base));
+    app.run_until_stopped().await?;
+    service.store.close().await;
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

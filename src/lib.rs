@@ -2,7 +2,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod model;
 pub mod model_file;

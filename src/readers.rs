@@ -314,3 +314,213 @@ pub fn read_dataset(
     )
     .map_err(|source| ReadError::Model { path: file, source })
 }
+
+/// Reads one line as bytes and decodes it: UTF-8 when valid, else Latin-1 (ml-100k, ml-1m and
+/// Netflix title files are Latin-1). Returns None at the end of the input.
+fn next_line(reader: &mut impl BufRead, buffer: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+    buffer.clear();
+    if reader.read_until(b'\n', buffer)? == 0 {
+        return Ok(None);
+    }
+    while matches!(buffer.last(), Some(b'\n' | b'\r')) {
+        buffer.pop();
+    }
+    Ok(Some(match std::str::from_utf8(buffer) {
+        Ok(text) => text.to_string(),
+        Err(_) => buffer.iter().map(|&b| char::from(b)).collect(),
+    }))
+}
+
+/// The titles file of a data set folder and how to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TitleLayout {
+    /// ml-100k `u.item`: id|title|…
+    Pipe,
+    /// ml-1m/10m `movies.dat`: id::title::genres
+    DoubleColon,
+    /// ml-latest `movies.csv`: movieId,title,genres with a header
+    Csv,
+    /// Netflix `movie_titles.txt`: id,year,title (the title may hold commas)
+    Netflix,
+}
+
+/// Finds the item titles that come with a data set folder, if any.
+pub fn titles_file(folder: &Path) -> Option<(PathBuf, TitleLayout)> {
+    [
+        ("u.item", TitleLayout::Pipe),
+        ("movies.dat", TitleLayout::DoubleColon),
+        ("movies.csv", TitleLayout::Csv),
+        ("movie_titles.txt", TitleLayout::Netflix),
+    ]
+    .into_iter()
+    .map(|(name, layout)| (folder.join(name), layout))
+    .find(|(path, _)| path.is_file())
+}
+
+/// Reads (item id, title) pairs from a titles file found by `titles_file`.
+pub fn read_titles(path: &Path, layout: TitleLayout) -> Result<Vec<(String, String)>, ReadError> {
+    let io = |source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
+    let mut buffer = Vec::new();
+    let mut titles = Vec::new();
+    let mut line = 0;
+    while let Some(text) = next_line(&mut reader, &mut buffer).map_err(io)? {
+        line += 1;
+        if text.trim().is_empty() || (layout == TitleLayout::Csv && line == 1) {
+            continue;
+        }
+        let malformed = |message: &str| ReadError::Malformed {
+            path: path.to_path_buf(),
+            line,
+            message: message.to_string(),
+        };
+        let (id, title) = match layout {
+            TitleLayout::Pipe => {
+                let mut fields = text.splitn(3, '|');
+                (
+                    fields.next().unwrap_or_default().to_string(),
+                    fields.next().map(str::to_string),
+                )
+            }
+            TitleLayout::DoubleColon => {
+                let mut fields = text.splitn(3, "::");
+                (
+                    fields.next().unwrap_or_default().to_string(),
+                    fields.next().map(str::to_string),
+                )
+            }
+            TitleLayout::Csv => {
+                let fields = split_csv_line(&text).map_err(|m| malformed(&m))?;
+                (
+                    fields.first().cloned().unwrap_or_default(),
+                    fields.get(1).cloned(),
+                )
+            }
+            TitleLayout::Netflix => {
+                let mut fields = text.splitn(3, ',');
+                (
+                    fields.next().unwrap_or_default().to_string(),
+                    fields.nth(1).map(str::to_string),
+                )
+            }
+        };
+        match title {
+            Some(title) if !id.trim().is_empty() => {
+                titles.push((id.trim().to_string(), title.trim().to_string()))
+            }
+            _ => return Err(malformed("expected an id and a title")),
+        }
+    }
+    Ok(titles)
+}
+
+/// The Netflix Prize layout: `training_set/mv_*.txt`, each a `MovieID:` line followed by
+/// `CustomerID,Rating,Date` lines. Streams the ratings of every file in name order.
+pub struct NetflixReader {
+    files: std::vec::IntoIter<PathBuf>,
+    current: Option<(PathBuf, BufReader<File>, String, usize)>,
+    buffer: Vec<u8>,
+}
+
+impl NetflixReader {
+    pub fn open(folder: &Path) -> Result<Self, ReadError> {
+        let dir = folder.join("training_set");
+        let io = |source| ReadError::Io {
+            path: dir.clone(),
+            source,
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(io)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("mv_") && n.ends_with(".txt"))
+            })
+            .collect();
+        files.sort();
+        Ok(Self {
+            files: files.into_iter(),
+            current: None,
+            buffer: Vec::new(),
+        })
+    }
+}
+
+impl Iterator for NetflixReader {
+    type Item = Result<RawRating, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.current.is_none() {
+                let path = self.files.next()?;
+                match File::open(&path) {
+                    Ok(file) => {
+                        self.current = Some((
+                            path,
+                            BufReader::with_capacity(1 << 16, file),
+                            String::new(),
+                            0,
+                        ))
+                    }
+                    Err(source) => return Some(Err(ReadError::Io { path, source })),
+                }
+            }
+            let (path, reader, movie, line) = self.current.as_mut().expect("a file is open");
+            let text = match next_line(reader, &mut self.buffer) {
+                Ok(Some(text)) => text,
+                Ok(None) => {
+                    self.current = None;
+                    continue;
+                }
+                Err(source) => {
+                    return Some(Err(ReadError::Io {
+                        path: path.clone(),
+                        source,
+                    }));
+                }
+            };
+            *line += 1;
+            let malformed = |message: String| ReadError::Malformed {
+                path: path.clone(),
+                line: *line,
+                message,
+            };
+            if *line == 1 {
+                match text.trim().strip_suffix(':') {
+                    Some(id) if !id.is_empty() => *movie = id.to_string(),
+                    _ => return Some(Err(malformed("expected the `MovieID:` line".to_string()))),
+                }
+                continue;
+            }
+            if text.trim().is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = text.split(',').collect();
+            if fields.len() != 3 {
+                return Some(Err(malformed(format!(
+                    "expected 3 fields, found {}",
+                    fields.len()
+                ))));
+            }
+            let value = match fields[1].trim().parse::<f32>() {
+                Ok(v) if v.is_finite() => v,
+                _ => {
+                    return Some(Err(malformed(format!(
+                        "rating {:?} is not a number",
+                        fields[1].trim()
+                    ))));
+                }
+            };
+            return Some(Ok(RawRating {
+                user: fields[0].trim().to_string(),
+                item: movie.clone(),
+                value,
+                line: *line,
+            }));
+        }
+    }
+}

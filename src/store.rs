@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 // Dynamic SQL below only adds generated `$n` placeholders and constants, never input.
-use sqlx::{AnyPool, AssertSqlSafe, Row};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -95,6 +95,23 @@ pub struct TrainingRun {
     pub model_version: Option<i64>,
 }
 
+/// Longest accepted user or item id, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// Ids are opaque strings of 1 to 128 characters without control characters.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_ID_CHARS {
+        return Err(format!(
+            "must be 1 to {MAX_ID_CHARS} characters, got {chars}"
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(format!("{id:?} contains a control character"));
+    }
+    Ok(())
+}
+
 pub fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -178,60 +195,14 @@ impl Store {
     /// Writes ratings in one transaction (all or nothing), creating unknown items. When a
     /// (user, item) pair repeats, the last one wins.
     pub async fn upsert_ratings(&self, ratings: &[NewRating]) -> Result<UpsertCounts, StoreError> {
-        let mut latest: HashMap<(&str, &str), f64> = HashMap::with_capacity(ratings.len());
-        for r in ratings {
-            latest.insert((&r.user_id, &r.item_id), r.rating);
-        }
-        let mut rows: Vec<((&str, &str), f64)> = latest.into_iter().collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        let now = now_millis();
-        let mut counts = UpsertCounts::default();
         let mut tx = self.pool.begin().await?;
-        let mut items: Vec<&str> = rows.iter().map(|((_, item), _)| *item).collect();
-        items.sort_unstable();
-        items.dedup();
-        for chunk in items.chunks(INSERT_CHUNK) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|n| format!("(${}, ${})", 2 * n + 1, 2 * n + 2))
-                .collect();
-            let sql = format!(
-                "INSERT INTO items (item_id, created_at) VALUES {} ON CONFLICT (item_id) DO NOTHING",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for item in chunk {
-                query = query.bind(item.to_string()).bind(now);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|n| format!("({})", placeholders(4 * n + 1, 4)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO ratings (user_id, item_id, rating, updated_at) VALUES {} \
-                 ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, \
-                 updated_at = excluded.updated_at, revision = ratings.revision + 1 RETURNING revision",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for ((user, item), rating) in chunk {
-                query = query
-                    .bind(user.to_string())
-                    .bind(item.to_string())
-                    .bind(*rating)
-                    .bind(now);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                if row.try_get::<i64, _>(0)? == 0 {
-                    counts.inserted += 1;
-                } else {
-                    counts.updated += 1;
-                }
-            }
-        }
+        let counts = upsert_ratings_in(&mut tx, ratings).await?;
         tx.commit().await?;
         Ok(counts)
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// The user's ratings, by item id.
@@ -519,4 +490,88 @@ impl Store {
             .await?;
         Ok(rows.iter().map(Self::run_of).collect::<Result<_, _>>()?)
     }
+}
+
+/// Upserts ratings (the last of a repeated pair wins) and creates their unknown items, inside the
+/// caller's transaction.
+pub async fn upsert_ratings_in(
+    conn: &mut AnyConnection,
+    ratings: &[NewRating],
+) -> Result<UpsertCounts, StoreError> {
+    let mut latest: HashMap<(&str, &str), f64> = HashMap::with_capacity(ratings.len());
+    for r in ratings {
+        latest.insert((&r.user_id, &r.item_id), r.rating);
+    }
+    let mut rows: Vec<((&str, &str), f64)> = latest.into_iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let now = now_millis();
+    let mut counts = UpsertCounts::default();
+    let mut items: Vec<&str> = rows.iter().map(|((_, item), _)| *item).collect();
+    items.sort_unstable();
+    items.dedup();
+    for chunk in items.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|n| format!("(${}, ${})", 2 * n + 1, 2 * n + 2))
+            .collect();
+        let sql = format!(
+            "INSERT INTO items (item_id, created_at) VALUES {} ON CONFLICT (item_id) DO NOTHING",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for item in chunk {
+            query = query.bind(item.to_string()).bind(now);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|n| format!("({})", placeholders(4 * n + 1, 4)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO ratings (user_id, item_id, rating, updated_at) VALUES {} \
+             ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, \
+             updated_at = excluded.updated_at, revision = ratings.revision + 1 RETURNING revision",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for ((user, item), rating) in chunk {
+            query = query
+                .bind(user.to_string())
+                .bind(item.to_string())
+                .bind(*rating)
+                .bind(now);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            if row.try_get::<i64, _>(0)? == 0 {
+                counts.inserted += 1;
+            } else {
+                counts.updated += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Sets item titles (creating the items), inside the caller's transaction.
+pub async fn upsert_titles_in(
+    conn: &mut AnyConnection,
+    titles: &[(String, String)],
+) -> Result<(), StoreError> {
+    let now = now_millis();
+    for chunk in titles.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|n| format!("({})", placeholders(3 * n + 1, 3)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO items (item_id, title, created_at) VALUES {} \
+             ON CONFLICT (item_id) DO UPDATE SET title = excluded.title",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (item, title) in chunk {
+            query = query.bind(item.clone()).bind(title.clone()).bind(now);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }

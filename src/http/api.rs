@@ -14,11 +14,10 @@ use serde_json::{Value, json};
 use super::{ApiError, AppJson};
 use crate::model::RatingScale;
 use crate::service::Service;
-use crate::store::{Item, NewRating};
+use crate::store::{self, Item, NewRating};
 
 /// Most ratings accepted in one request.
 const MAX_BATCH: usize = 10_000;
-const MAX_ID_CHARS: usize = 128;
 const MAX_LIMIT: usize = 1000;
 const MAX_OFFSET: usize = 100_000;
 
@@ -40,20 +39,9 @@ pub fn router() -> Router<Arc<Service>> {
         .route("/metrics", get(metrics))
 }
 
-/// Checks an opaque id: 1 to 128 characters, no control characters.
+/// Checks an opaque id (see `store::check_id`), naming the field in the error.
 pub fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
-    let chars = id.chars().count();
-    if chars == 0 || chars > MAX_ID_CHARS {
-        return Err(ApiError::Invalid(format!(
-            "{field}: must be 1 to {MAX_ID_CHARS} characters, got {chars}"
-        )));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(ApiError::Invalid(format!(
-            "{field}: {id:?} contains a control character"
-        )));
-    }
-    Ok(())
+    store::check_id(id).map_err(|message| ApiError::Invalid(format!("{field}: {message}")))
 }
 
 fn parse_rating(value: &Value, path: &str, scale: RatingScale) -> Result<NewRating, ApiError> {

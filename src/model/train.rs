@@ -183,6 +183,11 @@ pub struct Fit {
     pub train_seconds: f64,
 }
 
+/// Training starts on a plateau at the item-mean level until the hidden units differentiate, which
+/// takes several hundred updates whatever the data size; early stopping waits this many updates so
+/// that small data sets (few mini-batches per epoch) are not stopped on the plateau.
+const EARLY_STOP_MIN_UPDATES: u64 = 1000;
+
 /// Training cases of a fixed size used to report the training RMSE each epoch.
 const TRAIN_PROBE_ROWS: usize = 1000;
 
@@ -354,7 +359,8 @@ impl ValidRbmParams {
                     epochs_since_best += 1;
                 }
             }
-            if flow.is_break() || (p.patience > 0 && epochs_since_best >= p.patience) {
+            let warmed_up = step >= EARLY_STOP_MIN_UPDATES;
+            if flow.is_break() || (p.patience > 0 && warmed_up && epochs_since_best >= p.patience) {
                 break;
             }
         }

@@ -5,6 +5,7 @@
 mod contract;
 mod errors;
 mod flows;
+mod import;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -33,7 +34,7 @@ pub struct TestApp {
     _database: TestDatabase,
 }
 
-enum TestDatabase {
+pub enum TestDatabase {
     Postgres { server: String, name: String },
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
 }
@@ -88,8 +89,9 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, Some(ADMIN_TOKEN)).await
 }
 
-pub async fn spawn_app_with(backend: Backend, admin_token: Option<&str>) -> TestApp {
-    let (url, database) = match backend {
+/// A fresh, empty database of the backend: its URL and a guard that removes it.
+pub async fn fresh_database(backend: Backend) -> (String, TestDatabase) {
+    match backend {
         Backend::Postgres => {
             let server = postgres_server();
             let name = format!(
@@ -119,7 +121,11 @@ pub async fn spawn_app_with(backend: Backend, admin_token: Option<&str>) -> Test
                 TestDatabase::Sqlite(dir),
             )
         }
-    };
+    }
+}
+
+pub async fn spawn_app_with(backend: Backend, admin_token: Option<&str>) -> TestApp {
+    let (url, database) = fresh_database(backend).await;
     let settings = settings(url.clone(), admin_token);
     let store = Store::connect(&url, settings.max_connections)
         .await

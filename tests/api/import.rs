@@ -1,0 +1,266 @@
+//! The import command's loader on both databases: every format, bad rows, the all-or-nothing
+//! rule, --skip-invalid, and idempotent re-imports. Fixture files are written by the tests.
+
+use std::path::Path;
+
+use rbm_recommender::import::import;
+use rbm_recommender::model::RatingScale;
+use rbm_recommender::store::Store;
+
+use crate::{Backend, TestDatabase, fresh_database};
+
+async fn store(backend: Backend) -> (Store, String, TestDatabase) {
+    let (url, guard) = fresh_database(backend).await;
+    let store = Store::connect(&url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, url, guard)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Each layout with its titles file; ml-100k's u.item is Latin-1.
+fn fixtures(root: &Path) {
+    write(
+        &root.join("ml-100k"),
+        "u.data",
+        b"1\t10\t5\t881250949\n2\t10\t3\t881250950\n1\t20\t1\t881250951\n",
+    );
+    write(
+        &root.join("ml-100k"),
+        "u.item",
+        b"10|Caf\xe9 Society (1995)|01-Jan-1995||\n20|Heat (1995)|01-Jan-1995||\n",
+    );
+    write(
+        &root.join("ml-1m"),
+        "ratings.dat",
+        b"1::10::5\n2::10::3::978300760\n1::20::1\n",
+    );
+    write(
+        &root.join("ml-1m"),
+        "movies.dat",
+        b"10::GoldenEye (1995)::Action\n20::Heat (1995)::Crime\n",
+    );
+    write(
+        &root.join("ml-latest"),
+        "ratings.csv",
+        b"userId,movieId,rating,timestamp\n1,10,4.5,1\n2,10,3.0,1\n1,20,0.5,1\n",
+    );
+    write(&root.join("ml-latest"), "movies.csv", b"movieId,title,genres\n10,\"American President, The (1995)\",Comedy\n20,Heat (1995),Crime\n");
+    write(
+        &root.join("netflix/training_set"),
+        "mv_0000010.txt",
+        b"10:\n1,5,2005-09-06\n2,3,2005-09-06\n",
+    );
+    write(
+        &root.join("netflix/training_set"),
+        "mv_0000020.txt",
+        b"20:\n1,1,2005-09-06\n",
+    );
+    write(
+        &root.join("netflix"),
+        "movie_titles.txt",
+        b"10,2003,Dinosaur Planet\n20,2004,Isle of Man TT, 2004 Review\n",
+    );
+    write(
+        root,
+        "mine.csv",
+        b"user,item,rating\nalice,x,4\nbob,x,2\nalice,y,1\n",
+    );
+}
+
+async fn titles(store: &Store) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    for id in ["10", "20"] {
+        out.push((
+            id.to_string(),
+            store.item(id).await.unwrap().and_then(|i| i.title),
+        ));
+    }
+    out
+}
+
+async fn every_format_imports_ratings_and_titles(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    fixtures(dir.path());
+    let expected_titles = [
+        ("ml-100k", "Café Society (1995)"),
+        ("ml-1m", "GoldenEye (1995)"),
+        ("ml-latest", "American President, The (1995)"),
+        ("netflix", "Dinosaur Planet"),
+    ];
+    for (folder, title) in expected_titles {
+        let (store, url, _guard) = store(backend).await;
+        let summary = import(
+            &store,
+            &url,
+            &dir.path().join(folder),
+            None,
+            RatingScale::HALF_STARS,
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (summary.ratings_read, summary.inserted, summary.invalid),
+            (3, 3, 0),
+            "{folder}"
+        );
+        assert_eq!(store.user_ratings("1").await.unwrap().len(), 2, "{folder}");
+        assert_eq!(
+            titles(&store).await[0].1.as_deref(),
+            Some(title),
+            "{folder}"
+        );
+    }
+    let (store, url, _guard) = store(backend).await;
+    let summary = import(
+        &store,
+        &url,
+        &dir.path().join("mine.csv"),
+        None,
+        RatingScale::HALF_STARS,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.inserted, 3);
+    assert_eq!(
+        store.user_ratings("alice").await.unwrap(),
+        [("x".to_string(), 4.0), ("y".to_string(), 1.0)]
+    );
+}
+
+async fn a_bad_row_stops_the_import_and_writes_nothing(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "ratings.dat",
+        b"1::10::5\n2::10::3\n2::11::nine\n3::12::4\n",
+    );
+    let (store, url, _guard) = store(backend).await;
+    store
+        .upsert_ratings(&[rbm_recommender::store::NewRating {
+            user_id: "keep".into(),
+            item_id: "me".into(),
+            rating: 2.0,
+        }])
+        .await
+        .unwrap();
+    let err = import(
+        &store,
+        &url,
+        &dir.path().join("ratings.dat"),
+        None,
+        RatingScale::HALF_STARS,
+        false,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("ratings.dat:3:") && err.contains("\"nine\""),
+        "{err}"
+    );
+    assert!(
+        store.user_ratings("1").await.unwrap().is_empty(),
+        "rows before the bad one were written"
+    );
+    assert_eq!(
+        store.user_ratings("keep").await.unwrap().len(),
+        1,
+        "existing data was lost"
+    );
+
+    write(dir.path(), "off.dat", b"1::10::5\n1::11::7\n");
+    let err = import(
+        &store,
+        &url,
+        &dir.path().join("off.dat"),
+        None,
+        RatingScale::HALF_STARS,
+        false,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("line 2") && err.contains("rating 7"), "{err}");
+}
+
+async fn skip_invalid_imports_the_good_rows_and_reports_the_bad(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "ratings.dat",
+        b"1::10::5\n2::10\n2::11::nine\n3::12::4\n4::13::9\n",
+    );
+    let (store, url, _guard) = store(backend).await;
+    let summary = import(
+        &store,
+        &url,
+        &dir.path().join("ratings.dat"),
+        None,
+        RatingScale::HALF_STARS,
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (summary.ratings_read, summary.inserted, summary.invalid),
+        (2, 2, 3)
+    );
+    assert_eq!(summary.invalid_examples.len(), 3);
+    assert!(
+        summary.invalid_examples[0].contains(":2:"),
+        "{:?}",
+        summary.invalid_examples
+    );
+    assert_eq!(
+        store.user_ratings("3").await.unwrap(),
+        [("12".to_string(), 4.0)]
+    );
+}
+
+async fn reimporting_the_same_files_changes_nothing(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    fixtures(dir.path());
+    let (store, url, _guard) = store(backend).await;
+    let path = dir.path().join("ml-1m");
+    let first = import(&store, &url, &path, None, RatingScale::HALF_STARS, false)
+        .await
+        .unwrap();
+    let before = store.all_ratings().await.unwrap();
+    let second = import(&store, &url, &path, None, RatingScale::HALF_STARS, false)
+        .await
+        .unwrap();
+    let mut after = store.all_ratings().await.unwrap();
+    let mut before = before;
+    before.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    after.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(before, after);
+    assert_eq!((first.inserted, second.inserted, second.updated), (3, 0, 3));
+    assert_eq!(titles(&store).await[1].1.as_deref(), Some("Heat (1995)"));
+}
+
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(crate::Backend::Postgres).await;
+            }
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(crate::Backend::Sqlite).await;
+            }
+        }
+    };
+}
+
+on_both!(every_format_imports_ratings_and_titles);
+on_both!(a_bad_row_stops_the_import_and_writes_nothing);
+on_both!(skip_invalid_imports_the_good_rows_and_reports_the_bad);
+on_both!(reimporting_the_same_files_changes_nothing);

@@ -36,6 +36,9 @@ pub struct Settings {
     pub request_timeout: Duration,
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: u32,
+    /// Memory for rankings memoised per (model, user, ratings); 0 turns the cache off.
+    #[arg(long, env = "RANKING_CACHE_MB", default_value_t = 256)]
+    pub ranking_cache_mb: u64,
     /// Training defaults for retraining; a retrain request's body overrides them.
     #[command(flatten)]
     pub training: HyperArgs,

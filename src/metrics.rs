@@ -27,6 +27,8 @@ pub struct Metrics {
     model_version: AtomicI64,
     training_epoch: AtomicU64,
     training_epochs: AtomicU64,
+    ranking_cache_hits: AtomicU64,
+    ranking_cache_misses: AtomicU64,
 }
 
 impl Metrics {
@@ -51,6 +53,15 @@ impl Metrics {
 
     pub fn set_model_version(&self, version: i64) {
         self.model_version.store(version, Ordering::Relaxed);
+    }
+
+    pub fn count_ranking_lookup(&self, hit: bool) {
+        let counter = if hit {
+            &self.ranking_cache_hits
+        } else {
+            &self.ranking_cache_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn set_training_progress(&self, epoch: usize, epochs: usize) {
@@ -112,6 +123,18 @@ impl Metrics {
                 "gauge",
                 "Epochs planned for the running training run.",
                 self.training_epochs.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "ranking_cache_hits_total",
+                "counter",
+                "Recommendations served from a cached ranking.",
+                self.ranking_cache_hits.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "ranking_cache_misses_total",
+                "counter",
+                "Recommendations that scored the catalogue.",
+                self.ranking_cache_misses.load(Ordering::Relaxed) as i64,
             ),
         ];
         for (name, kind, help, value) in gauges {

@@ -78,7 +78,25 @@ pub struct Service {
     pub metrics: Metrics,
     model: ArcSwapOption<ServedModel>,
     training: Mutex<Option<ActiveRun>>,
+    rankings: RankingCache,
 }
+
+/// A user's best items by (expected rating desc, item id asc), rated items left out; `complete`
+/// when it holds every candidate rather than the best `RANKING_DEPTH` or more.
+struct RankedItems {
+    entries: Vec<(u32, f32)>,
+    complete: bool,
+}
+
+type Ranking = Arc<RankedItems>;
+
+/// Rankings memoised by (model version, user, fingerprint of the user's ratings as read at request
+/// time). A ranking depends on nothing else, so a hit answers exactly what scoring would, and any
+/// change to the user's ratings (or a new model) changes the key. Bounded by bytes.
+type RankingCache = moka::sync::Cache<(i64, String, u64), Ranking>;
+
+/// Entries kept per cached ranking; deeper pages are scored afresh.
+const RANKING_DEPTH: usize = 1000;
 
 thread_local! {
     /// Scoring buffers, reused by each blocking-pool thread from request to request.
@@ -96,12 +114,21 @@ impl Service {
                 "marked training runs of a previous process as failed"
             );
         }
+        let rankings = moka::sync::Cache::builder()
+            .max_capacity(settings.ranking_cache_mb * (1 << 20))
+            .weigher(|(_, user, _): &(i64, String, u64), ranking: &Ranking| {
+                (user.len() + 64 + ranking.entries.len() * std::mem::size_of::<(u32, f32)>())
+                    .try_into()
+                    .unwrap_or(u32::MAX)
+            })
+            .build();
         let service = Arc::new(Self {
             store,
             settings,
             metrics: Metrics::default(),
             model: ArcSwapOption::empty(),
             training: Mutex::new(None),
+            rankings,
         });
         if let Some((version, blob)) = service.store.active_model().await? {
             match service.install(version, blob).await {
@@ -156,7 +183,8 @@ impl Service {
         let model = self.model();
         let scored = match &model {
             Some(served) => {
-                score(served.clone(), user_id, &ratings, limit, offset, &exclude).await?
+                self.score(served.clone(), user_id, &ratings, limit, offset, &exclude)
+                    .await?
             }
             None => None,
         };
@@ -503,66 +531,115 @@ impl Progress {
     }
 }
 
-/// Ranks every item the model knows for the user on the blocking pool; None if the model knows
-/// none of the user's rated items.
-async fn score(
-    served: Arc<ServedModel>,
-    user_id: &str,
-    ratings: &[(String, f64)],
-    limit: usize,
-    offset: usize,
-    exclude: &HashSet<String>,
-) -> Result<Option<Vec<Recommendation>>, ServiceError> {
-    let model = &served.recommender;
-    let mut rated: Vec<(u32, u8)> = ratings
-        .iter()
-        .filter_map(|(item, value)| {
-            let index = model.items.get(item)?;
-            model
-                .scale
-                .class_of(*value as f32)
-                .ok()
-                .map(|class| (index, class))
-        })
-        .collect();
-    if rated.is_empty() {
-        return Ok(None);
-    }
-    rated.sort_unstable();
-    let user = model.users.get(user_id);
-    let excluded: Vec<u32> = exclude
-        .iter()
-        .filter_map(|id| model.items.get(id))
-        .collect();
-    let served = served.clone();
-    let items = tokio::task::spawn_blocking(move || {
+impl Service {
+    /// The user's page of recommendations under `served`, from the cached ranking when the user's
+    /// ratings are unchanged, else by scoring the catalogue on the blocking pool. None if the model
+    /// knows none of the user's rated items.
+    async fn score(
+        &self,
+        served: Arc<ServedModel>,
+        user_id: &str,
+        ratings: &[(String, f64)],
+        limit: usize,
+        offset: usize,
+        exclude: &HashSet<String>,
+    ) -> Result<Option<Vec<Recommendation>>, ServiceError> {
         let model = &served.recommender;
-        let (items, classes): (Vec<u32>, Vec<u8>) = rated.into_iter().unzip();
-        let mut scores = vec![0.0f32; model.items.len()];
-        SCRATCH.with(|scratch| {
-            model.expected_ratings(
-                user,
-                &items,
-                &classes,
-                &mut scratch.borrow_mut(),
-                &mut scores,
-            )
-        });
-        let skip = |i: u32| items.binary_search(&i).is_ok() || excluded.contains(&i);
-        let ranked = top_n_by(&scores, offset + limit, skip, |a, b| {
-            model.items.id(a).cmp(model.items.id(b))
-        });
-        ranked
-            .into_iter()
-            .skip(offset)
-            .map(|i| Recommendation {
-                item_id: model.items.id(i).to_string(),
-                title: None,
-                expected_rating: f64::from(scores[i as usize]),
+        let mut rated: Vec<(u32, u8)> = ratings
+            .iter()
+            .filter_map(|(item, value)| {
+                let index = model.items.get(item)?;
+                model
+                    .scale
+                    .class_of(*value as f32)
+                    .ok()
+                    .map(|class| (index, class))
             })
-            .collect::<Vec<_>>()
+            .collect();
+        if rated.is_empty() {
+            return Ok(None);
+        }
+        rated.sort_unstable();
+        let excluded: HashSet<u32> = exclude
+            .iter()
+            .filter_map(|id| model.items.get(id))
+            .collect();
+        let key = (served.version, user_id.to_string(), fingerprint(&rated));
+        let wanted = offset + limit;
+        let cached = self.rankings.get(&key);
+        self.metrics.count_ranking_lookup(cached.is_some());
+        let ranking = match cached {
+            Some(ranking)
+                if ranking.complete || wanted + excluded.len() <= ranking.entries.len() =>
+            {
+                ranking
+            }
+            _ => {
+                let depth = RANKING_DEPTH.max(wanted + excluded.len());
+                let user = model.users.get(user_id);
+                let served = served.clone();
+                let entries = tokio::task::spawn_blocking(move || {
+                    rank(&served.recommender, user, &rated, depth)
+                })
+                .await
+                .map_err(|e| ServiceError::Task(e.to_string()))?;
+                let ranking = Arc::new(RankedItems {
+                    complete: entries.len() < depth,
+                    entries,
+                });
+                self.rankings.insert(key, ranking.clone());
+                ranking
+            }
+        };
+        Ok(Some(
+            ranking
+                .entries
+                .iter()
+                .filter(|(item, _)| !excluded.contains(item))
+                .skip(offset)
+                .take(limit)
+                .map(|&(item, score)| Recommendation {
+                    item_id: model.items.id(item).to_string(),
+                    title: None,
+                    expected_rating: f64::from(score),
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// A 64-bit digest of a user's (item, class) ratings.
+fn fingerprint(rated: &[(u32, u8)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    rated.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Scores every item for a user with these ratings and returns the best `depth`, best first, ties
+/// by item id, rated items left out.
+fn rank(
+    model: &Recommender,
+    user: Option<u32>,
+    rated: &[(u32, u8)],
+    depth: usize,
+) -> Vec<(u32, f32)> {
+    let (items, classes): (Vec<u32>, Vec<u8>) = rated.iter().copied().unzip();
+    let mut scores = vec![0.0f32; model.items.len()];
+    SCRATCH.with(|scratch| {
+        model.expected_ratings(
+            user,
+            &items,
+            &classes,
+            &mut scratch.borrow_mut(),
+            &mut scores,
+        )
+    });
+    let skip = |i: u32| items.binary_search(&i).is_ok();
+    top_n_by(&scores, depth, skip, |a, b| {
+        model.items.id(a).cmp(model.items.id(b))
     })
-    .await
-    .map_err(|e| ServiceError::Task(e.to_string()))?;
-    Ok(Some(items))
+    .into_iter()
+    .map(|i| (i, scores[i as usize]))
+    .collect()
 }

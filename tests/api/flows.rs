@@ -350,3 +350,42 @@ async fn training_runs_can_be_cancelled(app: TestApp) {
     assert_eq!(models["models"], json!([]));
 }
 on_both_backends!(training_runs_can_be_cancelled);
+
+async fn repeated_requests_reuse_the_ranking_until_ratings_change(app: TestApp) {
+    seed(&app, 90, 18).await;
+    app.retrain(fast_training()).await;
+    let counter = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let metrics = || async {
+        app.client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let first = app.recommendations("u5", "?limit=4").await;
+    let second = app.recommendations("u5", "?limit=4").await;
+    assert_eq!(first, second);
+    let text = metrics().await;
+    assert_eq!(
+        (
+            counter(&text, "ranking_cache_misses_total"),
+            counter(&text, "ranking_cache_hits_total")
+        ),
+        (1, 1)
+    );
+    let top = item_ids(&first)[0].clone();
+    app.post_ratings(&[("u5", &top, 0.5)]).await;
+    let third = app.recommendations("u5", "?limit=4").await;
+    assert!(!item_ids(&third).contains(&top), "{third}");
+    assert_eq!(counter(&metrics().await, "ranking_cache_misses_total"), 2);
+}
+on_both_backends!(repeated_requests_reuse_the_ranking_until_ratings_change);

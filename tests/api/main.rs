@@ -81,6 +81,7 @@ pub fn settings(database_url: String, admin_token: Option<&str>) -> Settings {
         retrain_every: None,
         request_timeout: Duration::from_secs(30),
         max_connections: 8,
+        ranking_cache_mb: 64,
         training: HyperArgs::default(),
     }
 }

@@ -7,7 +7,7 @@ use rbm_recommender::import::import;
 use rbm_recommender::model::RatingScale;
 use rbm_recommender::store::Store;
 
-use crate::{Backend, TestDatabase, fresh_database};
+use crate::{Backend, TestDatabase, fresh_database, on_both_backends};
 
 async fn store(backend: Backend) -> (Store, String, TestDatabase) {
     let (url, guard) = fresh_database(backend).await;
@@ -245,22 +245,7 @@ async fn reimporting_the_same_files_changes_nothing(backend: Backend) {
     assert_eq!(titles(&store).await[1].1.as_deref(), Some("Heat (1995)"));
 }
 
-macro_rules! on_both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(crate::Backend::Postgres).await;
-            }
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(crate::Backend::Sqlite).await;
-            }
-        }
-    };
-}
-
-on_both!(every_format_imports_ratings_and_titles);
-on_both!(a_bad_row_stops_the_import_and_writes_nothing);
-on_both!(skip_invalid_imports_the_good_rows_and_reports_the_bad);
-on_both!(reimporting_the_same_files_changes_nothing);
+on_both_backends!(backend every_format_imports_ratings_and_titles);
+on_both_backends!(backend a_bad_row_stops_the_import_and_writes_nothing);
+on_both_backends!(backend skip_invalid_imports_the_good_rows_and_reports_the_bad);
+on_both_backends!(backend reimporting_the_same_files_changes_nothing);

@@ -268,18 +268,25 @@ pub fn fast_training() -> Value {
     json!({"epochs": 60, "hidden": 12, "batch_size": 10, "learning_rate": 0.05, "valid_frac": 0.0})
 }
 
-/// Runs an async test body against both backends.
+/// Runs an async test body against both backends: `on_both_backends!(f)` passes a spawned app,
+/// `on_both_backends!(backend f)` passes the backend itself.
 #[macro_export]
 macro_rules! on_both_backends {
     ($name:ident) => {
+        $crate::on_both_backends!(@tests $name, |backend| async move { $crate::spawn_app(backend).await });
+    };
+    (backend $name:ident) => {
+        $crate::on_both_backends!(@tests $name, |backend| async move { backend });
+    };
+    (@tests $name:ident, $arrange:expr) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                super::$name($crate::spawn_app($crate::Backend::Postgres).await).await;
+                super::$name(($arrange)($crate::Backend::Postgres).await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$name($crate::spawn_app($crate::Backend::Sqlite).await).await;
+                super::$name(($arrange)($crate::Backend::Sqlite).await).await;
             }
         }
     };

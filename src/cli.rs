@@ -367,7 +367,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let settings = args.settings;
     init_logging(settings.log_format);
     let store = open_store(&settings).await?;
-    match &args.from {
+    let story = match &args.from {
         Some(path) => {
             let summary = crate::import::import(
                 &store,
@@ -383,13 +383,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 summary.ratings_read,
                 path.display()
             );
+            crate::demo::Story::popular(&store).await?
         }
         None => {
             if crate::demo::seed(&store).await? {
                 eprintln!("created the synthetic demo catalogue: 60 films in 4 genres, 2000 users");
             }
+            crate::demo::Story::synthetic()
         }
-    }
+    };
     let service = crate::service::Service::start(store, settings).await?;
     if service.model().is_none() {
         eprintln!("training the first model…");
@@ -414,7 +416,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .context("failed to bind the listen address")?;
     let base = format!("http://{}", app.local_addr()?);
-    eprintln!("{}", crate::demo::walkthrough(&base));
+    eprintln!("{}", crate::demo::walkthrough(&base, &story));
     app.run_until_stopped().await?;
     service.store.close().await;
     Ok(())

@@ -93,9 +93,47 @@ pub async fn seed(store: &Store) -> Result<bool, store::StoreError> {
     Ok(true)
 }
 
+/// Items the walkthrough rates: first loved, then hated in favour of the second group.
+pub struct Story {
+    pub first: (String, Vec<String>),
+    pub second: (String, Vec<String>),
+}
+
+impl Story {
+    /// Three science-fiction films, then two horror films, of the synthetic catalogue.
+    pub fn synthetic() -> Self {
+        let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+        Self {
+            first: (
+                "three science-fiction films".to_string(),
+                ids(&["m00", "m04", "m08"]),
+            ),
+            second: ("two horror films".to_string(), ids(&["m02", "m06"])),
+        }
+    }
+
+    /// For a real data set: the three most popular items, then the next two.
+    pub async fn popular(store: &Store) -> Result<Self, store::StoreError> {
+        let top: Vec<String> = store
+            .popular_items(5, 0, &Default::default())
+            .await?
+            .into_iter()
+            .map(|p| p.item_id)
+            .collect();
+        let split = top.len().min(3);
+        Ok(Self {
+            first: (
+                "the three most rated items".to_string(),
+                top[..split].to_vec(),
+            ),
+            second: ("the next two".to_string(), top[split..].to_vec()),
+        })
+    }
+}
+
 /// The walkthrough printed once the demo serves at `base`.
-pub fn walkthrough(base: &str) -> String {
-    let post = |items: &[(&str, f64)]| {
+pub fn walkthrough(base: &str, story: &Story) -> String {
+    let post = |items: &[(&String, f64)]| {
         let list: Vec<String> = items
             .iter()
             .map(|(item, r)| {
@@ -108,22 +146,27 @@ pub fn walkthrough(base: &str) -> String {
         )
     };
     let recommend = format!("curl -s '{base}/users/you/recommendations?limit=5'");
+    let love: Vec<(&String, f64)> = story.first.1.iter().map(|id| (id, 5.0)).collect();
+    let switch: Vec<(&String, f64)> = story
+        .first
+        .1
+        .iter()
+        .map(|id| (id, 0.5))
+        .chain(story.second.1.iter().map(|id| (id, 5.0)))
+        .collect();
+    let similar = story.first.1.first().map(String::as_str).unwrap_or("m00");
     format!(
         "\nThe demo is serving at {base}. Try, in another terminal:\n\n\
          # 1. A new user gets the most popular items:\n{recommend}\n\n\
-         # 2. Say you love three science-fiction films…\n{}\n\
+         # 2. Say you love {}…\n{}\n\
          # …and the next answer is personalised (no retraining):\n{recommend}\n\n\
-         # 3. Change your mind: hate those, love two horror films:\n{}\n{recommend}\n\n\
-         # Items like one you love:\ncurl -s '{base}/items/m00/similar?limit=5'\n\n\
+         # 3. Change your mind: hate those, love {}:\n{}\n{recommend}\n\n\
+         # Items like one you love:\ncurl -s '{base}/items/{similar}/similar?limit=5'\n\n\
          Press ctrl-c to stop.\n",
-        post(&[("m00", 5.0), ("m04", 5.0), ("m08", 4.5)]),
-        post(&[
-            ("m00", 0.5),
-            ("m04", 0.5),
-            ("m08", 0.5),
-            ("m02", 5.0),
-            ("m06", 5.0)
-        ]),
+        story.first.0,
+        post(&love),
+        story.second.0,
+        post(&switch),
     )
 }
 

@@ -43,10 +43,6 @@ impl IdMap {
     pub fn id(&self, index: u32) -> &str {
         &self.ids[index as usize]
     }
-
-    pub fn ids(&self) -> &[String] {
-        &self.ids
-    }
 }
 
 impl From<Vec<String>> for IdMap {

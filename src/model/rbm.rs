@@ -112,10 +112,6 @@ impl Rbm {
         self.weights.dim().2
     }
 
-    pub fn is_conditional(&self) -> bool {
-        self.implicit.is_some()
-    }
-
     pub fn weights(&self) -> &Array3<f32> {
         &self.weights
     }

@@ -749,3 +749,27 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_definitions_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn retrain_overrides_replace_only_what_they_set() {
+        let defaults = HyperArgs {
+            hidden: Some(50),
+            epochs: Some(10),
+            ..HyperArgs::default()
+        };
+        let body: HyperArgs = serde_json::from_str(r#"{"epochs": 3}"#).unwrap();
+        let merged = defaults.overlay(&body);
+        assert_eq!((merged.hidden, merged.epochs), (Some(50), Some(3)));
+        assert!(serde_json::from_str::<HyperArgs>(r#"{"epochz": 3}"#).is_err());
+    }
+}

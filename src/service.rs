@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::model::{Dataset, EpochStats, ModelError, Recommender, Scratch, Side, top_n_by};
 use crate::model_file::{ModelFile, ModelFileError};
-use crate::store::{Item, NewRating, Store, StoreError, TrainingRun, UpsertCounts};
+use crate::store::{NewRating, Store, StoreError, TrainingRun, UpsertCounts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -260,10 +260,6 @@ impl Service {
                 similarity,
             })
             .collect())
-    }
-
-    pub async fn put_item(&self, item: &Item) -> Result<bool, ServiceError> {
-        Ok(self.store.put_item(item).await?)
     }
 
     /// Starts a training run in the background; a conflict while another run is going.

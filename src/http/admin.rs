@@ -95,21 +95,12 @@ async fn retrain(
 }
 
 async fn runs(State(service): AppState) -> Result<impl IntoResponse, ApiError> {
-    let runs = service
-        .store
-        .runs(100)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let runs = service.store.runs(100).await?;
     Ok(AppJson(json!({"runs": runs})))
 }
 
 async fn run(State(service): AppState, Path(id): Path<i64>) -> Result<impl IntoResponse, ApiError> {
-    match service
-        .store
-        .run(id)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-    {
+    match service.store.run(id).await? {
         Some(run) => Ok(AppJson(run)),
         None => Err(ApiError::NotFound(format!("no training run {id}"))),
     }
@@ -124,11 +115,7 @@ async fn cancel(
 }
 
 async fn models(State(service): AppState) -> Result<impl IntoResponse, ApiError> {
-    let models = service
-        .store
-        .models()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let models = service.store.models().await?;
     Ok(AppJson(json!({"models": models})))
 }
 

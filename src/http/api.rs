@@ -131,11 +131,7 @@ async fn user_ratings(
     Path(user_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("user_id", &user_id)?;
-    let ratings = service
-        .store
-        .user_ratings(&user_id)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let ratings = service.store.user_ratings(&user_id).await?;
     let ratings: Vec<Value> = ratings
         .into_iter()
         .map(|(item_id, rating)| json!({"item_id": item_id, "rating": rating}))
@@ -149,12 +145,7 @@ async fn delete_rating(
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("user_id", &user_id)?;
     check_id("item_id", &item_id)?;
-    if service
-        .store
-        .delete_rating(&user_id, &item_id)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-    {
+    if service.store.delete_rating(&user_id, &item_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!(
@@ -194,7 +185,7 @@ async fn put_item(
         title: Some(body.title),
         metadata: body.metadata,
     };
-    let created = service.put_item(&item).await?;
+    let created = service.store.put_item(&item).await?;
     Ok((
         if created {
             StatusCode::CREATED
@@ -210,12 +201,7 @@ async fn get_item(
     Path(item_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("item_id", &item_id)?;
-    match service
-        .store
-        .item(&item_id)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-    {
+    match service.store.item(&item_id).await? {
         Some(item) => Ok(AppJson(item)),
         None => Err(ApiError::NotFound(format!("no item {item_id:?}"))),
     }

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::service::ServiceError;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -80,6 +81,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict(message) => Self::Conflict(message),
             other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::Internal(error.to_string())
     }
 }
 

@@ -103,23 +103,32 @@ impl Recommender {
         if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(ModelError::Cancelled);
         }
-        let item_fit = match &item_params {
-            Some(params) => {
-                let item_matrix = user_matrix.transpose();
-                let valid_t = transpose_ratings(&valid);
-                let fit = params.fit(&item_matrix, scale, &valid_t, |s| report(Side::Item, s))?;
+        let item_matrix = item_params.as_ref().map(|_| user_matrix.transpose());
+        let (valid_t, valid_order) = transpose_ratings(&valid);
+        let item_fit = match (&item_params, &item_matrix) {
+            (Some(params), Some(item_matrix)) => {
+                let fit = params.fit(item_matrix, scale, &valid_t, |s| report(Side::Item, s))?;
                 if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
                     return Err(ModelError::Cancelled);
                 }
                 Some(fit)
             }
-            None => None,
+            _ => None,
         };
-        let (blend_weight, valid_rmse) = match &item_fit {
-            Some(item_fit) if !valid.is_empty() => {
+        let (blend_weight, valid_rmse) = match (&item_fit, &item_matrix) {
+            (Some(item_fit), Some(item_matrix)) if !valid.is_empty() => {
                 let user_pred = predict(&user_fit.rbm, &user_matrix, &valid, scale, false);
-                let item_pred =
-                    item_based_predictions(&item_fit.rbm, &user_matrix.transpose(), &valid, scale);
+                // Item-based predictions come in item-major order; put them back in `valid`'s.
+                let mut item_pred = vec![0.0f32; valid.len()];
+                for (&n, p) in valid_order.iter().zip(predict(
+                    &item_fit.rbm,
+                    item_matrix,
+                    &valid_t,
+                    scale,
+                    false,
+                )) {
+                    item_pred[n] = p;
+                }
                 let weight = least_squares_blend(&user_pred, &item_pred, &valid, scale);
                 let blended: Vec<f32> = user_pred
                     .iter()
@@ -128,8 +137,8 @@ impl Recommender {
                     .collect();
                 (weight, Some(rmse(&blended, &valid, scale)))
             }
-            Some(_) => (0.5, None),
-            None => (
+            (Some(_), _) => (0.5, None),
+            _ => (
                 1.0,
                 user_fit
                     .history
@@ -285,51 +294,20 @@ pub struct Scratch {
     item_based: Vec<f32>,
 }
 
-fn transpose_ratings(ratings: &[Rating]) -> Vec<Rating> {
-    let mut t: Vec<Rating> = ratings
+/// The ratings with rows and columns swapped, sorted by (row, column), and for each one its
+/// position in `ratings`.
+fn transpose_ratings(ratings: &[Rating]) -> (Vec<Rating>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..ratings.len()).collect();
+    order.sort_by_key(|&n| (ratings[n].item, ratings[n].user));
+    let transposed = order
         .iter()
-        .map(|r| Rating {
-            user: r.item,
-            item: r.user,
-            class: r.class,
+        .map(|&n| Rating {
+            user: ratings[n].item,
+            item: ratings[n].user,
+            class: ratings[n].class,
         })
         .collect();
-    t.sort_by_key(|r| (r.user, r.item));
-    t
-}
-
-/// Item-based predictions of (user, item) queries: ĥ from the item's column, E over the user's unit.
-fn item_based_predictions(
-    rbm: &Rbm,
-    item_matrix: &SparseRatings,
-    queries: &[Rating],
-    scale: RatingScale,
-) -> Vec<f32> {
-    let transposed: Vec<(usize, Rating)> = {
-        let mut t: Vec<(usize, Rating)> = queries
-            .iter()
-            .enumerate()
-            .map(|(n, r)| {
-                (
-                    n,
-                    Rating {
-                        user: r.item,
-                        item: r.user,
-                        class: r.class,
-                    },
-                )
-            })
-            .collect();
-        t.sort_by_key(|(_, r)| (r.user, r.item));
-        t
-    };
-    let sorted: Vec<Rating> = transposed.iter().map(|(_, r)| *r).collect();
-    let predictions = predict(rbm, item_matrix, &sorted, scale, false);
-    let mut out = vec![0.0f32; queries.len()];
-    for ((n, _), p) in transposed.iter().zip(predictions) {
-        out[*n] = p;
-    }
-    out
+    (transposed, order)
 }
 
 /// p(h | row) for every row of `matrix`.

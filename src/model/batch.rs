@@ -18,11 +18,16 @@ use super::rbm::{MAX_CLASSES, Rbm};
 struct Entry {
     /// The case (position in the batch) that gave the rating.
     slot: u32,
-    /// Position of the rating in the batch's user-major flat arrays.
-    flat: u32,
     class: u8,
     /// The class v_T sampled for it by the last Gibbs step.
     sampled: u8,
+}
+
+/// Which visible state a hidden pass conditions on.
+#[derive(Debug, Clone, Copy)]
+enum Visible {
+    Data,
+    Sampled,
 }
 
 /// Buffers of one mini-batch, reused from batch to batch.
@@ -30,9 +35,6 @@ pub(crate) struct MiniBatch {
     k: usize,
     m: usize,
     rows: Vec<u32>,
-    /// Start of each case's ratings in the flat user-major arrays (len B + 1).
-    offsets: Vec<usize>,
-    sampled: Vec<u8>,
     /// p(h | v) per case, B×M.
     positive: Vec<f32>,
     /// p(h | v_T) per case, B×M.
@@ -69,8 +71,6 @@ impl MiniBatch {
             k,
             m,
             rows: Vec::new(),
-            offsets: Vec::new(),
-            sampled: Vec::new(),
             positive: Vec::new(),
             negative: Vec::new(),
             hidden_sample: Vec::new(),
@@ -105,43 +105,15 @@ impl MiniBatch {
     ) {
         self.index(train, rows);
         let m = self.m;
-        let (offsets, sampled) = (&self.offsets, &self.sampled);
-        let case = |slot: usize| {
-            let (items, _) = train.row(rows[slot] as usize);
-            (items, &sampled[offsets[slot]..offsets[slot + 1]])
-        };
         self.positive.resize(rows.len() * m, 0.0);
         self.negative.resize(rows.len() * m, 0.0);
         self.hidden_sample.resize(rows.len() * m, 0.0);
-        self.positive
-            .par_chunks_mut(m)
-            .zip(self.hidden_sample.par_chunks_mut(m))
-            .enumerate()
-            .for_each(|(slot, (positive, hidden))| {
-                let (items, classes) = case(slot);
-                rbm.hidden_probabilities(items, classes, items, positive);
-                sample_bernoulli(positive, &mut stream(seed, step, slot as u64), hidden);
-            });
+        self.hidden_pass(rbm, Visible::Data, Some((seed, step, 0)));
         for t in 0..cd_steps {
             self.sample_visible(rbm, seed ^ (t as u64) << 56, step);
-            for e in &self.entries {
-                self.sampled[e.flat as usize] = e.sampled;
-            }
-            let (offsets, sampled) = (&self.offsets, &self.sampled);
             let last = t + 1 == cd_steps;
-            self.negative
-                .par_chunks_mut(m)
-                .zip(self.hidden_sample.par_chunks_mut(m))
-                .enumerate()
-                .for_each(|(slot, (negative, hidden))| {
-                    let (items, _) = train.row(rows[slot] as usize);
-                    let classes = &sampled[offsets[slot]..offsets[slot + 1]];
-                    rbm.hidden_probabilities(items, classes, items, negative);
-                    if !last {
-                        let index = ((t as u64 + 1) << 40) | slot as u64;
-                        sample_bernoulli(negative, &mut stream(seed, step, index), hidden);
-                    }
-                });
+            let sample = (!last).then_some((seed, step, t as u64 + 1));
+            self.hidden_pass(rbm, Visible::Sampled, sample);
         }
         self.hidden_bias_gradient.fill(0.0);
         for (p, n) in self.positive.chunks(m).zip(self.negative.chunks(m)) {
@@ -150,18 +122,73 @@ impl MiniBatch {
         }
     }
 
-    /// Lays the batch out: user-major offsets and classes, and the item-major entry groups.
+    /// p(h | v) of every case into `positive` (from the data) or `negative` (from the last sample),
+    /// and, given `(seed, step, t)`, a binary sample of it into `hidden_sample`.
+    ///
+    /// The passes run item-major like the visible one: the cases are split into one range per
+    /// thread, and each thread walks the batch's items in ascending order adding W[i][k] to the
+    /// inputs of its cases that rated item i. Each row of W is then read from memory once per
+    /// thread instead of once per case, and a case's sum runs in ascending item order whatever the
+    /// number of threads.
+    fn hidden_pass(&mut self, rbm: &Rbm, visible: Visible, sample: Option<(u64, u64, u64)>) {
+        let m = self.m;
+        let cases = self.rows.len();
+        let per_task = cases.div_ceil(rayon::current_num_threads()).max(1);
+        let probabilities = match visible {
+            Visible::Data => &mut self.positive,
+            Visible::Sampled => &mut self.negative,
+        };
+        let (items, item_start, entries) = (&self.items, &self.item_start, &self.entries);
+        let hidden_bias = rbm.hidden_bias.as_slice().expect("contiguous");
+        probabilities
+            .par_chunks_mut(per_task * m)
+            .zip(self.hidden_sample.par_chunks_mut(per_task * m))
+            .enumerate()
+            .for_each(|(task, (inputs, hidden))| {
+                let first = task * per_task;
+                let slots = first as u32..(first + inputs.len() / m) as u32;
+                for input in inputs.chunks_mut(m) {
+                    input.copy_from_slice(hidden_bias);
+                }
+                for (g, &item) in items.iter().enumerate() {
+                    for e in &entries[item_start[g]..item_start[g + 1]] {
+                        if !slots.contains(&e.slot) {
+                            continue;
+                        }
+                        let class = match visible {
+                            Visible::Data => e.class,
+                            Visible::Sampled => e.sampled,
+                        };
+                        let at = (e.slot - slots.start) as usize * m;
+                        let input = &mut inputs[at..at + m];
+                        kernels::add_assign(input, rbm.weight_row(item as usize, class as usize));
+                        if let Some(implicit) = &rbm.implicit {
+                            kernels::add_assign(
+                                input,
+                                implicit.row(item as usize).as_slice().expect("contiguous"),
+                            );
+                        }
+                    }
+                }
+                for (n, (p, h)) in inputs.chunks_mut(m).zip(hidden.chunks_mut(m)).enumerate() {
+                    p.iter_mut().for_each(|x| *x = kernels::sigmoid(*x));
+                    if let Some((seed, step, t)) = sample {
+                        let index = (t << 40) | (first + n) as u64;
+                        sample_bernoulli(p, &mut stream(seed, step, index), h);
+                    }
+                }
+            });
+    }
+
+    /// Lays the batch out in item-major entry groups.
     fn index(&mut self, train: &SparseRatings, rows: &[u32]) {
         self.rows.clear();
         self.rows.extend_from_slice(rows);
-        self.offsets.clear();
-        self.offsets.push(0);
-        self.sampled.clear();
+        let mut ratings = 0;
         self.items.clear();
         for &row in rows {
-            let (items, classes) = train.row(row as usize);
-            self.sampled.extend_from_slice(classes);
-            self.offsets.push(self.sampled.len());
+            let (items, _) = train.row(row as usize);
+            ratings += items.len();
             for &i in items {
                 if self.counts[i as usize] == 0 {
                     self.items.push(i);
@@ -181,20 +208,17 @@ impl MiniBatch {
             self.counts[i as usize] = start as u32;
         }
         self.entries.clear();
-        self.entries.resize(self.sampled.len(), Entry::default());
-        let mut flat = 0u32;
+        self.entries.resize(ratings, Entry::default());
         for (slot, &row) in rows.iter().enumerate() {
             let (items, classes) = train.row(row as usize);
             for (&i, &class) in items.iter().zip(classes) {
                 let at = &mut self.counts[i as usize];
                 self.entries[*at as usize] = Entry {
                     slot: slot as u32,
-                    flat,
                     class,
                     sampled: class,
                 };
                 *at += 1;
-                flat += 1;
             }
         }
         for &i in &self.items {
@@ -215,19 +239,30 @@ impl MiniBatch {
         let hidden = &self.hidden_sample;
         groups.into_par_iter().for_each(|(item, entries)| {
             let mut rng = stream(seed, step, u64::from(item) | 1 << 63);
-            let mut probabilities = [0.0f32; MAX_CLASSES];
-            let probabilities = &mut probabilities[..k];
-            for e in entries {
-                let h = &hidden[e.slot as usize * m..(e.slot as usize + 1) * m];
-                rbm.visible_probabilities(item as usize, h, probabilities);
-                let u: f32 = rng.random();
-                let mut cumulative = 0.0;
-                e.sampled = (k - 1) as u8;
-                for (class, &p) in probabilities.iter().enumerate() {
-                    cumulative += p;
-                    if u < cumulative {
-                        e.sampled = class as u8;
-                        break;
+            // Logits of up to CHUNK entries at once, so that their exponentials vectorise.
+            const CHUNK: usize = 8;
+            let mut weights = [0.0f32; CHUNK * MAX_CLASSES];
+            for chunk in entries.chunks_mut(CHUNK) {
+                let weights = &mut weights[..chunk.len() * k];
+                for (e, logits) in chunk.iter().zip(weights.chunks_mut(k)) {
+                    let h = &hidden[e.slot as usize * m..(e.slot as usize + 1) * m];
+                    rbm.visible_logits(item as usize, h, logits);
+                    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    logits.iter_mut().for_each(|z| *z -= max);
+                }
+                weights.iter_mut().for_each(|z| *z = kernels::fast_exp(*z));
+                for (e, weights) in chunk.iter_mut().zip(weights.chunks(k)) {
+                    // Inverse-CDF sampling on the unnormalised weights e^(z − max).
+                    let total: f32 = weights.iter().sum();
+                    let u = rng.random::<f32>() * total;
+                    let mut cumulative = 0.0;
+                    e.sampled = (k - 1) as u8;
+                    for (class, &w) in weights.iter().enumerate() {
+                        cumulative += w;
+                        if u < cumulative {
+                            e.sampled = class as u8;
+                            break;
+                        }
                     }
                 }
             }
@@ -239,38 +274,30 @@ impl MiniBatch {
         &self.entries[self.item_start[g]..self.item_start[g + 1]]
     }
 
-    /// Calls `mark(row)` for every (item·K + class) row of W that has a gradient this batch.
-    pub fn for_each_weight_row(&self, mut mark: impl FnMut(usize)) {
-        for &i in &self.items {
-            for e in self.group(i as usize) {
-                mark(i as usize * self.k + e.class as usize);
-                mark(i as usize * self.k + e.sampled as usize);
-            }
-        }
-    }
-
-    /// Σ over the batch of v[i][k]·p(h|v) − v_T[i][k]·p(h|v_T), times `scale`, for row = i·K + k.
-    pub fn weight_gradient(&self, row: usize, scale: f32, out: &mut [f32]) {
-        let (item, class) = (row / self.k, (row % self.k) as u8);
+    /// The gradient of item i's K rows of W, Σ over the batch of v[i][k]·p(h|v) − v_T[i][k]·p(h|v_T)
+    /// times `scale`, into `out` (K·M), from one pass over the item's entries; `has[k]` is set for
+    /// each row that has a term (the others are zero).
+    pub fn item_weight_gradient(&self, item: usize, scale: f32, out: &mut [f32], has: &mut [bool]) {
         let m = self.m;
         out.fill(0.0);
         for e in self.group(item) {
-            let slot = e.slot as usize;
-            if e.class == class {
-                kernels::add_assign(out, &self.positive[slot * m..(slot + 1) * m]);
-            }
-            if e.sampled == class {
-                kernels::sub_assign(out, &self.negative[slot * m..(slot + 1) * m]);
-            }
+            let slot = e.slot as usize * m;
+            let (class, sampled) = (e.class as usize, e.sampled as usize);
+            kernels::add_assign(
+                &mut out[class * m..(class + 1) * m],
+                &self.positive[slot..slot + m],
+            );
+            kernels::sub_assign(
+                &mut out[sampled * m..(sampled + 1) * m],
+                &self.negative[slot..slot + m],
+            );
+            has[class] = true;
+            has[sampled] = true;
         }
-        out.iter_mut().for_each(|g| *g *= scale);
-    }
-
-    /// The gradient of all K rows of item i at once (the factored model's ∂/∂W[i]).
-    pub fn item_weight_gradient(&self, item: usize, scale: f32, out: &mut [f32]) {
-        let m = self.m;
-        for (class, chunk) in out.chunks_mut(m).enumerate() {
-            self.weight_gradient(item * self.k + class, scale, chunk);
+        for (row, has) in out.chunks_mut(m).zip(has.iter()) {
+            if *has {
+                row.iter_mut().for_each(|g| *g *= scale);
+            }
         }
     }
 

@@ -65,61 +65,85 @@ impl TensorState {
         touched: impl Fn(usize) -> bool + Sync,
         gradient: impl Fn(usize, &mut [f32]) + Sync,
     ) {
+        self.step_groups(values, rule, step, 1, touched, |row, out, has| {
+            gradient(row, out);
+            has[0] = true;
+        });
+    }
+
+    /// `step` for rows taken `group` at a time (the K class rows of one item): `touched(g)` says
+    /// whether group g may have a gradient, and `gradient(g, out, has)` writes the gradients of all
+    /// its rows into `out` and sets `has[r]` for each row r that has one. With momentum, rows
+    /// without a gradient stay lazy.
+    pub fn step_groups(
+        &mut self,
+        values: &mut [f32],
+        rule: &UpdateRule,
+        step: u64,
+        group: usize,
+        touched: impl Fn(usize) -> bool + Sync,
+        gradient: impl Fn(usize, &mut [f32], &mut [bool]) + Sync,
+    ) {
         let row_len = self.row_len;
         let decay = self.decay;
+        let span = group * row_len;
+        let scratch = || (vec![0.0f32; span], vec![false; group]);
         match rule.kind {
             OptimizerKind::Momentum => {
                 let catch_up = Propagator::new(rule, decay);
                 values
-                    .par_chunks_mut(row_len)
-                    .zip(self.first.par_chunks_mut(row_len))
-                    .zip(self.last_step.par_iter_mut())
+                    .par_chunks_mut(span)
+                    .zip(self.first.par_chunks_mut(span))
+                    .zip(self.last_step.par_chunks_mut(group))
                     .enumerate()
-                    .filter(|(row, _)| touched(*row))
-                    .for_each_init(
-                        || vec![0.0f32; row_len],
-                        |grad, (row, ((w, v), last))| {
+                    .filter(|(g, _)| touched(*g))
+                    .for_each_init(scratch, |(grad, has), (g, ((w, v), last))| {
+                        has.fill(false);
+                        gradient(g, grad, has);
+                        for (r, last) in last.iter_mut().enumerate().filter(|(r, _)| has[*r]) {
+                            let rows = r * row_len..(r + 1) * row_len;
+                            let (w, v) = (&mut w[rows.clone()], &mut v[rows.clone()]);
                             catch_up.apply(w, v, step - 1 - *last);
-                            gradient(row, grad);
-                            for ((w, v), g) in w.iter_mut().zip(v.iter_mut()).zip(grad.iter()) {
+                            for ((w, v), g) in w.iter_mut().zip(v.iter_mut()).zip(&grad[rows]) {
                                 *v = rule.momentum * *v + rule.learning_rate * (g - decay * *w);
                                 *w += *v;
                             }
                             *last = step;
-                        },
-                    );
+                        }
+                    });
             }
             OptimizerKind::Adam => {
                 let correction1 = (1.0 - ADAM_BETA1.powf(step as f64)) as f32;
                 let correction2 = (1.0 - ADAM_BETA2.powf(step as f64)) as f32;
                 values
-                    .par_chunks_mut(row_len)
-                    .zip(self.first.par_chunks_mut(row_len))
-                    .zip(self.second.par_chunks_mut(row_len))
+                    .par_chunks_mut(span)
+                    .zip(self.first.par_chunks_mut(span))
+                    .zip(self.second.par_chunks_mut(span))
                     .enumerate()
-                    .for_each_init(
-                        || vec![0.0f32; row_len],
-                        |grad, (row, ((w, m), s))| {
-                            if touched(row) {
-                                gradient(row, grad);
-                            } else {
+                    .for_each_init(scratch, |(grad, has), (g, ((w, m), s))| {
+                        has.fill(false);
+                        if touched(g) {
+                            gradient(g, grad, has);
+                        }
+                        for (r, grad) in grad.chunks_mut(row_len).enumerate() {
+                            if !has[r] {
                                 grad.fill(0.0);
                             }
-                            for (((w, m), s), g) in w
-                                .iter_mut()
-                                .zip(m.iter_mut())
-                                .zip(s.iter_mut())
-                                .zip(grad.iter())
-                            {
-                                // Adam minimises, so it takes the negated ascent direction plus L2 decay.
-                                let d = -g + decay * *w;
-                                *m = ADAM_BETA1 as f32 * *m + (1.0 - ADAM_BETA1 as f32) * d;
-                                *s = ADAM_BETA2 as f32 * *s + (1.0 - ADAM_BETA2 as f32) * d * d;
-                                *w -= rule.learning_rate * (*m / correction1)
-                                    / ((*s / correction2).sqrt() + ADAM_EPSILON);
-                            }
-                        },
-                    );
+                        }
+                        for (((w, m), s), g) in w
+                            .iter_mut()
+                            .zip(m.iter_mut())
+                            .zip(s.iter_mut())
+                            .zip(grad.iter())
+                        {
+                            // Adam minimises, so it takes the negated ascent direction plus L2 decay.
+                            let d = -g + decay * *w;
+                            *m = ADAM_BETA1 as f32 * *m + (1.0 - ADAM_BETA1 as f32) * d;
+                            *s = ADAM_BETA2 as f32 * *s + (1.0 - ADAM_BETA2 as f32) * d * d;
+                            *w -= rule.learning_rate * (*m / correction1)
+                                / ((*s / correction2).sqrt() + ADAM_EPSILON);
+                        }
+                    });
             }
         }
     }

@@ -175,10 +175,11 @@ impl Rbm {
     /// b[i][k] + W[i][k]·h for each class k of visible unit i.
     #[inline(always)]
     pub fn visible_logits(&self, item: usize, hidden: &[f32], out: &mut [f32]) {
-        let bias = self.visible_bias.row(item);
-        for (k, logit) in out.iter_mut().enumerate() {
-            *logit = bias[k] + kernels::dot(self.weight_row(item, k), hidden);
-        }
+        let (_, k, m) = self.weights.dim();
+        let weights =
+            &self.weights.as_slice().expect("contiguous")[item * k * m..(item + 1) * k * m];
+        let bias = &self.visible_bias.as_slice().expect("contiguous")[item * k..(item + 1) * k];
+        kernels::row_dots(weights, hidden, bias, out);
     }
 
     /// p(v_i = k | h), the softmax of the visible logits.

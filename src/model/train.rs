@@ -12,7 +12,7 @@ use super::batch::MiniBatch;
 use super::evaluate::{predict, rmse};
 use super::kernels;
 use super::optimizer::{OptimizerKind, TensorState, UpdateRule};
-use super::rbm::Rbm;
+use super::rbm::{MAX_CLASSES, Rbm};
 use super::{ModelError, Rating, RatingScale, SparseRatings};
 
 /// Hyperparameters of one RBM. Defaults follow the calibration in DESIGN.md.
@@ -252,7 +252,6 @@ impl ValidRbmParams {
         let mut d_state = TensorState::new(d, m, p.weight_decay, p.optimizer);
         let mut batch = MiniBatch::new(d, k, m);
         let mut item_mark = vec![u64::MAX; d];
-        let mut class_mark = vec![u64::MAX; d * k];
 
         let probe = training_probe(train);
         let mut order: Vec<u32> = (0..train.n_rows() as u32)
@@ -276,21 +275,21 @@ impl ValidRbmParams {
                 for &i in batch.items() {
                     item_mark[i as usize] = step;
                 }
-                batch.for_each_weight_row(|row| class_mark[row] = step);
                 let scale_by = 1.0 / batch.len() as f32;
                 let item_touched = |row: usize| item_mark[row] == step;
-                let class_touched = |row: usize| class_mark[row] == step;
                 let batch = &batch;
                 match &mut factors {
-                    None => w_state.step(
+                    None => w_state.step_groups(
                         rbm.weights.as_slice_mut().expect("contiguous"),
                         &rule,
                         step,
-                        class_touched,
-                        |row, out| batch.weight_gradient(row, scale_by, out),
+                        k,
+                        item_touched,
+                        |item, out, has| batch.item_weight_gradient(item, scale_by, out, has),
                     ),
                     Some(f) => f.step(&mut rbm, &rule, step, item_touched, |item, out| {
-                        batch.item_weight_gradient(item, scale_by, out)
+                        let mut has = [false; MAX_CLASSES];
+                        batch.item_weight_gradient(item, scale_by, out, &mut has[..k])
                     }),
                 }
                 b_state.step(
@@ -530,9 +529,10 @@ pub fn cd_weight_gradient(
     let mut batch = MiniBatch::new(d, k, m);
     batch.run(rbm, &cases, &rows, cd_steps, seed, 1);
     let mut gradient = vec![0.0f32; d * k * m];
-    for (row, out) in gradient.chunks_mut(m).enumerate() {
-        if items.contains(&((row / k) as u32)) {
-            batch.weight_gradient(row, 1.0 / samples as f32, out);
+    let mut has = vec![false; k];
+    for (item, out) in gradient.chunks_mut(k * m).enumerate() {
+        if items.contains(&(item as u32)) {
+            batch.item_weight_gradient(item, 1.0 / samples as f32, out, &mut has);
         }
     }
     gradient.into_iter().map(f64::from).collect()

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use crate::cli::HyperArgs;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::model::{Dataset, EpochStats, ModelError, Recommender, Scratch, Side, top_n_by};
+use crate::model::{Dataset, EpochStats, ModelError, Recommender, Scratch, Side};
 use crate::model_file::{ModelFile, ModelFileError};
 use crate::store::{NewRating, Store, StoreError, TrainingRun, UpsertCounts};
 
@@ -95,8 +95,9 @@ type Ranking = Arc<RankedItems>;
 /// change to the user's ratings (or a new model) changes the key. Bounded by bytes.
 type RankingCache = moka::sync::Cache<(i64, String, u64), Ranking>;
 
-/// Entries kept per cached ranking; deeper pages are scored afresh.
-const RANKING_DEPTH: usize = 1000;
+/// Entries kept per cached ranking; deeper pages are scored afresh. Small enough that the screened
+/// top-n pass pays (it scores exactly only the items that can reach the list).
+const RANKING_DEPTH: usize = 100;
 
 thread_local! {
     /// Scoring buffers, reused by each blocking-pool thread from request to request.
@@ -621,21 +622,14 @@ fn rank(
     depth: usize,
 ) -> Vec<(u32, f32)> {
     let (items, classes): (Vec<u32>, Vec<u8>) = rated.iter().copied().unzip();
-    let mut scores = vec![0.0f32; model.items.len()];
     SCRATCH.with(|scratch| {
-        model.expected_ratings(
+        model.top_n(
             user,
             &items,
             &classes,
+            depth,
+            |a, b| model.items.id(a).cmp(model.items.id(b)),
             &mut scratch.borrow_mut(),
-            &mut scores,
         )
-    });
-    let skip = |i: u32| items.binary_search(&i).is_ok();
-    top_n_by(&scores, depth, skip, |a, b| {
-        model.items.id(a).cmp(model.items.id(b))
     })
-    .into_iter()
-    .map(|i| (i, scores[i as usize]))
-    .collect()
 }

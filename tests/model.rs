@@ -349,6 +349,88 @@ fn models_are_send_and_sync() {
     assert_send_sync::<ModelFile>();
 }
 
+/// The top list from `expected_ratings` over the whole catalogue, ties by `tie`.
+fn full_ranking(
+    model: &Recommender,
+    user: Option<u32>,
+    items: &[u32],
+    classes: &[u8],
+    n: usize,
+    tie: impl Fn(u32, u32) -> std::cmp::Ordering,
+) -> Vec<(u32, u32)> {
+    let mut scores = vec![0.0; model.items.len()];
+    model.expected_ratings(user, items, classes, &mut Scratch::default(), &mut scores);
+    rbm_recommender::model::top_n_by(&scores, n, |i| items.contains(&i), tie)
+        .into_iter()
+        .map(|i| (i, scores[i as usize].to_bits()))
+        .collect()
+}
+
+#[test]
+fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
+    let data = planted(200, 160, 6);
+    let trained = Recommender::train(&data, &small_config(), |_, _| ControlFlow::Continue(()))
+        .unwrap()
+        .recommender;
+    let known = data.user_matrix();
+    let mut scratch = Scratch::default();
+    for row in 0..known.n_rows() {
+        let (items, classes) = known.row(row);
+        for user in [Some(row as u32), None] {
+            for n in [1, 5, 20] {
+                let screened: Vec<(u32, u32)> = trained
+                    .top_n(user, items, classes, n, |a, b| a.cmp(&b), &mut scratch)
+                    .into_iter()
+                    .map(|(i, s)| (i, s.to_bits()))
+                    .collect();
+                let full = full_ranking(&trained, user, items, classes, n, |a, b| a.cmp(&b));
+                assert_eq!(screened, full, "user {row} ({user:?}), n = {n}");
+            }
+        }
+    }
+
+    // Items 1..=6 copy item 0's weights, and a strong bias towards 5 stars puts the seven on top,
+    // so their scores tie exactly and only `tie` orders them.
+    let mut rbm = trained.user_rbm.clone();
+    let (mut weights, mut bias) = (rbm.weights().clone(), rbm.visible_bias().clone());
+    bias.row_mut(0)
+        .assign(&ndarray::arr1(&[-30.0, -30.0, -30.0, -30.0, 30.0]));
+    for copy in 1..=6 {
+        let row = weights.index_axis(ndarray::Axis(0), 0).to_owned();
+        weights.index_axis_mut(ndarray::Axis(0), copy).assign(&row);
+        let b = bias.row(0).to_owned();
+        bias.row_mut(copy).assign(&b);
+    }
+    rbm = Rbm::from_parts(weights, bias, rbm.hidden_bias().clone(), None).unwrap();
+    let tied = Recommender::new(
+        trained.scale,
+        trained.users.clone(),
+        trained.items.clone(),
+        rbm,
+        None,
+        1.0,
+    );
+    let (items, classes): (Vec<u32>, Vec<u8>) = {
+        let (items, classes) = known.row(0);
+        items.iter().zip(classes).filter(|(i, _)| **i > 6).unzip()
+    };
+    let backwards = |a: u32, b: u32| b.cmp(&a);
+    let screened: Vec<(u32, u32)> = tied
+        .top_n(None, &items, &classes, 4, backwards, &mut scratch)
+        .into_iter()
+        .map(|(i, s)| (i, s.to_bits()))
+        .collect();
+    assert_eq!(
+        screened,
+        full_ranking(&tied, None, &items, &classes, 4, backwards)
+    );
+    let tied_scores: Vec<u32> = screened.iter().map(|&(_, s)| s).collect();
+    assert!(
+        tied_scores.windows(2).any(|w| w[0] == w[1]),
+        "expected exact ties in {screened:?}"
+    );
+}
+
 #[test]
 fn new_users_fold_in_without_retraining() {
     let data = planted(300, 30, 4);

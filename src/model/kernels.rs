@@ -154,6 +154,149 @@ unsafe fn row_dots_avx2(rows: &[f32], x: &[f32], bias: &[f32], out: &mut [f32]) 
     }
 }
 
+/// Items scored side by side in the catalogue pass: one AVX register of f32.
+pub const LANES: usize = 8;
+
+/// How the catalogue kernels read weights: f32, or the bits of an f16 (u16) for the screening pass.
+pub trait Weight: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+
+    /// LANES consecutive weights as f32.
+    ///
+    /// # Safety
+    /// `p` must point to LANES readable values; AVX2 and F16C must be available.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    unsafe fn load_lanes(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    #[inline(always)]
+    unsafe fn load_lanes(p: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller guarantees LANES readable floats at p.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl Weight for u16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::from_bits(self).to_f32()
+    }
+
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    #[inline(always)]
+    unsafe fn load_lanes(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees LANES readable halves (16 bytes) at p.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())) }
+    }
+}
+
+/// The K logits of LANES items at once: `out[k][l] = bias[k][l] + Σ_j hidden[j]·weights[j][k][l]`,
+/// with `weights` laid out `[M][K][LANES]` and `bias`, `out` `[K][LANES]`. The weights are read
+/// in one sequential pass and, for K ≤ 10, the K sums stay in registers. Each lane is computed by
+/// the same sequence of operations, so a given item's logits do not depend on its block-mates.
+#[inline(always)]
+pub fn lane_logits<T: Weight>(weights: &[T], hidden: &[f32], bias: &[f32], out: &mut [f32]) {
+    let k = out.len() / LANES;
+    assert!(weights.len() == hidden.len() * k * LANES && bias.len() == out.len());
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    {
+        // SAFETY: AVX2, FMA and F16C are enabled (cfg above), and the lengths are checked above.
+        unsafe {
+            match k {
+                1 => lane_logits_avx2::<T, 1>(weights, hidden, bias, out),
+                2 => lane_logits_avx2::<T, 2>(weights, hidden, bias, out),
+                3 => lane_logits_avx2::<T, 3>(weights, hidden, bias, out),
+                4 => lane_logits_avx2::<T, 4>(weights, hidden, bias, out),
+                5 => lane_logits_avx2::<T, 5>(weights, hidden, bias, out),
+                6 => lane_logits_avx2::<T, 6>(weights, hidden, bias, out),
+                7 => lane_logits_avx2::<T, 7>(weights, hidden, bias, out),
+                8 => lane_logits_avx2::<T, 8>(weights, hidden, bias, out),
+                9 => lane_logits_avx2::<T, 9>(weights, hidden, bias, out),
+                10 => lane_logits_avx2::<T, 10>(weights, hidden, bias, out),
+                _ => lane_logits_plain(weights, hidden, bias, out),
+            }
+        }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    )))]
+    lane_logits_plain(weights, hidden, bias, out);
+}
+
+/// `lane_logits` for any K, in plain code (sums kept in memory).
+fn lane_logits_plain<T: Weight>(weights: &[T], hidden: &[f32], bias: &[f32], out: &mut [f32]) {
+    out.copy_from_slice(bias);
+    for (&h, w) in hidden.iter().zip(weights.chunks_exact(out.len())) {
+        for (o, w) in out.iter_mut().zip(w) {
+            *o = h.mul_add(w.to_f32(), *o);
+        }
+    }
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[inline(always)]
+unsafe fn lane_logits_avx2<T: Weight, const K: usize>(
+    weights: &[T],
+    hidden: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); K];
+        for (c, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm256_loadu_ps(bias.as_ptr().add(c * LANES));
+        }
+        let mut p = weights.as_ptr();
+        for &h in hidden {
+            let h = _mm256_set1_ps(h);
+            for (c, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(h, T::load_lanes(p.add(c * LANES)), *acc);
+            }
+            p = p.add(K * LANES);
+        }
+        for (c, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(c * LANES), *acc);
+        }
+    }
+}
+
 /// `y += x`
 #[inline(always)]
 pub fn add_assign(y: &mut [f32], x: &[f32]) {
@@ -295,6 +438,46 @@ mod tests {
                         "n={n} k={k} r={r}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn lane_logits_match_plain_sums_for_every_k() {
+        let m = 13;
+        for k in 1..=12 {
+            let weights: Vec<f32> = (0..m * k * LANES)
+                .map(|i| (i as f32 * 0.31).sin())
+                .collect();
+            let hidden: Vec<f32> = (0..m).map(|j| (j as f32 * 0.7).cos().abs()).collect();
+            let bias: Vec<f32> = (0..k * LANES).map(|i| i as f32 * 0.01).collect();
+            let mut out = vec![0.0f32; k * LANES];
+            // f16 weights give the same sums as their f32 values, up to rounding.
+            let halves: Vec<u16> = weights
+                .iter()
+                .map(|&w| half::f16::from_f32(w).to_bits())
+                .collect();
+            let mut from_halves = vec![0.0f32; k * LANES];
+            lane_logits(&halves, &hidden, &bias, &mut from_halves);
+            for (n, &o) in from_halves.iter().enumerate() {
+                let (c, l) = (n / LANES, n % LANES);
+                let exact: f64 = f64::from(bias[n])
+                    + (0..m)
+                        .map(|j| {
+                            f64::from(hidden[j])
+                                * f64::from(halves[(j * k + c) * LANES + l].to_f32())
+                        })
+                        .sum::<f64>();
+                assert!((f64::from(o) - exact).abs() < 1e-4, "f16 k={k} n={n}");
+            }
+            lane_logits(&weights, &hidden, &bias, &mut out);
+            for (n, &o) in out.iter().enumerate() {
+                let (c, l) = (n / LANES, n % LANES);
+                let exact: f64 = f64::from(bias[n])
+                    + (0..m)
+                        .map(|j| f64::from(hidden[j]) * f64::from(weights[(j * k + c) * LANES + l]))
+                        .sum::<f64>();
+                assert!((f64::from(o) - exact).abs() < 1e-4, "k={k} n={n}");
             }
         }
     }

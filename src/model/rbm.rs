@@ -221,8 +221,8 @@ impl Rbm {
 /// The largest K the scale module allows, so per-item class buffers live on the stack.
 pub(crate) const MAX_CLASSES: usize = 100;
 
-/// Items scored together in the catalogue pass: K·512 logits fit in L1.
-const CATALOG_BLOCK: usize = 512;
+/// Items per parallel task of the catalogue pass.
+const CATALOG_TASK: usize = 512;
 
 #[inline(always)]
 fn hidden_input(rbm: &Rbm, items: &[u32], classes: &[u8], implicit_items: &[u32], out: &mut [f32]) {
@@ -240,59 +240,146 @@ fn hidden_input(rbm: &Rbm, items: &[u32], classes: &[u8], implicit_items: &[u32]
     }
 }
 
-/// W and b laid out class-major, `[K][M][D]` and `[K][D]`, so that scoring every item is K·M
-/// vector AXPYs over the catalogue and one vectorised softmax, instead of D·K short dot products
-/// and D·K scalar exponentials. Derived from an `Rbm`; used to serve.
+/// W and b re-laid for scoring the whole catalogue: items in blocks of `kernels::LANES`, each block
+/// `[M][K][LANES]` (and b `[K][LANES]`), so that a block's K logits build up in registers while
+/// its weights stream through memory in one sequential pass. Derived from an `Rbm`; used to serve.
+///
+/// A second copy of W rounded to f16 halves the bytes a pass reads. It only screens: `screen`
+/// gives each item an approximate E[class] with a proven error radius, and the items that can still
+/// make a top list are then scored exactly by `expected_classes_of`, which runs the f32 kernel, so
+/// a top list is the one the full f32 pass would give, score for score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CatalogWeights {
     classes: usize,
     hidden: usize,
     items: usize,
     weights: Vec<f32>,
+    halves: Vec<u16>,
     bias: Vec<f32>,
+    /// Per item, over its K·M weights and K biases: max |W − f16(W)|, max |W|, max |b|.
+    spread: Vec<[f32; 3]>,
 }
 
 impl CatalogWeights {
     pub fn new(rbm: &Rbm) -> Self {
+        use kernels::LANES;
         let (d, k, m) = rbm.weights.dim();
-        let mut weights = vec![0.0f32; k * m * d];
+        let blocks = d.div_ceil(LANES);
+        // Lanes past the last item stay zero and are never read out.
+        let mut weights = vec![0.0f32; blocks * m * k * LANES];
+        let mut halves = vec![0u16; blocks * m * k * LANES];
+        let mut spread = vec![[0.0f32; 3]; d];
         for ((i, class, j), &w) in rbm.weights.indexed_iter() {
-            weights[(class * m + j) * d + i] = w;
+            let at = (((i / LANES) * m + j) * k + class) * LANES + i % LANES;
+            let half = half::f16::from_f32(w);
+            weights[at] = w;
+            halves[at] = half.to_bits();
+            let s = &mut spread[i];
+            s[0] = s[0].max((w - half.to_f32()).abs());
+            s[1] = s[1].max(w.abs());
         }
-        let mut bias = vec![0.0f32; k * d];
+        let mut bias = vec![0.0f32; blocks * k * LANES];
         for ((i, class), &b) in rbm.visible_bias.indexed_iter() {
-            bias[class * d + i] = b;
+            bias[((i / LANES) * k + class) * LANES + i % LANES] = b;
+            spread[i][2] = spread[i][2].max(b.abs());
         }
         Self {
             classes: k,
             hidden: m,
             items: d,
             weights,
+            halves,
             bias,
+            spread,
         }
     }
 
-    /// E[class] of every item under p(v | h). `logits` is scratch, resized to K·D. Items go in
-    /// blocks of CATALOG_BLOCK so a block's logits stay in L1 while its slices of W stream by; blocks
-    /// are spread over the rayon pool, since one request's cost is reading all of W once.
-    pub fn expected_classes(&self, hidden: &[f32], logits: &mut Vec<f32>, out: &mut [f32]) {
-        let (k, m, d) = (self.classes, self.hidden, self.items);
-        logits.resize(k * d, 0.0);
-        logits
-            .par_chunks_mut(k * CATALOG_BLOCK)
-            .zip(out.par_chunks_mut(CATALOG_BLOCK))
-            .enumerate()
-            .for_each(|(block, (logits, out))| {
-                let (lo, w) = (block * CATALOG_BLOCK, out.len());
+    /// E[class] of every item under p(v | h), into `out` (one per item).
+    pub fn expected_classes(&self, hidden: &[f32], out: &mut [f32]) {
+        self.pass(&self.weights, hidden, out);
+    }
+
+    /// E[class] of every item from the f16 weights into `approx`, and into `radius` a bound on how
+    /// far each is from what `expected_classes` computes.
+    ///
+    /// Per logit, the f16 rounding moves the exact sum by at most max|ΔW|·Σh, and each computed
+    /// sum of M + 1 terms is within γ = (M+1)u/(1 − (M+1)u) of its exact value relative to Σ|terms|
+    /// (u = 2⁻²⁴). Logits within r of each other change each softmax probability by a factor
+    /// within e^{±2r}, which moves E[class] by at most (K−1)/2·(e^{2r} − 1) ≤ (K−1)/2·(2r + 4r²)
+    /// for 2r ≤ 1 (and E[class] never moves by more than K−1). The computed softmax itself adds a
+    /// relative error of a few 1e-6 (fast_exp, sums, division), allowed for generously by 2e-5
+    /// per class.
+    pub fn screen(&self, hidden: &[f32], approx: &mut [f32], radius: &mut [f32]) {
+        self.pass(&self.halves, hidden, approx);
+        let terms = (self.hidden + 1) as f64 * f64::from(f32::EPSILON) / 2.0;
+        let gamma = terms / (1.0 - terms);
+        let mass: f64 = hidden.iter().map(|&h| f64::from(h.abs())).sum();
+        let spread_of_classes = (self.classes - 1) as f64;
+        for (r, s) in radius.iter_mut().zip(&self.spread) {
+            let [delta, weight, bias] = s.map(f64::from);
+            let logit = delta * mass + gamma * (2.0 * bias + (2.0 * weight + delta) * mass);
+            let x = 2.0 * logit;
+            let moved = if x <= 1.0 {
+                spread_of_classes / 2.0 * (x + x * x)
+            } else {
+                spread_of_classes
+            };
+            let expected = moved + spread_of_classes * 2e-5;
+            *r = expected as f32;
+        }
+    }
+
+    /// E[class] of the listed items, exactly as `expected_classes` computes them: each group of
+    /// LANES items is gathered from the item-major `rbm` (the model this was built from) into one
+    /// block and run through the same kernel.
+    pub fn expected_classes_of(&self, rbm: &Rbm, hidden: &[f32], items: &[u32], out: &mut [f32]) {
+        use kernels::LANES;
+        let (k, m) = (self.classes, self.hidden);
+        let mut block = vec![0.0f32; m * k * LANES];
+        let mut bias = [0.0f32; MAX_CLASSES * LANES];
+        let bias = &mut bias[..k * LANES];
+        let mut logits = [0.0f32; MAX_CLASSES * LANES];
+        let logits = &mut logits[..k * LANES];
+        for (group, out) in items.chunks(LANES).zip(out.chunks_mut(LANES)) {
+            for (lane, &item) in group.iter().enumerate() {
                 for class in 0..k {
-                    let row = &mut logits[class * w..(class + 1) * w];
-                    row.copy_from_slice(&self.bias[class * d + lo..class * d + lo + w]);
-                    for (j, &h) in hidden.iter().enumerate().take(m) {
-                        let start = (class * m + j) * d + lo;
-                        kernels::axpy(row, h, &self.weights[start..start + w]);
+                    for (j, &w) in rbm.weight_row(item as usize, class).iter().enumerate() {
+                        block[(j * k + class) * LANES + lane] = w;
                     }
+                    bias[class * LANES + lane] = rbm.visible_bias[[item as usize, class]];
                 }
-                kernels::expected_class_of_logits(logits, k, out);
+            }
+            kernels::lane_logits(&block, &hidden[..m], bias, logits);
+            let mut expected = [0.0f32; LANES];
+            kernels::expected_class_of_logits(logits, k, &mut expected);
+            out.copy_from_slice(&expected[..out.len()]);
+        }
+    }
+
+    /// The catalogue pass over `weights` (the f32 or the f16 copy). Tasks of CATALOG_TASK items
+    /// are spread over the rayon pool, since one request's cost is reading all of W once.
+    fn pass<T: kernels::Weight>(&self, weights: &[T], hidden: &[f32], out: &mut [f32]) {
+        use kernels::LANES;
+        let (k, m) = (self.classes, self.hidden);
+        assert_eq!(out.len(), self.items);
+        let block_len = m * k * LANES;
+        out.par_chunks_mut(CATALOG_TASK)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let mut logits = [0.0f32; MAX_CLASSES * LANES];
+                let logits = &mut logits[..k * LANES];
+                for (n, out) in out.chunks_mut(LANES).enumerate() {
+                    let block = task * (CATALOG_TASK / LANES) + n;
+                    kernels::lane_logits(
+                        &weights[block * block_len..(block + 1) * block_len],
+                        &hidden[..m],
+                        &self.bias[block * k * LANES..(block + 1) * k * LANES],
+                        logits,
+                    );
+                    let mut expected = [0.0f32; LANES];
+                    kernels::expected_class_of_logits(logits, k, &mut expected);
+                    out.copy_from_slice(&expected[..out.len()]);
+                }
             });
     }
 }
@@ -312,9 +399,8 @@ mod tests {
         let counts: Vec<u32> = (0..d * k).map(|n| (n % 7) as u32).collect();
         let rbm = Rbm::initial(&counts, d, k, &params);
         let hidden: Vec<f32> = (0..37).map(|j| (j as f32 * 0.37).sin().abs()).collect();
-        let mut logits = Vec::new();
         let mut all = vec![0.0f32; d];
-        CatalogWeights::new(&rbm).expected_classes(&hidden, &mut logits, &mut all);
+        CatalogWeights::new(&rbm).expected_classes(&hidden, &mut all);
         for (item, &score) in all.iter().enumerate() {
             let single = rbm.expected_class(item, &hidden);
             assert!(

@@ -8,7 +8,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::evaluate::{predict, rmse, top_n};
+use super::evaluate::{predict, rmse, top_n, top_n_by};
 use super::kernels;
 use super::rbm::{CatalogWeights, Rbm};
 use super::train::{EpochStats, Fit, RbmParams};
@@ -201,40 +201,147 @@ impl Recommender {
         scratch: &mut Scratch,
         out: &mut [f32],
     ) {
+        self.user_hidden(items, classes, scratch);
+        self.catalog.expected_classes(&scratch.hidden, out);
+        let item_based =
+            self.item_based_classes(user, &mut scratch.logits, &mut scratch.item_based);
+        for (n, score) in out.iter_mut().enumerate() {
+            *score = self.rating_of(*score, item_based.map(|e| e[n]));
+        }
+    }
+
+    /// The `n` best items the user has not rated, best first, ties ordered by `tie`: the same
+    /// items and expected ratings as ranking `expected_ratings`, at a fraction of the memory
+    /// traffic when n is small. The f16 screening pass bounds every item's score; only items whose
+    /// upper bound reaches the n-th best lower bound are scored exactly.
+    pub fn top_n(
+        &self,
+        user: Option<u32>,
+        items: &[u32],
+        classes: &[u8],
+        n: usize,
+        tie: impl Fn(u32, u32) -> std::cmp::Ordering,
+        scratch: &mut Scratch,
+    ) -> Vec<(u32, f32)> {
+        let d = self.items.len();
+        let mut scores = std::mem::take(&mut scratch.scores);
+        scores.clear();
+        scores.resize(d, f32::NEG_INFINITY);
+        let mut rated = std::mem::take(&mut scratch.rated);
+        rated.clear();
+        rated.resize(d, false);
+        for &i in items {
+            rated[i as usize] = true;
+        }
+        let skip = |i: u32| rated[i as usize];
+        if n.saturating_mul(4) >= d {
+            self.expected_ratings(user, items, classes, scratch, &mut scores);
+        } else {
+            self.user_hidden(items, classes, scratch);
+            let (mut approx, mut radius) = (
+                std::mem::take(&mut scratch.approx),
+                std::mem::take(&mut scratch.radius),
+            );
+            approx.resize(d, 0.0);
+            radius.resize(d, 0.0);
+            self.catalog
+                .screen(&scratch.hidden, &mut approx, &mut radius);
+            let item_based =
+                self.item_based_classes(user, &mut scratch.logits, &mut scratch.item_based);
+            let bounds = |i: usize| {
+                let other = item_based.map(|e| e[i]);
+                (
+                    self.rating_of(approx[i] - radius[i], other),
+                    self.rating_of(approx[i] + radius[i], other),
+                )
+            };
+            let mut lower: Vec<f32> = (0..d as u32)
+                .filter(|&i| !skip(i))
+                .map(|i| bounds(i as usize).0)
+                .collect();
+            let threshold = if lower.len() > n {
+                *lower.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a)).1
+            } else {
+                f32::NEG_INFINITY
+            };
+            let candidates: Vec<u32> = (0..d as u32)
+                .filter(|&i| !skip(i) && bounds(i as usize).1 >= threshold)
+                .collect();
+            let mut exact = vec![0.0f32; candidates.len()];
+            self.catalog.expected_classes_of(
+                &self.user_rbm,
+                &scratch.hidden,
+                &candidates,
+                &mut exact,
+            );
+            for (&i, &e) in candidates.iter().zip(&exact) {
+                scores[i as usize] = self.rating_of(e, item_based.map(|b| b[i as usize]));
+            }
+            scratch.approx = approx;
+            scratch.radius = radius;
+        }
+        let top = top_n_by(
+            &scores,
+            n,
+            |i| skip(i) || scores[i as usize] == f32::NEG_INFINITY,
+            tie,
+        )
+        .into_iter()
+        .map(|i| (i, scores[i as usize]))
+        .collect();
+        scratch.scores = scores;
+        scratch.rated = rated;
+        top
+    }
+
+    /// Mean-field p(h | v) of the user-based RBM into `scratch.hidden`.
+    fn user_hidden(&self, items: &[u32], classes: &[u8], scratch: &mut Scratch) {
         scratch.hidden.resize(self.user_rbm.hidden(), 0.0);
         self.user_rbm
             .hidden_probabilities(items, classes, items, &mut scratch.hidden);
-        self.catalog
-            .expected_classes(&scratch.hidden, &mut scratch.logits, out);
-        if let (Some(side), Some(user)) = (&self.item_side, user) {
-            let weight = self.blend_weight;
-            let (k, m, d) = (self.scale.classes(), side.rbm.hidden(), out.len());
-            let logits = &mut scratch.logits;
-            logits.clear();
-            logits.resize(k * d, 0.0);
-            let hidden = side.item_hidden.as_slice().expect("contiguous");
-            for class in 0..k {
-                let row = &mut logits[class * d..(class + 1) * d];
-                row.fill(side.rbm.visible_bias()[[user as usize, class]]);
-                for (j, &w) in side
-                    .rbm
-                    .weight_row(user as usize, class)
-                    .iter()
-                    .enumerate()
-                    .take(m)
-                {
-                    kernels::axpy(row, w, &hidden[j * d..(j + 1) * d]);
-                }
-            }
-            scratch.item_based.resize(d, 0.0);
-            kernels::expected_class_of_logits(logits, k, &mut scratch.item_based);
-            for (score, &item_based) in out.iter_mut().zip(&scratch.item_based) {
-                *score = weight * *score + (1.0 - weight) * item_based;
+    }
+
+    /// E[class] of every item under the item-based RBM for a user it knows, in
+    /// `scratch.item_based`; None without an item side or for an unknown user.
+    fn item_based_classes<'s>(
+        &self,
+        user: Option<u32>,
+        logits: &mut Vec<f32>,
+        out: &'s mut Vec<f32>,
+    ) -> Option<&'s [f32]> {
+        let (side, user) = (self.item_side.as_ref()?, user?);
+        let (k, m, d) = (self.scale.classes(), side.rbm.hidden(), self.items.len());
+        logits.clear();
+        logits.resize(k * d, 0.0);
+        let hidden = side.item_hidden.as_slice().expect("contiguous");
+        for class in 0..k {
+            let row = &mut logits[class * d..(class + 1) * d];
+            row.fill(side.rbm.visible_bias()[[user as usize, class]]);
+            for (j, &w) in side
+                .rbm
+                .weight_row(user as usize, class)
+                .iter()
+                .enumerate()
+                .take(m)
+            {
+                kernels::axpy(row, w, &hidden[j * d..(j + 1) * d]);
             }
         }
-        for score in out.iter_mut() {
-            *score = self.scale.value_at(*score);
-        }
+        out.resize(d, 0.0);
+        kernels::expected_class_of_logits(logits, k, out);
+        Some(out)
+    }
+
+    /// The served rating from the user-based E[class] and, if there is one, the item-based one.
+    /// Non-decreasing in `user_based`, which is what lets `top_n` carry bounds through it.
+    fn rating_of(&self, user_based: f32, item_based: Option<f32>) -> f32 {
+        let class = match item_based {
+            Some(item_based) => {
+                self.blend_weight * user_based + (1.0 - self.blend_weight) * item_based
+            }
+            None => user_based,
+        };
+        self.scale.value_at(class)
     }
 
     /// Predictions for queries (user, item) sorted by user, each user's context taken from `known`.
@@ -292,6 +399,10 @@ pub struct Scratch {
     hidden: Vec<f32>,
     logits: Vec<f32>,
     item_based: Vec<f32>,
+    approx: Vec<f32>,
+    radius: Vec<f32>,
+    scores: Vec<f32>,
+    rated: Vec<bool>,
 }
 
 /// The ratings with rows and columns swapped, sorted by (row, column), and for each one its

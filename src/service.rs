@@ -1,10 +1,11 @@
 //! The application layer between HTTP and the store and model: live recommendations from the
 //! active model, and training runs that build new model versions in the background and swap them in.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
@@ -16,7 +17,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::model::{Dataset, EpochStats, ModelError, Recommender, Scratch, Side};
 use crate::model_file::{ModelFile, ModelFileError};
-use crate::store::{NewRating, Store, StoreError, TrainingRun, UpsertCounts};
+use crate::store::{Item, NewRating, Store, StoreError, TrainingRun, UpsertCounts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -79,7 +80,14 @@ pub struct Service {
     model: ArcSwapOption<ServedModel>,
     training: Mutex<Option<ActiveRun>>,
     rankings: RankingCache,
+    /// Titles by item id, kept for TITLE_TTL so that a page of recommendations costs one read of
+    /// the database (the user's ratings) rather than two. A PUT /items through this instance
+    /// takes effect at once; changes made elsewhere (another replica, an import) within the TTL.
+    titles: moka::sync::Cache<String, Option<String>>,
 }
+
+const TITLE_TTL: Duration = Duration::from_secs(30);
+const TITLE_CACHE_ENTRIES: u64 = 1_000_000;
 
 /// A user's best items by (expected rating desc, item id asc), rated items left out; `complete`
 /// when it holds every candidate rather than the best `RANKING_DEPTH` or more.
@@ -90,10 +98,10 @@ struct RankedItems {
 
 type Ranking = Arc<RankedItems>;
 
-/// Rankings memoised by (model version, user, fingerprint of the user's ratings as read at request
-/// time). A ranking depends on nothing else, so a hit answers exactly what scoring would, and any
-/// change to the user's ratings (or a new model) changes the key. Bounded by bytes.
-type RankingCache = moka::sync::Cache<(i64, String, u64), Ranking>;
+/// Rankings memoised by (model version, user, the user's revision as read at request time). A
+/// ranking depends on nothing else, and the database moves the revision with every change to the
+/// user's ratings, so a hit answers exactly what scoring the current ratings would. Bounded by bytes.
+type RankingCache = moka::sync::Cache<(i64, String, i64), Ranking>;
 
 /// Entries kept per cached ranking; deeper pages are scored afresh. Small enough that the screened
 /// top-n pass pays (it scores exactly only the items that can reach the list).
@@ -117,7 +125,7 @@ impl Service {
         }
         let rankings = moka::sync::Cache::builder()
             .max_capacity(settings.ranking_cache_mb * (1 << 20))
-            .weigher(|(_, user, _): &(i64, String, u64), ranking: &Ranking| {
+            .weigher(|(_, user, _): &(i64, String, i64), ranking: &Ranking| {
                 (user.len() + 64 + ranking.entries.len() * std::mem::size_of::<(u32, f32)>())
                     .try_into()
                     .unwrap_or(u32::MAX)
@@ -130,6 +138,10 @@ impl Service {
             model: ArcSwapOption::empty(),
             training: Mutex::new(None),
             rankings,
+            titles: moka::sync::Cache::builder()
+                .max_capacity(TITLE_CACHE_ENTRIES)
+                .time_to_live(TITLE_TTL)
+                .build(),
         });
         if let Some((version, blob)) = service.store.active_model().await? {
             match service.install(version, blob).await {
@@ -173,6 +185,39 @@ impl Service {
     /// The user's top unrated items by expected rating under the active model, from the user's
     /// ratings as they are in the store now; the most popular items when there is no model or the
     /// model knows none of the user's items.
+    /// Titles of the given items, from the cache where it has them.
+    async fn titles(&self, ids: &[&str]) -> Result<HashMap<String, String>, ServiceError> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        for &id in ids {
+            match self.titles.get(id) {
+                Some(Some(title)) => {
+                    found.insert(id.to_string(), title);
+                }
+                Some(None) => {}
+                None => missing.push(id),
+            }
+        }
+        if !missing.is_empty() {
+            let mut fetched = self.store.titles(&missing).await?;
+            for id in missing {
+                let title = fetched.remove(id);
+                self.titles.insert(id.to_string(), title.clone());
+                if let Some(title) = title {
+                    found.insert(id.to_string(), title);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Creates or replaces an item; true if it was created.
+    pub async fn put_item(&self, item: &Item) -> Result<bool, ServiceError> {
+        let created = self.store.put_item(item).await?;
+        self.titles.invalidate(&item.item_id);
+        Ok(created)
+    }
+
     pub async fn recommendations(
         &self,
         user_id: &str,
@@ -180,18 +225,37 @@ impl Service {
         offset: usize,
         exclude: HashSet<String>,
     ) -> Result<RecommendationPage, ServiceError> {
-        let ratings = self.store.user_ratings(user_id).await?;
         let model = self.model();
-        let scored = match &model {
-            Some(served) => {
-                self.score(served.clone(), user_id, &ratings, limit, offset, &exclude)
-                    .await?
+        let mut scored = None;
+        let mut ratings = None;
+        if let Some(served) = &model {
+            // One indexed read tells whether a ranking computed earlier still matches the user's
+            // ratings; only when it does not are they read and the catalogue scored.
+            let revision = self.store.user_revision(user_id).await?;
+            scored = self.cached_page(served, user_id, revision, limit, offset, &exclude);
+            if scored.is_none() {
+                let (revision, read) = self.store.user_ratings(user_id).await?;
+                scored = self
+                    .score(
+                        served.clone(),
+                        user_id,
+                        revision,
+                        &read,
+                        limit,
+                        offset,
+                        &exclude,
+                    )
+                    .await?;
+                ratings = Some(read);
             }
-            None => None,
-        };
+        }
         let (source, mut items) = match scored {
             Some(items) => (Source::Model, items),
             None => {
+                let ratings = match ratings {
+                    Some(ratings) => ratings,
+                    None => self.store.user_ratings(user_id).await?.1,
+                };
                 let mut skip = exclude;
                 skip.extend(ratings.into_iter().map(|(item, _)| item));
                 let popular = self.store.popular_items(limit, offset, &skip).await?;
@@ -207,7 +271,7 @@ impl Service {
             }
         };
         let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
-        let titles = self.store.titles(&ids).await?;
+        let titles = self.titles(&ids).await?;
         for item in &mut items {
             item.title = titles.get(&item.item_id).cloned();
         }
@@ -252,7 +316,7 @@ impl Service {
         .await
         .map_err(|e| ServiceError::Task(e.to_string()))?;
         let ids: Vec<&str> = similar.iter().map(|(id, _)| id.as_str()).collect();
-        let titles = self.store.titles(&ids).await?;
+        let titles = self.titles(&ids).await?;
         Ok(similar
             .into_iter()
             .map(|(item_id, similarity)| SimilarItem {
@@ -529,13 +593,34 @@ impl Progress {
 }
 
 impl Service {
-    /// The user's page of recommendations under `served`, from the cached ranking when the user's
-    /// ratings are unchanged, else by scoring the catalogue on the blocking pool. None if the model
-    /// knows none of the user's rated items.
+    /// The page from the ranking cached for this (model, user, revision), if it is deep enough.
+    fn cached_page(
+        &self,
+        served: &ServedModel,
+        user_id: &str,
+        revision: i64,
+        limit: usize,
+        offset: usize,
+        exclude: &HashSet<String>,
+    ) -> Option<Vec<Recommendation>> {
+        let ranking = self
+            .rankings
+            .get(&(served.version, user_id.to_string(), revision));
+        self.metrics.count_ranking_lookup(ranking.is_some());
+        let ranking = ranking?;
+        let excluded = excluded_indices(&served.recommender, exclude);
+        (ranking.complete || offset + limit + excluded.len() <= ranking.entries.len())
+            .then(|| page(&served.recommender, &ranking, &excluded, limit, offset))
+    }
+
+    /// Scores the catalogue for the user's ratings (read at `revision`) on the blocking pool,
+    /// caches the ranking and returns the page. None if the model knows none of the rated items.
+    #[allow(clippy::too_many_arguments)]
     async fn score(
         &self,
         served: Arc<ServedModel>,
         user_id: &str,
+        revision: i64,
         ratings: &[(String, f64)],
         limit: usize,
         offset: usize,
@@ -557,60 +642,53 @@ impl Service {
             return Ok(None);
         }
         rated.sort_unstable();
-        let excluded: HashSet<u32> = exclude
-            .iter()
-            .filter_map(|id| model.items.get(id))
-            .collect();
-        let key = (served.version, user_id.to_string(), fingerprint(&rated));
-        let wanted = offset + limit;
-        let cached = self.rankings.get(&key);
-        self.metrics.count_ranking_lookup(cached.is_some());
-        let ranking = match cached {
-            Some(ranking)
-                if ranking.complete || wanted + excluded.len() <= ranking.entries.len() =>
-            {
-                ranking
-            }
-            _ => {
-                let depth = RANKING_DEPTH.max(wanted + excluded.len());
-                let user = model.users.get(user_id);
-                let served = served.clone();
-                let entries = tokio::task::spawn_blocking(move || {
-                    rank(&served.recommender, user, &rated, depth)
-                })
+        let excluded = excluded_indices(model, exclude);
+        let depth = RANKING_DEPTH.max(offset + limit + excluded.len());
+        let user = model.users.get(user_id);
+        let scoring = served.clone();
+        let entries =
+            tokio::task::spawn_blocking(move || rank(&scoring.recommender, user, &rated, depth))
                 .await
                 .map_err(|e| ServiceError::Task(e.to_string()))?;
-                let ranking = Arc::new(RankedItems {
-                    complete: entries.len() < depth,
-                    entries,
-                });
-                self.rankings.insert(key, ranking.clone());
-                ranking
-            }
-        };
-        Ok(Some(
-            ranking
-                .entries
-                .iter()
-                .filter(|(item, _)| !excluded.contains(item))
-                .skip(offset)
-                .take(limit)
-                .map(|&(item, score)| Recommendation {
-                    item_id: model.items.id(item).to_string(),
-                    title: None,
-                    expected_rating: f64::from(score),
-                })
-                .collect(),
-        ))
+        let ranking = Arc::new(RankedItems {
+            complete: entries.len() < depth,
+            entries,
+        });
+        self.rankings.insert(
+            (served.version, user_id.to_string(), revision),
+            ranking.clone(),
+        );
+        Ok(Some(page(model, &ranking, &excluded, limit, offset)))
     }
 }
 
-/// A 64-bit digest of a user's (item, class) ratings.
-fn fingerprint(rated: &[(u32, u8)]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    rated.hash(&mut hasher);
-    hasher.finish()
+fn excluded_indices(model: &Recommender, exclude: &HashSet<String>) -> HashSet<u32> {
+    exclude
+        .iter()
+        .filter_map(|id| model.items.get(id))
+        .collect()
+}
+
+/// Entries `offset..offset + limit` of a ranking once `excluded` items are dropped.
+fn page(
+    model: &Recommender,
+    ranking: &RankedItems,
+    excluded: &HashSet<u32>,
+    limit: usize,
+    offset: usize,
+) -> Vec<Recommendation> {
+    ranking
+        .entries
+        .iter()
+        .filter(|(item, _)| !excluded.contains(item))
+        .skip(offset)
+        .take(limit)
+        .map(|&(item, score)| Recommendation {
+            item_id: model.items.id(item).to_string(),
+            title: None,
+            expected_rating: f64::from(score),
+        })
+        .collect()
 }
 
 /// Scores every item for a user with these ratings and returns the best `depth`, best first, ties

@@ -207,24 +207,41 @@ impl Store {
         &self.pool
     }
 
-    /// The user's ratings, ordered by item id. They come back as one aggregated row: per-row
-    /// decoding through the Any driver dominated the cost of a recommendation. Ids cannot contain
-    /// control characters, so unit (0x1f) and record (0x1e) separators split the text unambiguously.
-    pub async fn user_ratings(&self, user_id: &str) -> Result<Vec<(String, f64)>, StoreError> {
+    /// The user's revision: a number that changes whenever any of the user's ratings changes
+    /// (triggers in migration 0003 maintain it); 0 for a user who never rated anything.
+    pub async fn user_revision(&self, user_id: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT revision FROM user_revisions WHERE user_id = $1")
+            .bind(user_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get(0)).transpose()?.unwrap_or(0))
+    }
+
+    /// The user's revision and ratings (ordered by item id), read by one statement so the two
+    /// agree. The ratings come back as one aggregated row: per-row decoding through the Any driver
+    /// dominated the cost of a recommendation. Ids cannot contain control characters, so unit
+    /// (0x1f) and record (0x1e) separators split the text unambiguously.
+    pub async fn user_ratings(
+        &self,
+        user_id: &str,
+    ) -> Result<(i64, Vec<(String, f64)>), StoreError> {
         let sql = match self.backend {
             Backend::Postgres => {
-                "SELECT string_agg(item_id || chr(31) || rating::text, chr(30)) FROM ratings WHERE user_id = $1"
+                "SELECT (SELECT revision FROM user_revisions WHERE user_id = $1), \
+                 (SELECT string_agg(item_id || chr(31) || rating::text, chr(30)) FROM ratings WHERE user_id = $1)"
             }
             Backend::Sqlite => {
-                "SELECT group_concat(item_id || char(31) || rating, char(30)) FROM ratings WHERE user_id = $1"
+                "SELECT (SELECT revision FROM user_revisions WHERE user_id = $1), \
+                 (SELECT group_concat(item_id || char(31) || rating, char(30)) FROM ratings WHERE user_id = $1)"
             }
         };
         let row = sqlx::query(sql)
             .bind(user_id.to_string())
             .fetch_one(&self.pool)
             .await?;
-        let Some(text) = row.try_get::<Option<String>, _>(0)? else {
-            return Ok(Vec::new());
+        let revision = row.try_get::<Option<i64>, _>(0)?.unwrap_or(0);
+        let Some(text) = row.try_get::<Option<String>, _>(1)? else {
+            return Ok((revision, Vec::new()));
         };
         let mut ratings = Vec::new();
         for record in text.split('\u{1e}') {
@@ -236,7 +253,7 @@ impl Store {
             })?);
         }
         ratings.sort_by(|a: &(String, f64), b| a.0.cmp(&b.0));
-        Ok(ratings)
+        Ok((revision, ratings))
     }
 
     /// Deletes one rating; false if there was none.

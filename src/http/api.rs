@@ -131,7 +131,7 @@ async fn user_ratings(
     Path(user_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("user_id", &user_id)?;
-    let ratings = service.store.user_ratings(&user_id).await?;
+    let (_, ratings) = service.store.user_ratings(&user_id).await?;
     let ratings: Vec<Value> = ratings
         .into_iter()
         .map(|(item_id, rating)| json!({"item_id": item_id, "rating": rating}))
@@ -185,7 +185,7 @@ async fn put_item(
         title: Some(body.title),
         metadata: body.metadata,
     };
-    let created = service.store.put_item(&item).await?;
+    let created = service.put_item(&item).await?;
     Ok((
         if created {
             StatusCode::CREATED

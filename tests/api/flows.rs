@@ -389,3 +389,32 @@ async fn repeated_requests_reuse_the_ranking_until_ratings_change(app: TestApp) 
     assert_eq!(counter(&metrics().await, "ranking_cache_misses_total"), 2);
 }
 on_both_backends!(repeated_requests_reuse_the_ranking_until_ratings_change);
+
+async fn changes_made_directly_in_the_database_reach_the_next_answer(app: TestApp) {
+    seed(&app, 90, 18).await;
+    app.retrain(fast_training()).await;
+    let first = app.recommendations("u7", "?limit=3").await;
+    let top = item_ids(&first)[0].clone();
+    // Another writer (a script, another replica) rates the top item, bypassing this service: the
+    // cached ranking must not survive it.
+    let store = rbm_recommender::store::Store::connect(&app.database_url, 2)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO ratings (user_id, item_id, rating, updated_at) VALUES ('u7', $1, 1.0, 0)",
+    )
+    .bind(top.clone())
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let second = app.recommendations("u7", "?limit=3").await;
+    assert!(!item_ids(&second).contains(&top), "{second}");
+    // And deleting it directly brings the item back.
+    sqlx::query("DELETE FROM ratings WHERE user_id = 'u7' AND item_id = $1")
+        .bind(top.clone())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(app.recommendations("u7", "?limit=3").await, first);
+}
+on_both_backends!(changes_made_directly_in_the_database_reach_the_next_answer);

@@ -109,7 +109,11 @@ async fn every_format_imports_ratings_and_titles(backend: Backend) {
             (3, 3, 0),
             "{folder}"
         );
-        assert_eq!(store.user_ratings("1").await.unwrap().len(), 2, "{folder}");
+        assert_eq!(
+            store.user_ratings("1").await.unwrap().1.len(),
+            2,
+            "{folder}"
+        );
         assert_eq!(
             titles(&store).await[0].1.as_deref(),
             Some(title),
@@ -129,7 +133,7 @@ async fn every_format_imports_ratings_and_titles(backend: Backend) {
     .unwrap();
     assert_eq!(summary.inserted, 3);
     assert_eq!(
-        store.user_ratings("alice").await.unwrap(),
+        store.user_ratings("alice").await.unwrap().1,
         [("x".to_string(), 4.0), ("y".to_string(), 1.0)]
     );
 }
@@ -166,11 +170,11 @@ async fn a_bad_row_stops_the_import_and_writes_nothing(backend: Backend) {
         "{err}"
     );
     assert!(
-        store.user_ratings("1").await.unwrap().is_empty(),
+        store.user_ratings("1").await.unwrap().1.is_empty(),
         "rows before the bad one were written"
     );
     assert_eq!(
-        store.user_ratings("keep").await.unwrap().len(),
+        store.user_ratings("keep").await.unwrap().1.len(),
         1,
         "existing data was lost"
     );
@@ -219,7 +223,7 @@ async fn skip_invalid_imports_the_good_rows_and_reports_the_bad(backend: Backend
         summary.invalid_examples
     );
     assert_eq!(
-        store.user_ratings("3").await.unwrap(),
+        store.user_ratings("3").await.unwrap().1,
         [("12".to_string(), 4.0)]
     );
 }

@@ -29,6 +29,8 @@ pub enum Backend {
 
 pub struct TestApp {
     pub base: String,
+    /// The app's own database, for writes that bypass the service.
+    pub database_url: String,
     pub client: reqwest::Client,
     pub spec: &'static contract::Spec,
     _database: TestDatabase,
@@ -138,6 +140,7 @@ pub async fn spawn_app_with(backend: Backend, admin_token: Option<&str>) -> Test
     tokio::spawn(app.run_until_stopped());
     TestApp {
         base,
+        database_url: url,
         client: reqwest::Client::new(),
         spec: contract::spec(),
         _database: database,

@@ -80,14 +80,22 @@ pub fn top_n_by(
     skip: impl Fn(u32) -> bool,
     tie: impl Fn(u32, u32) -> std::cmp::Ordering,
 ) -> Vec<u32> {
-    let mut candidates: Vec<u32> = (0..scores.len() as u32).filter(|&i| !skip(i)).collect();
-    let better = |a: &u32, b: &u32| {
+    let candidates: Vec<u32> = (0..scores.len() as u32).filter(|&i| !skip(i)).collect();
+    best_n(candidates, n, |a, b| {
         scores[*b as usize]
             .total_cmp(&scores[*a as usize])
             .then_with(|| tie(*a, *b))
-    };
+    })
+}
+
+/// The `n` first of `candidates` in the order `better`, in that order.
+pub fn best_n<T>(
+    mut candidates: Vec<T>,
+    n: usize,
+    better: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> Vec<T> {
     if candidates.len() > n {
-        candidates.select_nth_unstable_by(n, better);
+        candidates.select_nth_unstable_by(n, &better);
         candidates.truncate(n);
     }
     candidates.sort_unstable_by(better);

@@ -214,13 +214,26 @@ impl Weight for u16 {
 }
 
 /// The K logits of LANES items at once: `out[k][l] = bias[k][l] + Σ_j hidden[j]·weights[j][k][l]`,
-/// with `weights` laid out `[M][K][LANES]` and `bias`, `out` `[K][LANES]`. The weights are read
-/// in one sequential pass and, for K ≤ 10, the K sums stay in registers. Each lane is computed by
-/// the same sequence of operations, so a given item's logits do not depend on its block-mates.
+/// with `weights` laid out `[M][K][LANES]` and `bias`, `out` `[K][LANES]`; `weights`, `bias` and
+/// `out` may hold several such blocks back to back. The weights are read in one sequential pass
+/// per block and the sums stay in registers (for K ≤ 10; two blocks interleaved for K ≤ 6, which
+/// doubles the independent FMA chains). Each lane is computed by the same sequence of operations
+/// however blocks are grouped, so an item's logits do not depend on its neighbours.
 #[inline(always)]
-pub fn lane_logits<T: Weight>(weights: &[T], hidden: &[f32], bias: &[f32], out: &mut [f32]) {
-    let k = out.len() / LANES;
-    assert!(weights.len() == hidden.len() * k * LANES && bias.len() == out.len());
+pub fn lane_logits<T: Weight>(
+    weights: &[T],
+    hidden: &[f32],
+    bias: &[f32],
+    classes: usize,
+    out: &mut [f32],
+) {
+    let block = classes * LANES;
+    let blocks = out.len() / block;
+    assert!(
+        out.len() == blocks * block
+            && bias.len() == out.len()
+            && weights.len() == blocks * hidden.len() * block
+    );
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
@@ -228,38 +241,59 @@ pub fn lane_logits<T: Weight>(weights: &[T], hidden: &[f32], bias: &[f32], out: 
         target_feature = "f16c"
     ))]
     {
-        // SAFETY: AVX2, FMA and F16C are enabled (cfg above), and the lengths are checked above.
-        unsafe {
-            match k {
-                1 => lane_logits_avx2::<T, 1>(weights, hidden, bias, out),
-                2 => lane_logits_avx2::<T, 2>(weights, hidden, bias, out),
-                3 => lane_logits_avx2::<T, 3>(weights, hidden, bias, out),
-                4 => lane_logits_avx2::<T, 4>(weights, hidden, bias, out),
-                5 => lane_logits_avx2::<T, 5>(weights, hidden, bias, out),
-                6 => lane_logits_avx2::<T, 6>(weights, hidden, bias, out),
-                7 => lane_logits_avx2::<T, 7>(weights, hidden, bias, out),
-                8 => lane_logits_avx2::<T, 8>(weights, hidden, bias, out),
-                9 => lane_logits_avx2::<T, 9>(weights, hidden, bias, out),
-                10 => lane_logits_avx2::<T, 10>(weights, hidden, bias, out),
-                _ => lane_logits_plain(weights, hidden, bias, out),
+        macro_rules! dispatch {
+            ($blocks:literal; $($k:literal)*) => {
+                match classes {
+                    $($k => {
+                        // SAFETY: AVX2, FMA and F16C are enabled (cfg above), and the lengths
+                        // are checked above.
+                        unsafe { lane_logits_avx2::<T, $blocks, $k>(weights, hidden, bias, out) }
+                        return;
+                    })*
+                    _ => {}
+                }
+            };
+        }
+        if blocks == 2 {
+            dispatch!(2; 1 2 3 4 5 6);
+        }
+        if blocks == 1 {
+            dispatch!(1; 1 2 3 4 5 6 7 8 9 10);
+        }
+        if blocks > 1 {
+            let span = hidden.len() * block;
+            for (n, out) in out.chunks_mut(block).enumerate() {
+                let weights = &weights[n * span..(n + 1) * span];
+                lane_logits(
+                    weights,
+                    hidden,
+                    &bias[n * block..(n + 1) * block],
+                    classes,
+                    out,
+                );
             }
+            return;
         }
     }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    )))]
-    lane_logits_plain(weights, hidden, bias, out);
+    lane_logits_plain(weights, hidden, bias, classes, out);
 }
 
-/// `lane_logits` for any K, in plain code (sums kept in memory).
-fn lane_logits_plain<T: Weight>(weights: &[T], hidden: &[f32], bias: &[f32], out: &mut [f32]) {
+/// `lane_logits` for any shape, in plain code (sums kept in memory).
+fn lane_logits_plain<T: Weight>(
+    weights: &[T],
+    hidden: &[f32],
+    bias: &[f32],
+    classes: usize,
+    out: &mut [f32],
+) {
+    let block = classes * LANES;
     out.copy_from_slice(bias);
-    for (&h, w) in hidden.iter().zip(weights.chunks_exact(out.len())) {
-        for (o, w) in out.iter_mut().zip(w) {
-            *o = h.mul_add(w.to_f32(), *o);
+    for (n, out) in out.chunks_mut(block).enumerate() {
+        let weights = &weights[n * hidden.len() * block..(n + 1) * hidden.len() * block];
+        for (&h, w) in hidden.iter().zip(weights.chunks_exact(block)) {
+            for (o, w) in out.iter_mut().zip(w) {
+                *o = h.mul_add(w.to_f32(), *o);
+            }
         }
     }
 }
@@ -271,28 +305,36 @@ fn lane_logits_plain<T: Weight>(weights: &[T], hidden: &[f32], bias: &[f32], out
     target_feature = "f16c"
 ))]
 #[inline(always)]
-unsafe fn lane_logits_avx2<T: Weight, const K: usize>(
+unsafe fn lane_logits_avx2<T: Weight, const B: usize, const K: usize>(
     weights: &[T],
     hidden: &[f32],
     bias: &[f32],
     out: &mut [f32],
 ) {
     use std::arch::x86_64::*;
+    let span = hidden.len() * K * LANES;
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); K];
-        for (c, acc) in acc.iter_mut().enumerate() {
-            *acc = _mm256_loadu_ps(bias.as_ptr().add(c * LANES));
+        let mut acc = [[_mm256_setzero_ps(); K]; B];
+        let mut p = [weights.as_ptr(); B];
+        for (b, acc) in acc.iter_mut().enumerate() {
+            p[b] = weights.as_ptr().add(b * span);
+            for (c, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_loadu_ps(bias.as_ptr().add((b * K + c) * LANES));
+            }
         }
-        let mut p = weights.as_ptr();
         for &h in hidden {
             let h = _mm256_set1_ps(h);
-            for (c, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(h, T::load_lanes(p.add(c * LANES)), *acc);
+            for (acc, p) in acc.iter_mut().zip(p.iter_mut()) {
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(h, T::load_lanes(p.add(c * LANES)), *acc);
+                }
+                *p = p.add(K * LANES);
             }
-            p = p.add(K * LANES);
         }
-        for (c, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(c * LANES), *acc);
+        for (b, acc) in acc.iter().enumerate() {
+            for (c, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add((b * K + c) * LANES), *acc);
+            }
         }
     }
 }
@@ -458,7 +500,7 @@ mod tests {
                 .map(|&w| half::f16::from_f32(w).to_bits())
                 .collect();
             let mut from_halves = vec![0.0f32; k * LANES];
-            lane_logits(&halves, &hidden, &bias, &mut from_halves);
+            lane_logits(&halves, &hidden, &bias, k, &mut from_halves);
             for (n, &o) in from_halves.iter().enumerate() {
                 let (c, l) = (n / LANES, n % LANES);
                 let exact: f64 = f64::from(bias[n])
@@ -470,7 +512,7 @@ mod tests {
                         .sum::<f64>();
                 assert!((f64::from(o) - exact).abs() < 1e-4, "f16 k={k} n={n}");
             }
-            lane_logits(&weights, &hidden, &bias, &mut out);
+            lane_logits(&weights, &hidden, &bias, k, &mut out);
             for (n, &o) in out.iter().enumerate() {
                 let (c, l) = (n / LANES, n % LANES);
                 let exact: f64 = f64::from(bias[n])

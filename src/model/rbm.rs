@@ -256,8 +256,8 @@ pub struct CatalogWeights {
     weights: Vec<f32>,
     halves: Vec<u16>,
     bias: Vec<f32>,
-    /// Per item, over its K·M weights and K biases: max |W − f16(W)|, max |W|, max |b|.
-    spread: Vec<[f32; 3]>,
+    /// Per item, (α, β) of its logits' screening radius α·Σh + β (see `screen`).
+    radius_terms: Vec<[f32; 2]>,
 }
 
 impl CatalogWeights {
@@ -268,6 +268,7 @@ impl CatalogWeights {
         // Lanes past the last item stay zero and are never read out.
         let mut weights = vec![0.0f32; blocks * m * k * LANES];
         let mut halves = vec![0u16; blocks * m * k * LANES];
+        // Per item, over its K·M weights and K biases: max |W − f16(W)|, max |W|, max |b|.
         let mut spread = vec![[0.0f32; 3]; d];
         for ((i, class, j), &w) in rbm.weights.indexed_iter() {
             let at = (((i / LANES) * m + j) * k + class) * LANES + i % LANES;
@@ -283,6 +284,18 @@ impl CatalogWeights {
             bias[((i / LANES) * k + class) * LANES + i % LANES] = b;
             spread[i][2] = spread[i][2].max(b.abs());
         }
+        let terms = (m + 1) as f64 * f64::from(f32::EPSILON) / 2.0;
+        let gamma = terms / (1.0 - terms);
+        let radius_terms = spread
+            .iter()
+            .map(|s| {
+                let [delta, weight, bias] = s.map(f64::from);
+                let alpha = delta + gamma * (2.0 * weight + delta);
+                let beta = 2.0 * gamma * bias;
+                // Rounded up, so the f32 terms never undercut the f64 ones.
+                [(alpha * (1.0 + 1e-6)) as f32, (beta * (1.0 + 1e-6)) as f32]
+            })
+            .collect();
         Self {
             classes: k,
             hidden: m,
@@ -290,7 +303,7 @@ impl CatalogWeights {
             weights,
             halves,
             bias,
-            spread,
+            radius_terms,
         }
     }
 
@@ -309,23 +322,23 @@ impl CatalogWeights {
     /// for 2r ≤ 1 (and E[class] never moves by more than K−1). The computed softmax itself adds a
     /// relative error of a few 1e-6 (fast_exp, sums, division), allowed for generously by 2e-5
     /// per class.
+    ///
+    /// So a logit's radius is α·Σh + β per item, with α = max|ΔW| + γ(2·max|W| + max|ΔW|) and
+    /// β = 2γ·max|b| fixed at construction; the bound arithmetic here runs in f32 with a relative
+    /// slack of 1e-5 for its own rounding.
     pub fn screen(&self, hidden: &[f32], approx: &mut [f32], radius: &mut [f32]) {
         self.pass(&self.halves, hidden, approx);
-        let terms = (self.hidden + 1) as f64 * f64::from(f32::EPSILON) / 2.0;
-        let gamma = terms / (1.0 - terms);
-        let mass: f64 = hidden.iter().map(|&h| f64::from(h.abs())).sum();
-        let spread_of_classes = (self.classes - 1) as f64;
-        for (r, s) in radius.iter_mut().zip(&self.spread) {
-            let [delta, weight, bias] = s.map(f64::from);
-            let logit = delta * mass + gamma * (2.0 * bias + (2.0 * weight + delta) * mass);
-            let x = 2.0 * logit;
+        let mass = hidden.iter().map(|h| h.abs()).sum::<f32>() * (1.0 + 1e-5);
+        let half_spread = (self.classes - 1) as f32 / 2.0;
+        let floor = (self.classes - 1) as f32 * 2e-5;
+        for (r, &[alpha, beta]) in radius.iter_mut().zip(&self.radius_terms) {
+            let x = 2.0 * (alpha * mass + beta);
             let moved = if x <= 1.0 {
-                spread_of_classes / 2.0 * (x + x * x)
+                half_spread * (x + x * x)
             } else {
-                spread_of_classes
+                2.0 * half_spread
             };
-            let expected = moved + spread_of_classes * 2e-5;
-            *r = expected as f32;
+            *r = moved * (1.0 + 1e-5) + floor;
         }
     }
 
@@ -349,7 +362,7 @@ impl CatalogWeights {
                     bias[class * LANES + lane] = rbm.visible_bias[[item as usize, class]];
                 }
             }
-            kernels::lane_logits(&block, &hidden[..m], bias, logits);
+            kernels::lane_logits(&block, &hidden[..m], bias, k, logits);
             let mut expected = [0.0f32; LANES];
             kernels::expected_class_of_logits(logits, k, &mut expected);
             out.copy_from_slice(&expected[..out.len()]);
@@ -366,19 +379,25 @@ impl CatalogWeights {
         out.par_chunks_mut(CATALOG_TASK)
             .enumerate()
             .for_each(|(task, out)| {
-                let mut logits = [0.0f32; MAX_CLASSES * LANES];
-                let logits = &mut logits[..k * LANES];
-                for (n, out) in out.chunks_mut(LANES).enumerate() {
-                    let block = task * (CATALOG_TASK / LANES) + n;
+                // Two blocks per kernel call: twice the independent sums in flight.
+                const PAIR: usize = 2 * LANES;
+                let mut logits = [0.0f32; MAX_CLASSES * PAIR];
+                for (n, out) in out.chunks_mut(PAIR).enumerate() {
+                    let first = task * (CATALOG_TASK / LANES) + 2 * n;
+                    let blocks = out.len().div_ceil(LANES);
+                    let logits = &mut logits[..blocks * k * LANES];
                     kernels::lane_logits(
-                        &weights[block * block_len..(block + 1) * block_len],
+                        &weights[first * block_len..(first + blocks) * block_len],
                         &hidden[..m],
-                        &self.bias[block * k * LANES..(block + 1) * k * LANES],
+                        &self.bias[first * k * LANES..(first + blocks) * k * LANES],
+                        k,
                         logits,
                     );
-                    let mut expected = [0.0f32; LANES];
-                    kernels::expected_class_of_logits(logits, k, &mut expected);
-                    out.copy_from_slice(&expected[..out.len()]);
+                    for (logits, out) in logits.chunks_mut(k * LANES).zip(out.chunks_mut(LANES)) {
+                        let mut expected = [0.0f32; LANES];
+                        kernels::expected_class_of_logits(logits, k, &mut expected);
+                        out.copy_from_slice(&expected[..out.len()]);
+                    }
                 }
             });
     }

@@ -8,7 +8,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::evaluate::{predict, rmse, top_n, top_n_by};
+use super::evaluate::{best_n, predict, rmse, top_n};
 use super::kernels;
 use super::rbm::{CatalogWeights, Rbm};
 use super::train::{EpochStats, Fit, RbmParams};
@@ -224,74 +224,81 @@ impl Recommender {
         scratch: &mut Scratch,
     ) -> Vec<(u32, f32)> {
         let d = self.items.len();
-        let mut scores = std::mem::take(&mut scratch.scores);
-        scores.clear();
-        scores.resize(d, f32::NEG_INFINITY);
         let mut rated = std::mem::take(&mut scratch.rated);
         rated.clear();
         rated.resize(d, false);
         for &i in items {
             rated[i as usize] = true;
         }
-        let skip = |i: u32| rated[i as usize];
-        if n.saturating_mul(4) >= d {
+        let candidates: Vec<(u32, f32)> = if n.saturating_mul(4) >= d {
+            let mut scores = std::mem::take(&mut scratch.scores);
+            scores.resize(d, 0.0);
             self.expected_ratings(user, items, classes, scratch, &mut scores);
+            let all = (0..d as u32)
+                .filter(|&i| !rated[i as usize])
+                .map(|i| (i, scores[i as usize]))
+                .collect();
+            scratch.scores = scores;
+            all
         } else {
-            self.user_hidden(items, classes, scratch);
-            let (mut approx, mut radius) = (
-                std::mem::take(&mut scratch.approx),
-                std::mem::take(&mut scratch.radius),
-            );
-            approx.resize(d, 0.0);
-            radius.resize(d, 0.0);
-            self.catalog
-                .screen(&scratch.hidden, &mut approx, &mut radius);
-            let item_based =
-                self.item_based_classes(user, &mut scratch.logits, &mut scratch.item_based);
-            let bounds = |i: usize| {
-                let other = item_based.map(|e| e[i]);
-                (
-                    self.rating_of(approx[i] - radius[i], other),
-                    self.rating_of(approx[i] + radius[i], other),
-                )
-            };
-            let mut lower: Vec<f32> = (0..d as u32)
-                .filter(|&i| !skip(i))
-                .map(|i| bounds(i as usize).0)
-                .collect();
-            let threshold = if lower.len() > n {
-                *lower.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a)).1
-            } else {
-                f32::NEG_INFINITY
-            };
-            let candidates: Vec<u32> = (0..d as u32)
-                .filter(|&i| !skip(i) && bounds(i as usize).1 >= threshold)
-                .collect();
-            let mut exact = vec![0.0f32; candidates.len()];
-            self.catalog.expected_classes_of(
-                &self.user_rbm,
-                &scratch.hidden,
-                &candidates,
-                &mut exact,
-            );
-            for (&i, &e) in candidates.iter().zip(&exact) {
-                scores[i as usize] = self.rating_of(e, item_based.map(|b| b[i as usize]));
-            }
-            scratch.approx = approx;
-            scratch.radius = radius;
-        }
-        let top = top_n_by(
-            &scores,
-            n,
-            |i| skip(i) || scores[i as usize] == f32::NEG_INFINITY,
-            tie,
-        )
-        .into_iter()
-        .map(|i| (i, scores[i as usize]))
-        .collect();
-        scratch.scores = scores;
+            self.screened_candidates(user, items, classes, n, &rated, scratch)
+        };
         scratch.rated = rated;
-        top
+        best_n(candidates, n, |a, b| {
+            b.1.total_cmp(&a.1).then_with(|| tie(a.0, b.0))
+        })
+    }
+
+    /// The unrated items that can reach a top-n list, with their exact ratings.
+    fn screened_candidates(
+        &self,
+        user: Option<u32>,
+        items: &[u32],
+        classes: &[u8],
+        n: usize,
+        rated: &[bool],
+        scratch: &mut Scratch,
+    ) -> Vec<(u32, f32)> {
+        self.user_hidden(items, classes, scratch);
+        let d = self.items.len();
+        let (mut lower, mut upper) = (
+            std::mem::take(&mut scratch.approx),
+            std::mem::take(&mut scratch.radius),
+        );
+        lower.resize(d, 0.0);
+        upper.resize(d, 0.0);
+        self.catalog.screen(&scratch.hidden, &mut lower, &mut upper);
+        let item_based =
+            self.item_based_classes(user, &mut scratch.logits, &mut scratch.item_based);
+        // From (approximation, radius) of E[class] to bounds of the served rating, which
+        // rating_of can carry because it is non-decreasing in its first argument.
+        for (i, (lower, upper)) in lower.iter_mut().zip(upper.iter_mut()).enumerate() {
+            let other = item_based.map(|e| e[i]);
+            let (low, high) = (*lower - *upper, *lower + *upper);
+            *lower = self.rating_of(low, other);
+            *upper = self.rating_of(high, other);
+        }
+        let threshold = nth_largest(
+            lower
+                .iter()
+                .zip(rated)
+                .filter(|(_, r)| !**r)
+                .map(|(&l, _)| l),
+            n,
+        );
+        let reach: Vec<u32> = (0..d as u32)
+            .filter(|&i| !rated[i as usize] && upper[i as usize] >= threshold)
+            .collect();
+        let mut exact = vec![0.0f32; reach.len()];
+        self.catalog
+            .expected_classes_of(&self.user_rbm, &scratch.hidden, &reach, &mut exact);
+        scratch.approx = lower;
+        scratch.radius = upper;
+        reach
+            .iter()
+            .zip(&exact)
+            .map(|(&i, &e)| (i, self.rating_of(e, item_based.map(|b| b[i as usize]))))
+            .collect()
     }
 
     /// Mean-field p(h | v) of the user-based RBM into `scratch.hidden`.
@@ -393,6 +400,33 @@ impl Recommender {
     }
 }
 
+/// The n-th largest of `values` (by `f32::total_cmp`), or −∞ if there are fewer than n; one pass
+/// with a min-heap of the n largest so far.
+fn nth_largest(values: impl Iterator<Item = f32>, n: usize) -> f32 {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    // f32 bits mapped so that integer order is total_cmp's order.
+    let key = |x: f32| {
+        let bits = x.to_bits() as i32;
+        bits ^ (((bits >> 31) as u32) >> 1) as i32
+    };
+    let mut heap = BinaryHeap::with_capacity(n + 1);
+    for value in values {
+        if heap.len() < n {
+            heap.push(Reverse((key(value), value.to_bits())));
+        } else if let Some(Reverse((smallest, _))) = heap.peek()
+            && key(value) > *smallest
+        {
+            heap.pop();
+            heap.push(Reverse((key(value), value.to_bits())));
+        }
+    }
+    match heap.peek() {
+        Some(Reverse((_, bits))) if n > 0 && heap.len() == n => f32::from_bits(*bits),
+        _ => f32::NEG_INFINITY,
+    }
+}
+
 /// Per-request buffers, reused across requests by the caller.
 #[derive(Debug, Default)]
 pub struct Scratch {
@@ -467,5 +501,26 @@ impl TrainConfig {
             user,
             valid_frac: 0.05,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nth_largest;
+
+    #[test]
+    fn nth_largest_follows_total_order_and_counts_ties() {
+        let values = [0.5, -2.0, 3.0, 3.0, -0.0, 0.0, 7.5, -9.0];
+        let mut sorted = values.to_vec();
+        sorted.sort_by(|a: &f32, b| b.total_cmp(a));
+        for n in 1..=values.len() {
+            assert_eq!(
+                nth_largest(values.iter().copied(), n).to_bits(),
+                sorted[n - 1].to_bits(),
+                "n={n}"
+            );
+        }
+        assert_eq!(nth_largest(values.iter().copied(), 9), f32::NEG_INFINITY);
+        assert_eq!(nth_largest(values.iter().copied(), 0), f32::NEG_INFINITY);
     }
 }

@@ -1,9 +1,10 @@
-//! One mini-batch of CD-T, organised for memory locality. The hidden passes run user-major (one case
-//! per task: Σ of the case's W rows); the visible pass runs item-major, so each item's W[i] (K·M
-//! floats) is loaded once for all the batch's cases that rated it, and the gradient of a row
-//! W[i][k] is summed straight from that item's entries. No gradient buffer of W's size exists, and
-//! every random draw is seeded by (seed, step, case or item), so results do not depend on how many
-//! threads run.
+//! One mini-batch of CD-T, organised for memory locality. Every pass walks the batch's items in
+//! ascending order: the hidden passes with one range of cases per thread (each adds W[i][k] to the
+//! inputs of its cases that rated item i), the visible pass with one item per task, so each item's
+//! W[i] (K·M floats) is loaded once for all the batch's cases that rated it, and the gradient of
+//! item i's rows is summed straight from that item's entries. No gradient buffer of W's size
+//! exists, a case's sums run in item order, and every random draw is seeded by (seed, step, case or
+//! item), so results do not depend on how many threads run.
 
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;

@@ -182,9 +182,6 @@ impl Service {
         Ok(counts)
     }
 
-    /// The user's top unrated items by expected rating under the active model, from the user's
-    /// ratings as they are in the store now; the most popular items when there is no model or the
-    /// model knows none of the user's items.
     /// Titles of the given items, from the cache where it has them.
     async fn titles(&self, ids: &[&str]) -> Result<HashMap<String, String>, ServiceError> {
         let mut found = HashMap::new();
@@ -218,6 +215,9 @@ impl Service {
         Ok(created)
     }
 
+    /// The user's top unrated items by expected rating under the active model, from the user's
+    /// ratings as they are in the store now; the most popular items when there is no model or the
+    /// model knows none of the user's items.
     pub async fn recommendations(
         &self,
         user_id: &str,

@@ -351,8 +351,6 @@ impl CatalogWeights {
         let mut block = vec![0.0f32; m * k * LANES];
         let mut bias = [0.0f32; MAX_CLASSES * LANES];
         let bias = &mut bias[..k * LANES];
-        let mut logits = [0.0f32; MAX_CLASSES * LANES];
-        let logits = &mut logits[..k * LANES];
         for (group, out) in items.chunks(LANES).zip(out.chunks_mut(LANES)) {
             for (lane, &item) in group.iter().enumerate() {
                 for class in 0..k {
@@ -362,7 +360,25 @@ impl CatalogWeights {
                     bias[class * LANES + lane] = rbm.visible_bias[[item as usize, class]];
                 }
             }
-            kernels::lane_logits(&block, &hidden[..m], bias, k, logits);
+            self.blocks_expected(&block, &hidden[..m], bias, out);
+        }
+    }
+
+    /// E[class] of the items of one or two consecutive blocks (`out` holds up to 2·LANES items)
+    /// from their weights and biases, through `lane_logits`.
+    fn blocks_expected<T: kernels::Weight>(
+        &self,
+        weights: &[T],
+        hidden: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+    ) {
+        use kernels::LANES;
+        let k = self.classes;
+        let mut logits = [0.0f32; MAX_CLASSES * 2 * LANES];
+        let logits = &mut logits[..bias.len()];
+        kernels::lane_logits(weights, hidden, bias, k, logits);
+        for (logits, out) in logits.chunks_mut(k * LANES).zip(out.chunks_mut(LANES)) {
             let mut expected = [0.0f32; LANES];
             kernels::expected_class_of_logits(logits, k, &mut expected);
             out.copy_from_slice(&expected[..out.len()]);
@@ -380,24 +396,15 @@ impl CatalogWeights {
             .enumerate()
             .for_each(|(task, out)| {
                 // Two blocks per kernel call: twice the independent sums in flight.
-                const PAIR: usize = 2 * LANES;
-                let mut logits = [0.0f32; MAX_CLASSES * PAIR];
-                for (n, out) in out.chunks_mut(PAIR).enumerate() {
+                for (n, out) in out.chunks_mut(2 * LANES).enumerate() {
                     let first = task * (CATALOG_TASK / LANES) + 2 * n;
                     let blocks = out.len().div_ceil(LANES);
-                    let logits = &mut logits[..blocks * k * LANES];
-                    kernels::lane_logits(
+                    self.blocks_expected(
                         &weights[first * block_len..(first + blocks) * block_len],
                         &hidden[..m],
                         &self.bias[first * k * LANES..(first + blocks) * k * LANES],
-                        k,
-                        logits,
+                        out,
                     );
-                    for (logits, out) in logits.chunks_mut(k * LANES).zip(out.chunks_mut(LANES)) {
-                        let mut expected = [0.0f32; LANES];
-                        kernels::expected_class_of_logits(logits, k, &mut expected);
-                        out.copy_from_slice(&expected[..out.len()]);
-                    }
                 }
             });
     }

@@ -215,15 +215,7 @@ async fn health_and_metrics_answer(app: TestApp) {
     let (status, ready) = app.call("GET", "/readyz", None, false).await;
     assert_eq!((status, &ready["model_loaded"]), (200, &json!(false)));
     app.post_ratings(&[("a", "b", 3.0)]).await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains(
             "http_request_duration_seconds_bucket{method=\"POST\",route=\"/ratings\",status=\"200\""

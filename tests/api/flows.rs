@@ -361,20 +361,10 @@ async fn repeated_requests_reuse_the_ranking_until_ratings_change(app: TestApp) 
             .parse()
             .unwrap()
     };
-    let metrics = || async {
-        app.client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     let first = app.recommendations("u5", "?limit=4").await;
     let second = app.recommendations("u5", "?limit=4").await;
     assert_eq!(first, second);
-    let text = metrics().await;
+    let text = app.metrics().await;
     assert_eq!(
         (
             counter(&text, "ranking_cache_misses_total"),
@@ -386,7 +376,10 @@ async fn repeated_requests_reuse_the_ranking_until_ratings_change(app: TestApp) 
     app.post_ratings(&[("u5", &top, 0.5)]).await;
     let third = app.recommendations("u5", "?limit=4").await;
     assert!(!item_ids(&third).contains(&top), "{third}");
-    assert_eq!(counter(&metrics().await, "ranking_cache_misses_total"), 2);
+    assert_eq!(
+        counter(&app.metrics().await, "ranking_cache_misses_total"),
+        2
+    );
 }
 on_both_backends!(repeated_requests_reuse_the_ranking_until_ratings_change);
 

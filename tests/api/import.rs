@@ -24,52 +24,21 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 
 /// Each layout with its titles file; ml-100k's u.item is Latin-1.
 fn fixtures(root: &Path) {
-    write(
-        &root.join("ml-100k"),
-        "u.data",
-        b"1\t10\t5\t881250949\n2\t10\t3\t881250950\n1\t20\t1\t881250951\n",
-    );
-    write(
-        &root.join("ml-100k"),
-        "u.item",
-        b"10|Caf\xe9 Society (1995)|01-Jan-1995||\n20|Heat (1995)|01-Jan-1995||\n",
-    );
-    write(
-        &root.join("ml-1m"),
-        "ratings.dat",
-        b"1::10::5\n2::10::3::978300760\n1::20::1\n",
-    );
-    write(
-        &root.join("ml-1m"),
-        "movies.dat",
-        b"10::GoldenEye (1995)::Action\n20::Heat (1995)::Crime\n",
-    );
-    write(
-        &root.join("ml-latest"),
-        "ratings.csv",
-        b"userId,movieId,rating,timestamp\n1,10,4.5,1\n2,10,3.0,1\n1,20,0.5,1\n",
-    );
-    write(&root.join("ml-latest"), "movies.csv", b"movieId,title,genres\n10,\"American President, The (1995)\",Comedy\n20,Heat (1995),Crime\n");
-    write(
-        &root.join("netflix/training_set"),
-        "mv_0000010.txt",
-        b"10:\n1,5,2005-09-06\n2,3,2005-09-06\n",
-    );
-    write(
-        &root.join("netflix/training_set"),
-        "mv_0000020.txt",
-        b"20:\n1,1,2005-09-06\n",
-    );
-    write(
-        &root.join("netflix"),
-        "movie_titles.txt",
-        b"10,2003,Dinosaur Planet\n20,2004,Isle of Man TT, 2004 Review\n",
-    );
-    write(
-        root,
-        "mine.csv",
-        b"user,item,rating\nalice,x,4\nbob,x,2\nalice,y,1\n",
-    );
+    let files: [(&str, &str, &[u8]); 10] = [
+        ("ml-100k", "u.data", b"1\t10\t5\t881250949\n2\t10\t3\t881250950\n1\t20\t1\t881250951\n"),
+        ("ml-100k", "u.item", b"10|Caf\xe9 Society (1995)|01-Jan-1995||\n20|Heat (1995)|01-Jan-1995||\n"),
+        ("ml-1m", "ratings.dat", b"1::10::5\n2::10::3::978300760\n1::20::1\n"),
+        ("ml-1m", "movies.dat", b"10::GoldenEye (1995)::Action\n20::Heat (1995)::Crime\n"),
+        ("ml-latest", "ratings.csv", b"userId,movieId,rating,timestamp\n1,10,4.5,1\n2,10,3.0,1\n1,20,0.5,1\n"),
+        ("ml-latest", "movies.csv", b"movieId,title,genres\n10,\"American President, The (1995)\",Comedy\n20,Heat (1995),Crime\n"),
+        ("netflix/training_set", "mv_0000010.txt", b"10:\n1,5,2005-09-06\n2,3,2005-09-06\n"),
+        ("netflix/training_set", "mv_0000020.txt", b"20:\n1,1,2005-09-06\n"),
+        ("netflix", "movie_titles.txt", b"10,2003,Dinosaur Planet\n20,2004,Isle of Man TT, 2004 Review\n"),
+        ("", "mine.csv", b"user,item,rating\nalice,x,4\nbob,x,2\nalice,y,1\n"),
+    ];
+    for (dir, name, bytes) in files {
+        write(&root.join(dir), name, bytes);
+    }
 }
 
 async fn titles(store: &Store) -> Vec<(String, Option<String>)> {

@@ -189,6 +189,12 @@ impl TestApp {
         (status, body)
     }
 
+    /// The Prometheus text of GET /metrics.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     pub async fn post_ratings(&self, ratings: &[(&str, &str, f64)]) -> (u16, Value) {
         let list: Vec<Value> = ratings
             .iter()

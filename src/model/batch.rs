@@ -93,22 +93,13 @@ impl MiniBatch {
         &self.items
     }
 
-    /// Runs CD-T on the cases `rows` of `train`. Afterwards the gradient accessors describe the
-    /// batch's summed (not yet averaged) log-likelihood gradient.
-    pub fn run(
-        &mut self,
-        rbm: &Rbm,
-        train: &SparseRatings,
-        rows: &[u32],
-        cd_steps: usize,
-        seed: u64,
-        step: u64,
-    ) {
-        self.index(train, rows);
-        let m = self.m;
-        self.positive.resize(rows.len() * m, 0.0);
-        self.negative.resize(rows.len() * m, 0.0);
-        self.hidden_sample.resize(rows.len() * m, 0.0);
+    /// Runs CD-T on the cases laid out by the last `index`. Afterwards the gradient accessors
+    /// describe the batch's log-likelihood gradient.
+    pub fn run(&mut self, rbm: &Rbm, cd_steps: usize, seed: u64, step: u64) {
+        let (m, cases) = (self.m, self.rows.len());
+        self.positive.resize(cases * m, 0.0);
+        self.negative.resize(cases * m, 0.0);
+        self.hidden_sample.resize(cases * m, 0.0);
         self.hidden_pass(rbm, Visible::Data, Some((seed, step, 0)));
         for t in 0..cd_steps {
             self.sample_visible(rbm, seed ^ (t as u64) << 56, step);
@@ -181,8 +172,9 @@ impl MiniBatch {
             });
     }
 
-    /// Lays the batch out in item-major entry groups.
-    fn index(&mut self, train: &SparseRatings, rows: &[u32]) {
+    /// Lays the cases `rows` of `train` out in item-major entry groups; `items` then lists the
+    /// items `run` will read.
+    pub fn index(&mut self, train: &SparseRatings, rows: &[u32]) {
         self.rows.clear();
         self.rows.extend_from_slice(rows);
         let mut ratings = 0;
@@ -191,13 +183,12 @@ impl MiniBatch {
             let (items, _) = train.row(row as usize);
             ratings += items.len();
             for &i in items {
-                if self.counts[i as usize] == 0 {
-                    self.items.push(i);
-                }
                 self.counts[i as usize] += 1;
             }
         }
-        self.items.sort_unstable();
+        // A scan of the catalogue lists the rated items in order, cheaper than sorting them.
+        self.items
+            .extend((0..self.counts.len() as u32).filter(|&i| self.counts[i as usize] > 0));
         self.item_start.clear();
         self.item_start.push(0);
         for (group, &i) in self.items.iter().enumerate() {
@@ -243,11 +234,25 @@ impl MiniBatch {
             // Logits of up to CHUNK entries at once, so that their exponentials vectorise.
             const CHUNK: usize = 8;
             let mut weights = [0.0f32; CHUNK * MAX_CLASSES];
+            let hidden_of = |e: &Entry| &hidden[e.slot as usize * m..(e.slot as usize + 1) * m];
             for chunk in entries.chunks_mut(CHUNK) {
                 let weights = &mut weights[..chunk.len() * k];
-                for (e, logits) in chunk.iter().zip(weights.chunks_mut(k)) {
-                    let h = &hidden[e.slot as usize * m..(e.slot as usize + 1) * m];
-                    rbm.visible_logits(item as usize, h, logits);
+                // Two entries per kernel call share the loads of W[i].
+                for (pair, logits) in chunk.chunks(2).zip(weights.chunks_mut(2 * k)) {
+                    match pair {
+                        [a, b] => {
+                            let (la, lb) = logits.split_at_mut(k);
+                            rbm.visible_logits_each(
+                                item as usize,
+                                [hidden_of(a), hidden_of(b)],
+                                [la, lb],
+                            );
+                        }
+                        [a] => rbm.visible_logits(item as usize, hidden_of(a), logits),
+                        _ => unreachable!("chunks of two"),
+                    }
+                }
+                for logits in weights.chunks_mut(k) {
                     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     logits.iter_mut().for_each(|z| *z -= max);
                 }
@@ -276,9 +281,8 @@ impl MiniBatch {
     }
 
     /// The gradient of item i's K rows of W, Σ over the batch of v[i][k]·p(h|v) − v_T[i][k]·p(h|v_T)
-    /// times `scale`, into `out` (K·M), from one pass over the item's entries; `has[k]` is set for
-    /// each row that has a term (the others are zero).
-    pub fn item_weight_gradient(&self, item: usize, scale: f32, out: &mut [f32], has: &mut [bool]) {
+    /// times `scale`, into `out` (K·M), from one pass over the item's entries.
+    pub fn item_weight_gradient(&self, item: usize, scale: f32, out: &mut [f32]) {
         let m = self.m;
         out.fill(0.0);
         for e in self.group(item) {
@@ -292,14 +296,8 @@ impl MiniBatch {
                 &mut out[sampled * m..(sampled + 1) * m],
                 &self.negative[slot..slot + m],
             );
-            has[class] = true;
-            has[sampled] = true;
         }
-        for (row, has) in out.chunks_mut(m).zip(has.iter()) {
-            if *has {
-                row.iter_mut().for_each(|g| *g *= scale);
-            }
-        }
+        out.iter_mut().for_each(|g| *g *= scale);
     }
 
     /// Σ v[i][k] − v_T[i][k] over the batch, times `scale`.

@@ -70,86 +70,157 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// `out[k] = bias[k] + rows[k]·x` for the K rows of `rows` (K·n floats, n = x.len()): all of a
-/// visible unit's logits at once, so each load of x serves four rows and the four sums are reduced
-/// together.
+/// `outs[e][k] = bias[k] + rows[k]·xs[e]` for the K rows of `rows` (K·n floats, n = xs[e].len()):
+/// all of a visible unit's logits at once, for E vectors. Each load of a row serves all E of
+/// them, which halves the loads per multiply-add at E = 2; `outs[e]` does not depend on E or on
+/// the other vectors.
 #[inline(always)]
-pub fn row_dots(rows: &[f32], x: &[f32], bias: &[f32], out: &mut [f32]) {
-    debug_assert_eq!(rows.len(), x.len() * out.len());
-    debug_assert_eq!(bias.len(), out.len());
+pub fn row_dots_each<const E: usize>(
+    rows: &[f32],
+    xs: [&[f32]; E],
+    bias: &[f32],
+    outs: [&mut [f32]; E],
+) {
+    let n = xs[0].len();
+    debug_assert!(xs.iter().all(|x| x.len() == n));
+    debug_assert!(outs.iter().all(|o| o.len() == bias.len()));
+    debug_assert_eq!(rows.len(), n * bias.len());
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
         target_feature = "fma"
     ))]
     {
-        // SAFETY: AVX2 and FMA are enabled (cfg above); every load stays inside `rows` and `x`
-        // (the tail uses masked loads).
-        unsafe { row_dots_avx2(rows, x, bias, out) }
+        let mut outs = outs;
+        for (group, bias) in bias.chunks(ROWS_PER_PASS).enumerate() {
+            let first = group * ROWS_PER_PASS;
+            let rows = &rows[first * n..(first + bias.len()) * n];
+            // SAFETY: AVX2 and FMA are enabled (cfg above); `rows` holds bias.len() rows of n
+            // floats and every x holds n, and the tail uses masked loads.
+            let sums = unsafe {
+                match bias.len() {
+                    1 => widen(dots_avx2::<1, E>(rows, xs)),
+                    2 => widen(dots_avx2::<2, E>(rows, xs)),
+                    3 => widen(dots_avx2::<3, E>(rows, xs)),
+                    4 => widen(dots_avx2::<4, E>(rows, xs)),
+                    _ => widen(dots_avx2::<ROWS_PER_PASS, E>(rows, xs)),
+                }
+            };
+            for (out, sums) in outs.iter_mut().zip(sums) {
+                for ((o, s), b) in out[first..first + bias.len()]
+                    .iter_mut()
+                    .zip(sums)
+                    .zip(bias)
+                {
+                    *o = b + s;
+                }
+            }
+        }
     }
     #[cfg(not(all(
         target_arch = "x86_64",
         target_feature = "avx2",
         target_feature = "fma"
     )))]
-    {
-        for ((o, row), b) in out.iter_mut().zip(rows.chunks_exact(x.len())).zip(bias) {
+    for (x, out) in xs.iter().zip(outs) {
+        for ((o, row), b) in out.iter_mut().zip(rows.chunks_exact(n)).zip(bias) {
             *o = b + dot(row, x);
         }
     }
 }
 
+/// Rows per kernel pass: with two vectors, 2·5 accumulators, two x and one row stay in the 16 AVX
+/// registers.
+const ROWS_PER_PASS: usize = 5;
+
+/// Pads R sums per vector to ROWS_PER_PASS.
+#[inline(always)]
+fn widen<const R: usize, const E: usize>(sums: [[f32; R]; E]) -> [[f32; ROWS_PER_PASS]; E] {
+    sums.map(|s| {
+        let mut wide = [0.0; ROWS_PER_PASS];
+        wide[..R].copy_from_slice(&s);
+        wide
+    })
+}
+
+/// `acc[e][r] += w(r) · x[e]` lane by lane, each row's lanes loaded once for all E vectors.
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
     target_feature = "fma"
 ))]
 #[inline(always)]
-unsafe fn row_dots_avx2(rows: &[f32], x: &[f32], bias: &[f32], out: &mut [f32]) {
+fn accumulate<const R: usize, const E: usize>(
+    acc: &mut [[std::arch::x86_64::__m256; R]; E],
+    x: [std::arch::x86_64::__m256; E],
+    w: impl Fn(usize) -> std::arch::x86_64::__m256,
+) {
+    for r in 0..R {
+        let w = w(r);
+        for (acc, x) in acc.iter_mut().zip(x) {
+            // SAFETY: FMA is enabled (cfg above).
+            acc[r] = unsafe { std::arch::x86_64::_mm256_fmadd_ps(w, x, acc[r]) };
+        }
+    }
+}
+
+/// `sums[e][r] = rows[r]·xs[e]` for R rows of n = xs[e].len() floats. Each sum is reduced on its own
+/// in a fixed order, so it does not depend on R, E or the other rows.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[inline(always)]
+unsafe fn dots_avx2<const R: usize, const E: usize>(
+    rows: &[f32],
+    xs: [&[f32]; E],
+) -> [[f32; R]; E] {
     use std::arch::x86_64::*;
-    let n = x.len();
+    let n = xs[0].len();
     let full = n / 8 * 8;
     let tail = (n - full) as i32;
     unsafe {
         let mask = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), mask);
-        let xt = _mm256_maskload_ps(x.as_ptr().add(full), mask);
-        for (group, outs) in out.chunks_mut(4).enumerate() {
-            // Rows past the last one repeat row 0 of the group and are discarded.
-            let row = |r: usize| {
-                let r = if r < outs.len() { r } else { 0 };
-                rows.as_ptr().add((group * 4 + r) * n)
-            };
-            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-            let mut a0 = _mm256_setzero_ps();
-            let mut a1 = _mm256_setzero_ps();
-            let mut a2 = _mm256_setzero_ps();
-            let mut a3 = _mm256_setzero_ps();
-            let mut c = 0;
-            while c < full {
-                let xv = _mm256_loadu_ps(x.as_ptr().add(c));
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0.add(c)), xv, a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1.add(c)), xv, a1);
-                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2.add(c)), xv, a2);
-                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3.add(c)), xv, a3);
-                c += 8;
+        let row = |r: usize| rows.as_ptr().add(r * n);
+        let mut acc = [[_mm256_setzero_ps(); R]; E];
+        let mut c = 0;
+        while c < full {
+            let x = std::array::from_fn(|e| _mm256_loadu_ps(xs[e].as_ptr().add(c)));
+            accumulate(&mut acc, x, |r| _mm256_loadu_ps(row(r).add(c)));
+            c += 8;
+        }
+        if tail > 0 {
+            let x = std::array::from_fn(|e| _mm256_maskload_ps(xs[e].as_ptr().add(full), mask));
+            accumulate(&mut acc, x, |r| _mm256_maskload_ps(row(r).add(full), mask));
+        }
+        acc.map(|acc| {
+            let mut sums = [0.0f32; R];
+            for (first, sums) in (0..R).step_by(4).zip(sums.chunks_mut(4)) {
+                let a = |r: usize| acc.get(first + r).copied().unwrap_or(_mm256_setzero_ps());
+                // Lane sums of four accumulators in one vector: [s0 s1 s2 s3].
+                let h = _mm256_hadd_ps(_mm256_hadd_ps(a(0), a(1)), _mm256_hadd_ps(a(2), a(3)));
+                let h = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                let mut lanes = [0.0f32; 4];
+                _mm_storeu_ps(lanes.as_mut_ptr(), h);
+                sums.copy_from_slice(&lanes[..sums.len()]);
             }
-            if tail > 0 {
-                a0 = _mm256_fmadd_ps(_mm256_maskload_ps(r0.add(full), mask), xt, a0);
-                a1 = _mm256_fmadd_ps(_mm256_maskload_ps(r1.add(full), mask), xt, a1);
-                a2 = _mm256_fmadd_ps(_mm256_maskload_ps(r2.add(full), mask), xt, a2);
-                a3 = _mm256_fmadd_ps(_mm256_maskload_ps(r3.add(full), mask), xt, a3);
-            }
-            // Lane sums of a0..a3 in one vector: [s0 s1 s2 s3].
-            let h01 = _mm256_hadd_ps(a0, a1);
-            let h23 = _mm256_hadd_ps(a2, a3);
-            let h = _mm256_hadd_ps(h01, h23);
-            let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-            let mut lanes = [0.0f32; 4];
-            _mm_storeu_ps(lanes.as_mut_ptr(), sums);
-            for (r, o) in outs.iter_mut().enumerate() {
-                *o = bias[group * 4 + r] + lanes[r];
-            }
+            sums
+        })
+    }
+}
+
+/// Asks for `data` to be brought into the L1 cache: the next row of a walk whose rows the
+/// hardware prefetcher cannot predict, loaded while the current one is worked on.
+#[inline(always)]
+pub fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: prefetching has no architectural effect and the address lies inside `data`.
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
         }
     }
 }
@@ -464,12 +535,13 @@ mod tests {
     #[test]
     fn row_dots_match_plain_sums_for_every_shape() {
         for n in [1, 7, 8, 13, 100] {
-            for k in [1, 2, 4, 5, 10] {
+            for k in [1, 2, 4, 5, 6, 10] {
                 let rows: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.29).sin()).collect();
                 let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.13).cos()).collect();
+                let y: Vec<f32> = (0..n).map(|i| (i as f32 * 0.71).sin()).collect();
                 let bias: Vec<f32> = (0..k).map(|r| r as f32 - 1.5).collect();
                 let mut out = vec![0.0f32; k];
-                row_dots(&rows, &x, &bias, &mut out);
+                row_dots_each(&rows, [&x], &bias, [&mut out]);
                 for r in 0..k {
                     let exact: f64 = f64::from(bias[r])
                         + (0..n)
@@ -480,6 +552,15 @@ mod tests {
                         "n={n} k={k} r={r}"
                     );
                 }
+                let (mut pair_x, mut pair_y, mut alone_y) =
+                    (vec![0.0; k], vec![0.0; k], vec![0.0; k]);
+                row_dots_each(&rows, [&x, &y], &bias, [&mut pair_x, &mut pair_y]);
+                row_dots_each(&rows, [&y], &bias, [&mut alone_y]);
+                assert_eq!(
+                    pair_x, out,
+                    "n={n} k={k}: a pair gives each vector's own sums"
+                );
+                assert_eq!(pair_y, alone_y, "n={n} k={k}");
             }
         }
     }

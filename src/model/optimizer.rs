@@ -2,11 +2,15 @@
 //! gradient, so momentum SGD updates those rows alone and lets the others catch up lazily: with no
 //! gradient, one step maps (w, v) linearly,
 //!     v ← μv − ηλw,  w ← w + v   i.e.  (w, v) ← A (w, v),  A = [[1 − ηλ, μ], [−ηλ, μ]],
-//! so n skipped steps are exactly Aⁿ, applied when the row is next touched or at the end of an
-//! epoch. The result equals the dense update (up to rounding) at a fraction of the memory traffic.
+//! so n skipped steps are exactly Aⁿ. Training brings the rows a mini-batch reads up to date
+//! (`catch_up`) before the batch reads them, and `synchronize` brings every row up to date at the
+//! end of an epoch, so every value read equals the dense update's (up to rounding) at a fraction of
+//! the memory traffic.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use super::kernels;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -31,84 +35,75 @@ const ADAM_EPSILON: f32 = 1e-8;
 
 /// Optimizer state of one parameter tensor seen as rows (one row per item, or a single row).
 pub(crate) struct TensorState {
+    rule: UpdateRule,
     row_len: usize,
     decay: f32,
     first: Vec<f32>,
     second: Vec<f32>,
     /// Step after which each row was last brought up to date (momentum only).
     last_step: Vec<u64>,
+    catch_up: Propagator,
 }
 
 impl TensorState {
-    pub fn new(rows: usize, row_len: usize, decay: f32, kind: OptimizerKind) -> Self {
+    pub fn new(rows: usize, row_len: usize, decay: f32, rule: UpdateRule) -> Self {
         Self {
+            rule,
             row_len,
             decay,
             first: vec![0.0; rows * row_len],
-            second: if kind == OptimizerKind::Adam {
+            second: if rule.kind == OptimizerKind::Adam {
                 vec![0.0; rows * row_len]
             } else {
                 Vec::new()
             },
             last_step: vec![0; rows],
+            catch_up: Propagator::new(&rule, decay),
         }
     }
 
     /// Applies step number `step` (1-based) to `values`. `touched(row)` says whether the row has a
     /// gradient; `gradient(row, out)` writes the batch-averaged log-likelihood gradient (an ascent
-    /// direction) of a touched row into `out`.
+    /// direction) of a touched row into `out`. With momentum, untouched rows stay lazy.
     pub fn step(
         &mut self,
         values: &mut [f32],
-        rule: &UpdateRule,
         step: u64,
         touched: impl Fn(usize) -> bool + Sync,
         gradient: impl Fn(usize, &mut [f32]) + Sync,
     ) {
-        self.step_groups(values, rule, step, 1, touched, |row, out, has| {
-            gradient(row, out);
-            has[0] = true;
-        });
-    }
-
-    /// `step` for rows taken `group` at a time (the K class rows of one item): `touched(g)` says
-    /// whether group g may have a gradient, and `gradient(g, out, has)` writes the gradients of all
-    /// its rows into `out` and sets `has[r]` for each row r that has one. With momentum, rows
-    /// without a gradient stay lazy.
-    pub fn step_groups(
-        &mut self,
-        values: &mut [f32],
-        rule: &UpdateRule,
-        step: u64,
-        group: usize,
-        touched: impl Fn(usize) -> bool + Sync,
-        gradient: impl Fn(usize, &mut [f32], &mut [bool]) + Sync,
-    ) {
-        let row_len = self.row_len;
-        let decay = self.decay;
-        let span = group * row_len;
-        let scratch = || (vec![0.0f32; span], vec![false; group]);
+        let (rule, row_len, decay) = (self.rule, self.row_len, self.decay);
+        let scratch = || vec![0.0f32; row_len];
         match rule.kind {
             OptimizerKind::Momentum => {
-                let catch_up = Propagator::new(rule, decay);
+                let catch_up = &self.catch_up;
+                // Tasks of several rows, so that each row's update can prefetch the next one's.
+                const TASK: usize = 64;
                 values
-                    .par_chunks_mut(span)
-                    .zip(self.first.par_chunks_mut(span))
-                    .zip(self.last_step.par_chunks_mut(group))
+                    .par_chunks_mut(row_len * TASK)
+                    .zip(self.first.par_chunks_mut(row_len * TASK))
+                    .zip(self.last_step.par_chunks_mut(TASK))
                     .enumerate()
-                    .filter(|(g, _)| touched(*g))
-                    .for_each_init(scratch, |(grad, has), (g, ((w, v), last))| {
-                        has.fill(false);
-                        gradient(g, grad, has);
-                        for (r, last) in last.iter_mut().enumerate().filter(|(r, _)| has[*r]) {
-                            let rows = r * row_len..(r + 1) * row_len;
-                            let (w, v) = (&mut w[rows.clone()], &mut v[rows.clone()]);
-                            catch_up.apply(w, v, step - 1 - *last);
-                            for ((w, v), g) in w.iter_mut().zip(v.iter_mut()).zip(&grad[rows]) {
+                    .for_each_init(scratch, |grad, (task, ((ws, vs), lasts))| {
+                        let first_row = task * TASK;
+                        let mut rows = (0..lasts.len())
+                            .filter(|r| touched(first_row + r))
+                            .peekable();
+                        while let Some(r) = rows.next() {
+                            if let Some(&next) = rows.peek() {
+                                kernels::prefetch(&ws[next * row_len..(next + 1) * row_len]);
+                                kernels::prefetch(&vs[next * row_len..(next + 1) * row_len]);
+                            }
+                            let row = first_row + r;
+                            let w = &mut ws[r * row_len..(r + 1) * row_len];
+                            let v = &mut vs[r * row_len..(r + 1) * row_len];
+                            gradient(row, grad);
+                            catch_up.apply(w, v, step - 1 - lasts[r]);
+                            for ((w, v), g) in w.iter_mut().zip(v.iter_mut()).zip(grad.iter()) {
                                 *v = rule.momentum * *v + rule.learning_rate * (g - decay * *w);
                                 *w += *v;
                             }
-                            *last = step;
+                            lasts[r] = step;
                         }
                     });
             }
@@ -116,19 +111,15 @@ impl TensorState {
                 let correction1 = (1.0 - ADAM_BETA1.powf(step as f64)) as f32;
                 let correction2 = (1.0 - ADAM_BETA2.powf(step as f64)) as f32;
                 values
-                    .par_chunks_mut(span)
-                    .zip(self.first.par_chunks_mut(span))
-                    .zip(self.second.par_chunks_mut(span))
+                    .par_chunks_mut(row_len)
+                    .zip(self.first.par_chunks_mut(row_len))
+                    .zip(self.second.par_chunks_mut(row_len))
                     .enumerate()
-                    .for_each_init(scratch, |(grad, has), (g, ((w, m), s))| {
-                        has.fill(false);
-                        if touched(g) {
-                            gradient(g, grad, has);
-                        }
-                        for (r, grad) in grad.chunks_mut(row_len).enumerate() {
-                            if !has[r] {
-                                grad.fill(0.0);
-                            }
+                    .for_each_init(scratch, |grad, (row, ((w, m), s))| {
+                        if touched(row) {
+                            gradient(row, grad);
+                        } else {
+                            grad.fill(0.0);
                         }
                         for (((w, m), s), g) in w
                             .iter_mut()
@@ -148,35 +139,65 @@ impl TensorState {
         }
     }
 
-    /// Brings every row up to date after `step` steps (momentum's lazy rows; Adam is always current).
-    pub fn synchronize(&mut self, values: &mut [f32], rule: &UpdateRule, step: u64) {
-        if rule.kind != OptimizerKind::Momentum {
+    /// Brings the rows `touched` selects up to date after `step` steps, so that they can be read
+    /// as the dense update has them (momentum's lazy rows; Adam is always current).
+    pub fn catch_up(
+        &mut self,
+        values: &mut [f32],
+        step: u64,
+        touched: impl Fn(usize) -> bool + Sync,
+    ) {
+        if self.rule.kind != OptimizerKind::Momentum {
             return;
         }
-        let catch_up = Propagator::new(rule, self.decay);
+        let catch_up = &self.catch_up;
         values
             .par_chunks_mut(self.row_len)
             .zip(self.first.par_chunks_mut(self.row_len))
             .zip(self.last_step.par_iter_mut())
-            .for_each(|((w, v), last)| {
+            .enumerate()
+            .filter(|(row, _)| touched(*row))
+            .for_each(|(_, ((w, v), last))| {
                 catch_up.apply(w, v, step - *last);
                 *last = step;
             });
+    }
+
+    /// Brings every row up to date after `step` steps.
+    pub fn synchronize(&mut self, values: &mut [f32], step: u64) {
+        self.catch_up(values, step, |_| true);
     }
 }
 
 /// Powers of the no-gradient momentum step A = [[1 − ηλ, μ], [−ηλ, μ]].
 struct Propagator {
     a: [[f64; 2]; 2],
+    /// Aⁿ in f32 for the short gaps that most catch-ups span, so they cost no matrix products.
+    small: Vec<[[f32; 2]; 2]>,
 }
+
+/// Gaps below this many steps take their power from the table.
+const SMALL_POWERS: u64 = 256;
 
 impl Propagator {
     fn new(rule: &UpdateRule, decay: f32) -> Self {
         let shrink = f64::from(rule.learning_rate) * f64::from(decay);
         let mu = f64::from(rule.momentum);
-        Self {
+        let mut propagator = Self {
             a: [[1.0 - shrink, mu], [-shrink, mu]],
-        }
+            small: Vec::new(),
+        };
+        propagator.small = (0..SMALL_POWERS)
+            .map(|n| Self::narrow(propagator.power(n)))
+            .collect();
+        propagator
+    }
+
+    fn narrow(p: [[f64; 2]; 2]) -> [[f32; 2]; 2] {
+        [
+            [p[0][0] as f32, p[0][1] as f32],
+            [p[1][0] as f32, p[1][1] as f32],
+        ]
     }
 
     fn power(&self, mut n: u64) -> [[f64; 2]; 2] {
@@ -208,11 +229,10 @@ impl Propagator {
         if steps == 0 {
             return;
         }
-        let p = self.power(steps);
-        let p = [
-            [p[0][0] as f32, p[0][1] as f32],
-            [p[1][0] as f32, p[1][1] as f32],
-        ];
+        let p = match self.small.get(steps as usize) {
+            Some(p) => *p,
+            None => Self::narrow(self.power(steps)),
+        };
         for (w, v) in w.iter_mut().zip(v.iter_mut()) {
             let (w0, v0) = (*w, *v);
             *w = p[0][0] * w0 + p[0][1] * v0;
@@ -226,7 +246,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lazy_momentum_equals_stepping_every_row() {
+    fn lazy_momentum_reads_and_ends_as_stepping_every_row() {
         let rule = UpdateRule {
             kind: OptimizerKind::Momentum,
             learning_rate: 0.05,
@@ -241,17 +261,23 @@ mod tests {
             }
         };
         let mut lazy = init.clone();
-        let mut lazy_state = TensorState::new(rows, 2, 0.1, rule.kind);
+        let mut lazy_state = TensorState::new(rows, 2, 0.1, rule);
         let mut dense = init.clone();
-        let mut dense_state = TensorState::new(rows, 2, 0.1, rule.kind);
+        let mut dense_state = TensorState::new(rows, 2, 0.1, rule);
         for step in 1..=20u64 {
+            // A row read before the step (as a mini-batch reads W) holds the dense value.
+            let read = (step % 3) as usize;
+            lazy_state.catch_up(&mut lazy, step - 1, |row| row == read);
+            for j in read * 2..read * 2 + 2 {
+                assert!(
+                    (lazy[j] - dense[j]).abs() < 1e-5,
+                    "step {step}: {lazy:?} vs {dense:?}"
+                );
+            }
             let has = |row: usize| (step as usize + row).is_multiple_of(3);
-            lazy_state.step(&mut lazy, &rule, step, has, |row, out| {
-                grad_of(row, step, out)
-            });
+            lazy_state.step(&mut lazy, step, has, |row, out| grad_of(row, step, out));
             dense_state.step(
                 &mut dense,
-                &rule,
                 step,
                 |_| true,
                 |row, out| {
@@ -263,7 +289,8 @@ mod tests {
                 },
             );
         }
-        lazy_state.synchronize(&mut lazy, &rule, 20);
+        assert_ne!(lazy, dense, "some rows are behind before synchronising");
+        lazy_state.synchronize(&mut lazy, 20);
         for (a, b) in lazy.iter().zip(&dense) {
             assert!((a - b).abs() < 1e-5, "{lazy:?} vs {dense:?}");
         }

@@ -139,6 +139,12 @@ impl Rbm {
 
     /// `W[i][k]`, one contiguous M-vector.
     #[inline(always)]
+    /// W[i], the K rows of one item.
+    pub(crate) fn item_weights(&self, item: usize) -> &[f32] {
+        let (_, k, m) = self.weights.dim();
+        &self.weights.as_slice().expect("weights are contiguous")[item * k * m..(item + 1) * k * m]
+    }
+
     pub(crate) fn weight_row(&self, item: usize, class: usize) -> &[f32] {
         let (_, k, m) = self.weights.dim();
         let start = (item * k + class) * m;
@@ -175,11 +181,20 @@ impl Rbm {
     /// b[i][k] + W[i][k]·h for each class k of visible unit i.
     #[inline(always)]
     pub fn visible_logits(&self, item: usize, hidden: &[f32], out: &mut [f32]) {
-        let (_, k, m) = self.weights.dim();
-        let weights =
-            &self.weights.as_slice().expect("contiguous")[item * k * m..(item + 1) * k * m];
+        self.visible_logits_each(item, [hidden], [out]);
+    }
+
+    /// `visible_logits` of one item for E hidden vectors at once (the same values, fewer loads).
+    #[inline(always)]
+    pub fn visible_logits_each<const E: usize>(
+        &self,
+        item: usize,
+        hidden: [&[f32]; E],
+        out: [&mut [f32]; E],
+    ) {
+        let k = self.classes();
         let bias = &self.visible_bias.as_slice().expect("contiguous")[item * k..(item + 1) * k];
-        kernels::row_dots(weights, hidden, bias, out);
+        kernels::row_dots_each(self.item_weights(item), hidden, bias, out);
     }
 
     /// p(v_i = k | h), the softmax of the visible logits.

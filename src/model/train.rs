@@ -12,7 +12,7 @@ use super::batch::MiniBatch;
 use super::evaluate::{predict, rmse};
 use super::kernels;
 use super::optimizer::{OptimizerKind, TensorState, UpdateRule};
-use super::rbm::{MAX_CLASSES, Rbm};
+use super::rbm::Rbm;
 use super::{ModelError, Rating, RatingScale, SparseRatings};
 
 /// Hyperparameters of one RBM. Defaults follow the calibration in DESIGN.md.
@@ -234,22 +234,19 @@ impl ValidRbmParams {
         let p = &self.0;
         let (d, k, m) = (train.n_cols(), scale.classes(), p.hidden);
         let mut rbm = Rbm::initial(&train.col_class_counts(k), d, k, p);
-        let mut factors = p
-            .factors
-            .map(|c| Factors::new(&rbm, c, p.init_std, p.weight_decay, p.seed));
-        if let Some(f) = &factors {
-            f.expand(&mut rbm);
-        }
         let rule = UpdateRule {
             kind: p.optimizer,
             learning_rate: p.learning_rate,
             momentum: p.momentum,
         };
-        // W's state is kept per (item, class) M-vector: a batch touches few classes of each item.
-        let mut w_state = TensorState::new(d * k, m, p.weight_decay, p.optimizer);
-        let mut b_state = TensorState::new(d, k, 0.0, p.optimizer);
-        let mut c_state = TensorState::new(1, m, 0.0, p.optimizer);
-        let mut d_state = TensorState::new(d, m, p.weight_decay, p.optimizer);
+        let mut factors = p.factors.map(|c| Factors::new(&rbm, c, p, rule));
+        if let Some(f) = &factors {
+            f.expand(&mut rbm, |_| true);
+        }
+        let mut w_state = TensorState::new(d, k * m, p.weight_decay, rule);
+        let mut b_state = TensorState::new(d, k, 0.0, rule);
+        let mut c_state = TensorState::new(1, m, 0.0, rule);
+        let mut d_state = TensorState::new(d, m, p.weight_decay, rule);
         let mut batch = MiniBatch::new(d, k, m);
         let mut item_mark = vec![u64::MAX; d];
 
@@ -271,66 +268,60 @@ impl ValidRbmParams {
             }
             for rows in order.chunks(p.batch_size) {
                 step += 1;
-                batch.run(&rbm, train, rows, cd_steps, p.seed, step);
+                batch.index(train, rows);
                 for &i in batch.items() {
                     item_mark[i as usize] = step;
                 }
-                let scale_by = 1.0 / batch.len() as f32;
                 let item_touched = |row: usize| item_mark[row] == step;
+                // The rows this batch reads, as the dense update left them after the last step.
+                match &mut factors {
+                    None => w_state.catch_up(slice_mut(&mut rbm.weights), step - 1, item_touched),
+                    Some(f) => f.prepare(&mut rbm, step - 1, item_touched),
+                }
+                b_state.catch_up(slice_mut(&mut rbm.visible_bias), step - 1, item_touched);
+                if let Some(implicit) = &mut rbm.implicit {
+                    d_state.catch_up(slice_mut(implicit), step - 1, item_touched);
+                }
+                batch.run(&rbm, cd_steps, p.seed, step);
+
+                let scale_by = 1.0 / batch.len() as f32;
                 let batch = &batch;
                 match &mut factors {
-                    None => w_state.step_groups(
-                        rbm.weights.as_slice_mut().expect("contiguous"),
-                        &rule,
+                    None => w_state.step(
+                        slice_mut(&mut rbm.weights),
                         step,
-                        k,
                         item_touched,
-                        |item, out, has| batch.item_weight_gradient(item, scale_by, out, has),
+                        |item, out| batch.item_weight_gradient(item, scale_by, out),
                     ),
-                    Some(f) => f.step(&mut rbm, &rule, step, item_touched, |item, out| {
-                        let mut has = [false; MAX_CLASSES];
-                        batch.item_weight_gradient(item, scale_by, out, &mut has[..k])
+                    Some(f) => f.step(step, item_touched, |item, out| {
+                        batch.item_weight_gradient(item, scale_by, out)
                     }),
                 }
                 b_state.step(
-                    rbm.visible_bias.as_slice_mut().expect("contiguous"),
-                    &rule,
+                    slice_mut(&mut rbm.visible_bias),
                     step,
                     item_touched,
                     |row, out| batch.visible_bias_gradient(row, scale_by, out),
                 );
                 c_state.step(
-                    rbm.hidden_bias.as_slice_mut().expect("contiguous"),
-                    &rule,
+                    slice_mut(&mut rbm.hidden_bias),
                     step,
                     |_| true,
                     |_, out| batch.hidden_bias_gradient(scale_by, out),
                 );
                 if let Some(implicit) = &mut rbm.implicit {
-                    d_state.step(
-                        implicit.as_slice_mut().expect("contiguous"),
-                        &rule,
-                        step,
-                        item_touched,
-                        |row, out| batch.implicit_gradient(row, scale_by, out),
-                    );
+                    d_state.step(slice_mut(implicit), step, item_touched, |row, out| {
+                        batch.implicit_gradient(row, scale_by, out)
+                    });
                 }
             }
             match &mut factors {
-                None => w_state.synchronize(
-                    rbm.weights.as_slice_mut().expect("contiguous"),
-                    &rule,
-                    step,
-                ),
-                Some(f) => f.synchronize(&mut rbm, &rule, step),
+                None => w_state.synchronize(slice_mut(&mut rbm.weights), step),
+                Some(f) => f.synchronize(&mut rbm, step),
             }
-            b_state.synchronize(
-                rbm.visible_bias.as_slice_mut().expect("contiguous"),
-                &rule,
-                step,
-            );
+            b_state.synchronize(slice_mut(&mut rbm.visible_bias), step);
             if let Some(implicit) = &mut rbm.implicit {
-                d_state.synchronize(implicit.as_slice_mut().expect("contiguous"), &rule, step);
+                d_state.synchronize(slice_mut(implicit), step);
             }
             if !rbm.is_finite() {
                 return Err(ModelError::Diverged { epoch });
@@ -386,6 +377,10 @@ impl ValidRbmParams {
     }
 }
 
+fn slice_mut<D: ndarray::Dimension>(array: &mut ndarray::Array<f32, D>) -> &mut [f32] {
+    array.as_slice_mut().expect("contiguous")
+}
+
 /// Up to TRAIN_PROBE_ROWS rows spread evenly over the training cases, all their ratings.
 fn training_probe(train: &SparseRatings) -> Vec<Rating> {
     let stride = train.n_rows().div_ceil(TRAIN_PROBE_ROWS).max(1);
@@ -402,9 +397,11 @@ fn training_probe(train: &SparseRatings) -> Vec<Rating> {
         .collect()
 }
 
-/// The factored parameterisation W = A·B (A[D][K][C], B[C][M]); W itself is kept expanded for the
-/// sampling passes and re-expanded after every update.
+/// The factored parameterisation W = A·B (A[D][K][C], B[C][M]). W itself is kept expanded for the
+/// sampling passes: before each mini-batch, the rows of the items it reads are brought up to date
+/// and re-expanded from the current A and B.
 struct Factors {
+    k: usize,
     c: usize,
     a: Vec<f32>,
     b: Vec<f32>,
@@ -414,53 +411,60 @@ struct Factors {
 }
 
 impl Factors {
-    fn new(rbm: &Rbm, c: usize, init_std: f32, decay: f32, seed: u64) -> Self {
+    fn new(rbm: &Rbm, c: usize, p: &RbmParams, rule: UpdateRule) -> Self {
         use rand_distr::{Distribution, Normal};
         let (d, k, m) = rbm.weights.dim();
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xfac7);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(p.seed ^ 0xfac7);
         // Products of two N(0, s) factors summed over C have spread s²·√C; aim for init_std overall.
-        let s = (init_std / (c as f32).sqrt()).sqrt();
+        let s = (p.init_std / (c as f32).sqrt()).sqrt();
         let normal = Normal::new(0.0f32, s).expect("positive spread");
         let a = (0..d * k * c).map(|_| normal.sample(&mut rng)).collect();
         let b = (0..c * m).map(|_| normal.sample(&mut rng)).collect();
         Self {
+            k,
             c,
             a,
             b,
-            a_state: TensorState::new(d, k * c, decay, OptimizerKind::Momentum),
-            b_state: TensorState::new(1, c * m, decay, OptimizerKind::Momentum),
+            a_state: TensorState::new(d, k * c, p.weight_decay, rule),
+            b_state: TensorState::new(1, c * m, p.weight_decay, rule),
             grad_w: vec![0.0; d * k * m],
         }
     }
 
-    /// W[i][k] = Σ_c A[i][k][c]·B[c].
-    fn expand(&self, rbm: &mut Rbm) {
-        let (_, _, m) = rbm.weights.dim();
+    /// W[i][k] = Σ_c A[i][k][c]·B[c] for the items `rows` selects.
+    fn expand(&self, rbm: &mut Rbm, rows: impl Fn(usize) -> bool + Sync) {
+        let (_, k, m) = rbm.weights.dim();
         let c = self.c;
-        rbm.weights
-            .as_slice_mut()
-            .expect("contiguous")
-            .par_chunks_mut(m)
+        slice_mut(&mut rbm.weights)
+            .par_chunks_mut(k * m)
             .enumerate()
-            .for_each(|(row, w)| {
-                w.fill(0.0);
-                for (f, &a) in self.a[row * c..(row + 1) * c].iter().enumerate() {
-                    kernels::axpy(w, a, &self.b[f * m..(f + 1) * m]);
+            .filter(|(item, _)| rows(*item))
+            .for_each(|(item, w)| {
+                for (row, w) in (item * k..(item + 1) * k).zip(w.chunks_mut(m)) {
+                    w.fill(0.0);
+                    for (f, &a) in self.a[row * c..(row + 1) * c].iter().enumerate() {
+                        kernels::axpy(w, a, &self.b[f * m..(f + 1) * m]);
+                    }
                 }
             });
+    }
+
+    /// Brings the A rows of the items `touched` selects up to date after `step` steps and
+    /// re-expands their rows of W.
+    fn prepare(&mut self, rbm: &mut Rbm, step: u64, touched: impl Fn(usize) -> bool + Sync) {
+        self.a_state.catch_up(&mut self.a, step, &touched);
+        self.expand(rbm, touched);
     }
 
     /// One update: ∂/∂A[i][k] = ∂/∂W[i][k]·Bᵀ on rows rated in the batch, ∂/∂B = Σ A[i][k]ᵀ·∂/∂W[i][k].
     fn step(
         &mut self,
-        rbm: &mut Rbm,
-        rule: &UpdateRule,
         step: u64,
         touched: impl Fn(usize) -> bool + Sync,
         gradient: impl Fn(usize, &mut [f32]) + Sync,
     ) {
-        let (_, k, m) = rbm.weights.dim();
-        let c = self.c;
+        let (k, c) = (self.k, self.c);
+        let m = self.b.len() / c;
         self.grad_w
             .par_chunks_mut(k * m)
             .enumerate()
@@ -485,28 +489,25 @@ impl Factors {
             }
         }
         let (grad_w, b) = (&self.grad_w, &self.b);
-        self.a_state
-            .step(&mut self.a, rule, step, touched, |row, out| {
-                for class in 0..k {
-                    let g = &grad_w[(row * k + class) * m..(row * k + class + 1) * m];
-                    for f in 0..c {
-                        out[class * c + f] = kernels::dot(g, &b[f * m..(f + 1) * m]);
-                    }
+        self.a_state.step(&mut self.a, step, touched, |row, out| {
+            for class in 0..k {
+                let g = &grad_w[(row * k + class) * m..(row * k + class + 1) * m];
+                for f in 0..c {
+                    out[class * c + f] = kernels::dot(g, &b[f * m..(f + 1) * m]);
                 }
-            });
+            }
+        });
         self.b_state.step(
             &mut self.b,
-            rule,
             step,
             |_| true,
             |_, out| out.copy_from_slice(&grad_b),
         );
-        self.expand(rbm);
     }
 
-    fn synchronize(&mut self, rbm: &mut Rbm, rule: &UpdateRule, step: u64) {
-        self.a_state.synchronize(&mut self.a, rule, step);
-        self.expand(rbm);
+    fn synchronize(&mut self, rbm: &mut Rbm, step: u64) {
+        self.a_state.synchronize(&mut self.a, step);
+        self.expand(rbm, |_| true);
     }
 }
 
@@ -527,12 +528,12 @@ pub fn cd_weight_gradient(
     let cases = SparseRatings::from_triples(samples, d, copies);
     let rows: Vec<u32> = (0..samples as u32).collect();
     let mut batch = MiniBatch::new(d, k, m);
-    batch.run(rbm, &cases, &rows, cd_steps, seed, 1);
+    batch.index(&cases, &rows);
+    batch.run(rbm, cd_steps, seed, 1);
     let mut gradient = vec![0.0f32; d * k * m];
-    let mut has = vec![false; k];
     for (item, out) in gradient.chunks_mut(k * m).enumerate() {
         if items.contains(&(item as u32)) {
-            batch.item_weight_gradient(item, 1.0 / samples as f32, out, &mut has);
+            batch.item_weight_gradient(item, 1.0 / samples as f32, out);
         }
     }
     gradient.into_iter().map(f64::from).collect()

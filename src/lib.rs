@@ -9,5 +9,6 @@ pub mod metrics;
 pub mod model;
 pub mod model_file;
 pub mod readers;
+pub mod revisions;
 pub mod service;
 pub mod store;

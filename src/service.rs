@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::model::{Dataset, EpochStats, ModelError, Recommender, Scratch, Side};
 use crate::model_file::{ModelFile, ModelFileError};
+use crate::revisions::{RevisionError, Revisions};
 use crate::store::{Item, NewRating, Store, StoreError, TrainingRun, UpsertCounts};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,8 @@ pub enum ServiceError {
     Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Revision(#[from] RevisionError),
     #[error("stored model is unreadable: {0}")]
     ModelFile(#[from] ModelFileError),
     #[error("internal task failed: {0}")]
@@ -80,11 +83,15 @@ pub struct Service {
     model: ArcSwapOption<ServedModel>,
     training: Mutex<Option<ActiveRun>>,
     rankings: RankingCache,
+    revisions: Revisions,
     /// Titles by item id, kept for TITLE_TTL so that a page of recommendations costs one read of
     /// the database (the user's ratings) rather than two. A PUT /items through this instance
     /// takes effect at once; changes made elsewhere (another replica, an import) within the TTL.
     titles: moka::sync::Cache<String, Option<String>>,
 }
+
+/// Revision reads in flight at once; more requests than this share statements.
+const REVISION_STATEMENTS: usize = 2;
 
 const TITLE_TTL: Duration = Duration::from_secs(30);
 const TITLE_CACHE_ENTRIES: u64 = 1_000_000;
@@ -131,8 +138,10 @@ impl Service {
                     .unwrap_or(u32::MAX)
             })
             .build();
+        let revisions = Revisions::start(store.clone(), REVISION_STATEMENTS);
         let service = Arc::new(Self {
             store,
+            revisions,
             settings,
             metrics: Metrics::default(),
             model: ArcSwapOption::empty(),
@@ -231,7 +240,7 @@ impl Service {
         if let Some(served) = &model {
             // One indexed read tells whether a ranking computed earlier still matches the user's
             // ratings; only when it does not are they read and the catalogue scored.
-            let revision = self.store.user_revision(user_id).await?;
+            let revision = self.revisions.get(user_id).await?;
             scored = self.cached_page(served, user_id, revision, limit, offset, &exclude);
             if scored.is_none() {
                 let (revision, read) = self.store.user_ratings(user_id).await?;

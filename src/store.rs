@@ -207,14 +207,30 @@ impl Store {
         &self.pool
     }
 
-    /// The user's revision: a number that changes whenever any of the user's ratings changes
-    /// (triggers in migration 0003 maintain it); 0 for a user who never rated anything.
-    pub async fn user_revision(&self, user_id: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT revision FROM user_revisions WHERE user_id = $1")
-            .bind(user_id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|row| row.try_get(0)).transpose()?.unwrap_or(0))
+    /// The revisions of `users`: numbers that change whenever any of a user's ratings changes
+    /// (triggers in migration 0003 maintain them). Users who never rated anything are absent.
+    pub async fn user_revisions(&self, users: &[&str]) -> Result<HashMap<String, i64>, StoreError> {
+        let mut unique: Vec<&str> = users.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // Placeholders padded to a power of two (repeating the last id), so that a handful of
+        // statement texts cover every batch size and stay prepared on each connection.
+        let slots = unique.len().next_power_of_two();
+        let sql = format!(
+            "SELECT user_id, revision FROM user_revisions WHERE user_id IN ({})",
+            placeholders(1, slots)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for n in 0..slots {
+            query = query.bind(unique[n.min(unique.len() - 1)].to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
     }
 
     /// The user's revision and ratings (ordered by item id), read by one statement so the two

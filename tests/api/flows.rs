@@ -411,3 +411,57 @@ async fn changes_made_directly_in_the_database_reach_the_next_answer(app: TestAp
     assert_eq!(app.recommendations("u7", "?limit=3").await, first);
 }
 on_both_backends!(changes_made_directly_in_the_database_reach_the_next_answer);
+
+/// Revision lookups made at the same time share statements; each still gets its own user's
+/// revision, exactly as reading that user alone gives it.
+async fn coalesced_revision_reads_answer_each_user(backend: crate::Backend) {
+    use rbm_recommender::revisions::Revisions;
+    use rbm_recommender::store::{NewRating, Store};
+
+    let (url, _database) = crate::fresh_database(backend).await;
+    let store = Store::connect(&url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    let users: Vec<String> = (0..20).map(|u| format!("user-{u}")).collect();
+    // User u is written u + 1 times, so the users' revisions differ.
+    for (u, user) in users.iter().enumerate() {
+        for write in 0..=u {
+            let rating = NewRating {
+                user_id: user.clone(),
+                item_id: format!("item-{write}"),
+                rating: 3.0,
+            };
+            store.upsert_ratings(&[rating]).await.unwrap();
+        }
+    }
+    let mut asked = users.clone();
+    asked.push("nobody".to_string());
+    let mut expected = Vec::new();
+    for user in &asked {
+        let alone = store.user_revisions(&[user]).await.unwrap();
+        expected.push(alone.get(user).copied().unwrap_or(0));
+    }
+    assert_eq!(
+        expected.last(),
+        Some(&0),
+        "a user without ratings is at revision 0"
+    );
+    assert!(
+        expected[..users.len()].windows(2).all(|w| w[0] != w[1]),
+        "{expected:?}"
+    );
+
+    let revisions = Revisions::start(store.clone(), 2);
+    let lookups: Vec<_> = (0..400)
+        .map(|n| {
+            let index = n % asked.len();
+            let (revisions, user) = (revisions.clone(), asked[index].clone());
+            tokio::spawn(async move { (index, revisions.get(&user).await.unwrap()) })
+        })
+        .collect();
+    for lookup in lookups {
+        let (index, revision) = lookup.await.unwrap();
+        assert_eq!(revision, expected[index], "{}", asked[index]);
+    }
+}
+
+on_both_backends!(backend coalesced_revision_reads_answer_each_user);

@@ -18,7 +18,9 @@ use crate::metrics::Metrics;
 use crate::model::{Dataset, EpochStats, ModelError, Recommender, Scratch, Side};
 use crate::model_file::{ModelFile, ModelFileError};
 use crate::revisions::{RevisionError, Revisions};
-use crate::store::{Item, NewRating, Store, StoreError, TrainingRun, UpsertCounts};
+use crate::store::{
+    Item, ModelAnnouncements, NewRating, Store, StoreError, TrainingRun, UpsertCounts,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -152,6 +154,10 @@ impl Service {
                 .time_to_live(TITLE_TTL)
                 .build(),
         });
+        // Subscribed before the active model is read, so no activation elsewhere falls between.
+        if let Some(announcements) = service.store.model_announcements().await? {
+            service.follow_announcements(announcements);
+        }
         if let Some((version, blob)) = service.store.active_model().await? {
             match service.install(version, blob).await {
                 Ok(()) => tracing::info!(version, "loaded the active model"),
@@ -161,6 +167,46 @@ impl Service {
             }
         }
         Ok(service)
+    }
+
+    /// Serves whichever model version another process sharing the database activates (a
+    /// retrain or a rollback there), re-reading the active version after each announcement.
+    fn follow_announcements(self: &Arc<Self>, mut announcements: ModelAnnouncements) {
+        let service = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let heard = announcements.next().await;
+                let Some(service) = service.upgrade() else {
+                    return;
+                };
+                let followed = match heard {
+                    Ok(()) => service.load_active().await,
+                    Err(error) => Err(error.into()),
+                };
+                if let Err(error) = followed {
+                    tracing::warn!(%error, "cannot follow the active model; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
+    }
+
+    /// Installs the active version unless it is already served.
+    async fn load_active(&self) -> Result<(), ServiceError> {
+        let Some(version) = self.store.active_version().await? else {
+            return Ok(());
+        };
+        if self.model().is_some_and(|served| served.version == version) {
+            return Ok(());
+        }
+        let blob = self
+            .store
+            .model_blob(version)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no model version {version}")))?;
+        self.install(version, blob).await?;
+        tracing::info!(version, "now serving the model another process activated");
+        Ok(())
     }
 
     pub fn model(&self) -> Option<Arc<ServedModel>> {
@@ -356,12 +402,23 @@ impl Service {
                 cancel: cancel.clone(),
             });
         }
+        let release = |error: ServiceError| {
+            *self.training.lock().expect("training lock") = None;
+            Err(error)
+        };
+        // Processes sharing a PostgreSQL database train one at a time.
+        let lock = match self.store.try_training_lock().await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                return release(ServiceError::Conflict(
+                    "another process sharing the database is training".to_string(),
+                ));
+            }
+            Err(error) => return release(error.into()),
+        };
         let run_id = match self.store.create_run(&json!(overrides)).await {
             Ok(id) => id,
-            Err(error) => {
-                *self.training.lock().expect("training lock") = None;
-                return Err(error.into());
-            }
+            Err(error) => return release(error.into()),
         };
         if let Some(run) = self.training.lock().expect("training lock").as_mut() {
             run.id = run_id;
@@ -373,6 +430,7 @@ impl Service {
                 tracing::error!(run_id, %error, "training run failed");
             }
             *service.training.lock().expect("training lock") = None;
+            drop(lock);
             service.metrics.set_training_progress(0, 0);
         });
         Ok(run_id)
@@ -407,6 +465,7 @@ impl Service {
             .ok_or_else(|| ServiceError::NotFound(format!("no model version {version}")))?;
         self.install(version, blob).await?;
         self.store.activate_model(version).await?;
+        self.announce(version).await;
         tracing::info!(version, "activated model");
         Ok(())
     }
@@ -543,7 +602,16 @@ impl Service {
             recommender,
         })));
         self.metrics.set_model_version(version);
+        self.announce(version).await;
         Ok(version)
+    }
+
+    /// Tells the other processes sharing the database to serve `version`, which is active
+    /// already; if that fails they still load it when they start.
+    async fn announce(&self, version: i64) {
+        if let Err(error) = self.store.announce_model(version).await {
+            tracing::warn!(version, %error, "cannot announce the active model to other processes");
+        }
     }
 
     /// Retrains every `every`, skipping a tick while a run is going.

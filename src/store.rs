@@ -45,6 +45,36 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    url: String,
+}
+
+/// PostgreSQL channel on which a process announces that it activated a model version.
+const MODEL_CHANNEL: &str = "rbm_models";
+
+/// Key of the PostgreSQL advisory lock held by the one process that trains.
+const TRAINING_LOCK_KEY: i64 = 0x7262_6d5f_7472_6169;
+
+/// Held by the process that trains. On PostgreSQL it is a session advisory lock on a connection
+/// of its own, so it is released when the guard drops (the connection closes), also if the
+/// process dies; on SQLite, which one process owns, there is nothing to hold.
+#[derive(Debug)]
+pub struct TrainingLock {
+    _session: Option<AnyConnection>,
+}
+
+/// Announcements of newly activated model versions by any process sharing the database.
+pub struct ModelAnnouncements {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl ModelAnnouncements {
+    /// Waits for the next announcement. Also returns when the connection was lost and remade,
+    /// since announcements may have been missed meanwhile; the caller re-reads the active version
+    /// either way.
+    pub async fn next(&mut self) -> Result<(), StoreError> {
+        self.listener.try_recv().await?;
+        Ok(())
+    }
 }
 
 /// One rating to write.
@@ -170,7 +200,7 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, url })
     }
 
     pub fn backend(&self) -> Backend {
@@ -409,6 +439,52 @@ impl Store {
 
     const ACTIVE: &str = "SELECT version FROM models WHERE activated_at IS NOT NULL \
                           ORDER BY activated_at DESC, version DESC LIMIT 1";
+
+    /// The active model's version.
+    pub async fn active_version(&self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(Self::ACTIVE).fetch_optional(&self.pool).await?;
+        row.map(|row| Ok(row.try_get(0)?)).transpose()
+    }
+
+    /// Tells every process sharing the database that `version` is now active (PostgreSQL; a
+    /// SQLite file has one process).
+    pub async fn announce_model(&self, version: i64) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(MODEL_CHANNEL)
+                .bind(version.to_string())
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to `announce_model` (PostgreSQL only; None on SQLite).
+    pub async fn model_announcements(&self) -> Result<Option<ModelAnnouncements>, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(MODEL_CHANNEL).await?;
+        Ok(Some(ModelAnnouncements { listener }))
+    }
+
+    /// The training lock if no other process holds it.
+    pub async fn try_training_lock(&self) -> Result<Option<TrainingLock>, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(Some(TrainingLock { _session: None }));
+        }
+        // A connection taken out of the pool for good: the lock lives as long as it does.
+        let mut session = self.pool.acquire().await?.detach();
+        let locked: bool = sqlx::query("SELECT pg_try_advisory_lock($1)")
+            .bind(TRAINING_LOCK_KEY)
+            .fetch_one(&mut session)
+            .await?
+            .try_get(0)?;
+        Ok(locked.then_some(TrainingLock {
+            _session: Some(session),
+        }))
+    }
 
     /// The active model's version and blob.
     pub async fn active_model(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {

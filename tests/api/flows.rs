@@ -465,3 +465,56 @@ async fn coalesced_revision_reads_answer_each_user(backend: crate::Backend) {
 }
 
 on_both_backends!(backend coalesced_revision_reads_answer_each_user);
+
+/// Two processes on one PostgreSQL database, as replicas run: one trains at a time, and each
+/// serves whatever model version the other activates, retrained or rolled back. (A SQLite file
+/// belongs to one process.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_train_one_at_a_time_and_follow_each_others_models() {
+    let first = crate::spawn_app(crate::Backend::Postgres).await;
+    let second = crate::spawn_replica(&first).await;
+    seed(&first, 90, 18).await;
+
+    let slow = json!({"epochs": 100000, "hidden": 64, "patience": 0, "valid_frac": 0.0});
+    let (status, body) = first.call("POST", "/admin/retrain", Some(slow), true).await;
+    assert_eq!(status, 202, "{body}");
+    let slow_run = body["run_id"].as_i64().unwrap();
+    let (status, conflict) = second.call("POST", "/admin/retrain", None, true).await;
+    assert_eq!(status, 409, "{conflict}");
+    assert!(
+        conflict["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another process"),
+        "{conflict}"
+    );
+    let cancel = format!("/admin/training-runs/{slow_run}/cancel");
+    assert_eq!(first.call("POST", &cancel, None, true).await.0, 202);
+    first.wait_for_run(slow_run).await;
+
+    // The lock is free again: the second trains, and the first follows.
+    let trained = second.retrain(fast_training()).await;
+    assert_eq!(trained["status"], "succeeded", "{trained}");
+    let newer = trained["model_version"].clone();
+    serves(&first, &newer).await;
+    let trained = first.retrain(fast_training()).await;
+    let newest = trained["model_version"].clone();
+    serves(&second, &newest).await;
+
+    // A rollback on one is a rollback on both.
+    let activate = format!("/admin/models/{newer}/activate");
+    assert_eq!(second.call("POST", &activate, None, true).await.0, 200);
+    serves(&first, &newer).await;
+    serves(&second, &newer).await;
+}
+
+/// Waits (up to 10 s) until `app` answers recommendations with model `version`.
+async fn serves(app: &TestApp, version: &Value) {
+    for _ in 0..200 {
+        if &app.recommendations("u0", "").await["model_version"] == version {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{} does not serve model {version}", app.base);
+}

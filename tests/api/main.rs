@@ -39,6 +39,8 @@ pub struct TestApp {
 pub enum TestDatabase {
     Postgres { server: String, name: String },
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    /// Owned by another app's guard.
+    Shared,
 }
 
 impl Drop for TestDatabase {
@@ -129,6 +131,15 @@ pub async fn fresh_database(backend: Backend) -> (String, TestDatabase) {
 
 pub async fn spawn_app_with(backend: Backend, admin_token: Option<&str>) -> TestApp {
     let (url, database) = fresh_database(backend).await;
+    spawn_app_on(url, database, admin_token).await
+}
+
+/// Another app on the database of `app`, as a second replica would run.
+pub async fn spawn_replica(app: &TestApp) -> TestApp {
+    spawn_app_on(app.database_url.clone(), TestDatabase::Shared, Some(ADMIN_TOKEN)).await
+}
+
+async fn spawn_app_on(url: String, database: TestDatabase, admin_token: Option<&str>) -> TestApp {
     let settings = settings(url.clone(), admin_token);
     let store = Store::connect(&url, settings.max_connections)
         .await

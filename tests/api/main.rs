@@ -37,7 +37,10 @@ pub struct TestApp {
 }
 
 pub enum TestDatabase {
-    Postgres { server: String, name: String },
+    Postgres {
+        server: String,
+        name: String,
+    },
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
     /// Owned by another app's guard.
     Shared,
@@ -136,7 +139,12 @@ pub async fn spawn_app_with(backend: Backend, admin_token: Option<&str>) -> Test
 
 /// Another app on the database of `app`, as a second replica would run.
 pub async fn spawn_replica(app: &TestApp) -> TestApp {
-    spawn_app_on(app.database_url.clone(), TestDatabase::Shared, Some(ADMIN_TOKEN)).await
+    spawn_app_on(
+        app.database_url.clone(),
+        TestDatabase::Shared,
+        Some(ADMIN_TOKEN),
+    )
+    .await
 }
 
 async fn spawn_app_on(url: String, database: TestDatabase, admin_token: Option<&str>) -> TestApp {

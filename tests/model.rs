@@ -319,6 +319,24 @@ fn same_seed_and_threads_give_identical_weights() {
 }
 
 #[test]
+fn the_number_of_threads_does_not_change_the_weights() {
+    let data = planted(120, 30, 2);
+    let train = |threads: usize| {
+        let mut config = small_config();
+        config.user.threads = threads;
+        config.user.epochs = 4;
+        config.user.conditional = true;
+        config.item = None;
+        Recommender::train(&data, &config, |_, _| ControlFlow::Continue(()))
+            .unwrap()
+            .recommender
+    };
+    let two = train(2);
+    assert_eq!(train(1), two);
+    assert_eq!(train(3), two);
+}
+
+#[test]
 fn saved_models_load_back_exactly() {
     let data = planted(90, 24, 3);
     let mut config = small_config();

@@ -1,10 +1,11 @@
-//! One mini-batch of CD-T, organised for memory locality. Every pass walks the batch's items in
-//! ascending order: the hidden passes with one range of cases per thread (each adds W[i][k] to the
-//! inputs of its cases that rated item i), the visible pass with one item per task, so each item's
-//! W[i] (K·M floats) is loaded once for all the batch's cases that rated it, and the gradient of
-//! item i's rows is summed straight from that item's entries. No gradient buffer of W's size
-//! exists, a case's sums run in item order, and every random draw is seeded by (seed, step, case or
-//! item), so results do not depend on how many threads run.
+//! One mini-batch of CD-T, organised for memory locality. The batch's ratings are grouped by
+//! item, ascending, and every pass walks the items: the hidden passes add W[i][k] to the inputs
+//! of the cases that rated item i, in a fixed number of item ranges with sums of their own; the
+//! visible draw of item i runs in the same pass, while W[i] (K·M floats) is in cache, so the
+//! negative phase reads W once; and the gradient of item i's rows is summed straight from that
+//! item's entries. No gradient buffer of W's size exists, and every sum runs in an order and
+//! every random draw is seeded by (seed, step, case or item) independently of how many threads
+//! run, so neither do the results.
 
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -13,6 +14,10 @@ use rayon::prelude::*;
 use super::SparseRatings;
 use super::kernels;
 use super::rbm::{MAX_CLASSES, Rbm};
+
+/// Item ranges the hidden passes are split into, whatever the number of threads: enough to keep
+/// a few cores busy, few enough that their B×M sums stay cheap to clear and combine.
+const PARTS: usize = 8;
 
 /// One rating of the batch in item-major order.
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,6 +54,10 @@ pub(crate) struct MiniBatch {
     /// For every item, its position in `items` (meaningful for items of the current batch).
     group_of: Vec<u32>,
     counts: Vec<u32>,
+    /// Where each of the PARTS item ranges starts in `items` (PARTS + 1 bounds).
+    part_start: Vec<usize>,
+    /// Each part's sums of hidden inputs, PARTS × B×M.
+    partials: Vec<f32>,
     /// p(h|v) − p(h|v_T) summed over the batch: the gradient of c before averaging.
     hidden_bias_gradient: Vec<f32>,
 }
@@ -66,6 +75,56 @@ fn sample_bernoulli(probabilities: &[f32], rng: &mut Xoshiro256PlusPlus, out: &m
     }
 }
 
+/// v_i ~ p(v_i | h) into `sampled` for each of item i's `entries`, h being each case's row of
+/// `hidden`.
+fn sample_item(
+    rbm: &Rbm,
+    item: usize,
+    entries: &mut [Entry],
+    hidden: &[f32],
+    k: usize,
+    mut rng: Xoshiro256PlusPlus,
+) {
+    let m = rbm.hidden();
+    let hidden_of = |e: &Entry| &hidden[e.slot as usize * m..(e.slot as usize + 1) * m];
+    // Logits of up to CHUNK entries at once, so that their exponentials vectorise.
+    const CHUNK: usize = 8;
+    let mut weights = [0.0f32; CHUNK * MAX_CLASSES];
+    for chunk in entries.chunks_mut(CHUNK) {
+        let weights = &mut weights[..chunk.len() * k];
+        // Two entries per kernel call share the loads of W[i].
+        for (pair, logits) in chunk.chunks(2).zip(weights.chunks_mut(2 * k)) {
+            match pair {
+                [a, b] => {
+                    let (la, lb) = logits.split_at_mut(k);
+                    rbm.visible_logits_each(item, [hidden_of(a), hidden_of(b)], [la, lb]);
+                }
+                [a] => rbm.visible_logits(item, hidden_of(a), logits),
+                _ => unreachable!("chunks of two"),
+            }
+        }
+        for logits in weights.chunks_mut(k) {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            logits.iter_mut().for_each(|z| *z -= max);
+        }
+        weights.iter_mut().for_each(|z| *z = kernels::fast_exp(*z));
+        for (e, weights) in chunk.iter_mut().zip(weights.chunks(k)) {
+            // Inverse-CDF sampling on the unnormalised weights e^(z − max).
+            let total: f32 = weights.iter().sum();
+            let u = rng.random::<f32>() * total;
+            let mut cumulative = 0.0;
+            e.sampled = (k - 1) as u8;
+            for (class, &w) in weights.iter().enumerate() {
+                cumulative += w;
+                if u < cumulative {
+                    e.sampled = class as u8;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 impl MiniBatch {
     pub fn new(items: usize, k: usize, m: usize) -> Self {
         Self {
@@ -80,6 +139,8 @@ impl MiniBatch {
             entries: Vec::new(),
             group_of: vec![0; items],
             counts: vec![0; items],
+            part_start: Vec::new(),
+            partials: Vec::new(),
             hidden_bias_gradient: vec![0.0; m],
         }
     }
@@ -100,12 +161,14 @@ impl MiniBatch {
         self.positive.resize(cases * m, 0.0);
         self.negative.resize(cases * m, 0.0);
         self.hidden_sample.resize(cases * m, 0.0);
-        self.hidden_pass(rbm, Visible::Data, Some((seed, step, 0)));
+        self.partials.resize(PARTS * cases * m, 0.0);
+        self.accumulate(rbm, None);
+        self.hidden_probabilities(rbm, Visible::Data, Some((seed, step, 0)));
         for t in 0..cd_steps {
-            self.sample_visible(rbm, seed ^ (t as u64) << 56, step);
+            self.accumulate(rbm, Some((seed ^ (t as u64) << 56, step)));
             let last = t + 1 == cd_steps;
             let sample = (!last).then_some((seed, step, t as u64 + 1));
-            self.hidden_pass(rbm, Visible::Sampled, sample);
+            self.hidden_probabilities(rbm, Visible::Sampled, sample);
         }
         self.hidden_bias_gradient.fill(0.0);
         for (p, n) in self.positive.chunks(m).zip(self.negative.chunks(m)) {
@@ -114,60 +177,93 @@ impl MiniBatch {
         }
     }
 
-    /// p(h | v) of every case into `positive` (from the data) or `negative` (from the last sample),
-    /// and, given `(seed, step, t)`, a binary sample of it into `hidden_sample`.
-    ///
-    /// The passes run item-major like the visible one: the cases are split into one range per
-    /// thread, and each thread walks the batch's items in ascending order adding W[i][k] to the
-    /// inputs of its cases that rated item i. Each row of W is then read from memory once per
-    /// thread instead of once per case, and a case's sum runs in ascending item order whatever the
-    /// number of threads.
-    fn hidden_pass(&mut self, rbm: &Rbm, visible: Visible, sample: Option<(u64, u64, u64)>) {
-        let m = self.m;
-        let cases = self.rows.len();
-        let per_task = cases.div_ceil(rayon::current_num_threads()).max(1);
-        let probabilities = match visible {
-            Visible::Data => &mut self.positive,
-            Visible::Sampled => &mut self.negative,
-        };
-        let (items, item_start, entries) = (&self.items, &self.item_start, &self.entries);
-        let hidden_bias = rbm.hidden_bias.as_slice().expect("contiguous");
-        probabilities
-            .par_chunks_mut(per_task * m)
-            .zip(self.hidden_sample.par_chunks_mut(per_task * m))
-            .enumerate()
-            .for_each(|(task, (inputs, hidden))| {
-                let first = task * per_task;
-                let slots = first as u32..(first + inputs.len() / m) as u32;
-                for input in inputs.chunks_mut(m) {
-                    input.copy_from_slice(hidden_bias);
-                }
-                for (g, &item) in items.iter().enumerate() {
-                    for e in &entries[item_start[g]..item_start[g + 1]] {
-                        if !slots.contains(&e.slot) {
-                            continue;
-                        }
-                        let class = match visible {
-                            Visible::Data => e.class,
-                            Visible::Sampled => e.sampled,
+    /// Adds, for every rating of the batch, W[i][k] (and Dimp[i] for the conditional RBM) to the
+    /// hidden input of the case that gave it, with k the rated class, or, given `(seed, step)`,
+    /// first draws v_i ~ p(v_i | h) for the item's entries from `hidden_sample` and takes the
+    /// drawn class. The items are split into PARTS ranges of about equal entries, run in
+    /// parallel; each range sums into its own B×M slice of `partials` in ascending item order.
+    /// So each row of W is read once per pass, while it is in cache for the visible draw, and the
+    /// sums do not depend on the number of threads.
+    fn accumulate(&mut self, rbm: &Rbm, resample: Option<(u64, u64)>) {
+        let (k, m, cases) = (self.k, self.m, self.rows.len());
+        let (items, item_start, part_start) = (&self.items, &self.item_start, &self.part_start);
+        let mut parts = Vec::with_capacity(PARTS);
+        let mut rest = self.entries.as_mut_slice();
+        for bounds in part_start.windows(2) {
+            let groups = bounds[0]..bounds[1];
+            let (part, tail) = rest.split_at_mut(item_start[groups.end] - item_start[groups.start]);
+            parts.push((groups, part));
+            rest = tail;
+        }
+        let hidden = &self.hidden_sample;
+        self.partials.par_chunks_mut(cases * m).zip(parts).for_each(
+            |(partial, (groups, entries))| {
+                partial.fill(0.0);
+                let mut rest = entries;
+                for g in groups {
+                    let item = items[g] as usize;
+                    let (entries, tail) = rest.split_at_mut(item_start[g + 1] - item_start[g]);
+                    rest = tail;
+                    if let Some((seed, step)) = resample {
+                        sample_item(
+                            rbm,
+                            item,
+                            entries,
+                            hidden,
+                            k,
+                            stream(seed, step, item as u64 | 1 << 63),
+                        );
+                    }
+                    for e in entries.iter() {
+                        let class = if resample.is_some() {
+                            e.sampled
+                        } else {
+                            e.class
                         };
-                        let at = (e.slot - slots.start) as usize * m;
-                        let input = &mut inputs[at..at + m];
-                        kernels::add_assign(input, rbm.weight_row(item as usize, class as usize));
+                        let input = &mut partial[e.slot as usize * m..(e.slot as usize + 1) * m];
+                        kernels::add_assign(input, rbm.weight_row(item, class as usize));
                         if let Some(implicit) = &rbm.implicit {
                             kernels::add_assign(
                                 input,
-                                implicit.row(item as usize).as_slice().expect("contiguous"),
+                                implicit.row(item).as_slice().expect("contiguous"),
                             );
                         }
                     }
                 }
-                for (n, (p, h)) in inputs.chunks_mut(m).zip(hidden.chunks_mut(m)).enumerate() {
-                    p.iter_mut().for_each(|x| *x = kernels::sigmoid(*x));
-                    if let Some((seed, step, t)) = sample {
-                        let index = (t << 40) | (first + n) as u64;
-                        sample_bernoulli(p, &mut stream(seed, step, index), h);
-                    }
+            },
+        );
+    }
+
+    /// p(h | v) of every case from `partials` (c plus the parts' sums, in part order) into
+    /// `positive` (from the data) or `negative` (from the last sample), and, given
+    /// `(seed, step, t)`, a binary sample of it into `hidden_sample`.
+    fn hidden_probabilities(
+        &mut self,
+        rbm: &Rbm,
+        visible: Visible,
+        sample: Option<(u64, u64, u64)>,
+    ) {
+        let (m, cases) = (self.m, self.rows.len());
+        let probabilities = match visible {
+            Visible::Data => &mut self.positive,
+            Visible::Sampled => &mut self.negative,
+        };
+        let partials = &self.partials;
+        let hidden_bias = rbm.hidden_bias.as_slice().expect("contiguous");
+        probabilities
+            .par_chunks_mut(m)
+            .zip(self.hidden_sample.par_chunks_mut(m))
+            .enumerate()
+            .with_min_len(8)
+            .for_each(|(slot, (p, h))| {
+                p.copy_from_slice(hidden_bias);
+                for part in partials.chunks(cases * m) {
+                    kernels::add_assign(p, &part[slot * m..(slot + 1) * m]);
+                }
+                p.iter_mut().for_each(|x| *x = kernels::sigmoid(*x));
+                if let Some((seed, step, t)) = sample {
+                    let index = (t << 40) | slot as u64;
+                    sample_bernoulli(p, &mut stream(seed, step, index), h);
                 }
             });
     }
@@ -216,63 +312,16 @@ impl MiniBatch {
         for &i in &self.items {
             self.counts[i as usize] = 0;
         }
-    }
-
-    /// One visible Gibbs half-step: for each item, v_i ~ p(v_i | h) for every case that rated it.
-    fn sample_visible(&mut self, rbm: &Rbm, seed: u64, step: u64) {
-        let (k, m) = (self.k, self.m);
-        let mut groups: Vec<(u32, &mut [Entry])> = Vec::with_capacity(self.items.len());
-        let mut rest = self.entries.as_mut_slice();
-        for (g, &i) in self.items.iter().enumerate() {
-            let (group, tail) = rest.split_at_mut(self.item_start[g + 1] - self.item_start[g]);
-            groups.push((i, group));
-            rest = tail;
-        }
-        let hidden = &self.hidden_sample;
-        groups.into_par_iter().for_each(|(item, entries)| {
-            let mut rng = stream(seed, step, u64::from(item) | 1 << 63);
-            // Logits of up to CHUNK entries at once, so that their exponentials vectorise.
-            const CHUNK: usize = 8;
-            let mut weights = [0.0f32; CHUNK * MAX_CLASSES];
-            let hidden_of = |e: &Entry| &hidden[e.slot as usize * m..(e.slot as usize + 1) * m];
-            for chunk in entries.chunks_mut(CHUNK) {
-                let weights = &mut weights[..chunk.len() * k];
-                // Two entries per kernel call share the loads of W[i].
-                for (pair, logits) in chunk.chunks(2).zip(weights.chunks_mut(2 * k)) {
-                    match pair {
-                        [a, b] => {
-                            let (la, lb) = logits.split_at_mut(k);
-                            rbm.visible_logits_each(
-                                item as usize,
-                                [hidden_of(a), hidden_of(b)],
-                                [la, lb],
-                            );
-                        }
-                        [a] => rbm.visible_logits(item as usize, hidden_of(a), logits),
-                        _ => unreachable!("chunks of two"),
-                    }
-                }
-                for logits in weights.chunks_mut(k) {
-                    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    logits.iter_mut().for_each(|z| *z -= max);
-                }
-                weights.iter_mut().for_each(|z| *z = kernels::fast_exp(*z));
-                for (e, weights) in chunk.iter_mut().zip(weights.chunks(k)) {
-                    // Inverse-CDF sampling on the unnormalised weights e^(z − max).
-                    let total: f32 = weights.iter().sum();
-                    let u = rng.random::<f32>() * total;
-                    let mut cumulative = 0.0;
-                    e.sampled = (k - 1) as u8;
-                    for (class, &w) in weights.iter().enumerate() {
-                        cumulative += w;
-                        if u < cumulative {
-                            e.sampled = class as u8;
-                            break;
-                        }
-                    }
-                }
+        // Part p starts at the first item whose entries begin at or past p/PARTS of them all.
+        self.part_start.clear();
+        let mut group = 0;
+        for part in 0..PARTS {
+            while self.item_start[group] * PARTS < ratings * part {
+                group += 1;
             }
-        });
+            self.part_start.push(group);
+        }
+        self.part_start.push(self.items.len());
     }
 
     fn group(&self, item: usize) -> &[Entry] {

@@ -87,40 +87,48 @@ fn sample_item(
 ) {
     let m = rbm.hidden();
     let hidden_of = |e: &Entry| &hidden[e.slot as usize * m..(e.slot as usize + 1) * m];
-    // Logits of up to CHUNK entries at once, so that their exponentials vectorise.
+    // Entries are drawn CHUNK at a time, the chunk's logits laid out class by class so that the
+    // softmax and the draw run across its entries in vector lanes.
     const CHUNK: usize = 8;
-    let mut weights = [0.0f32; CHUNK * MAX_CLASSES];
+    let mut logits = [[0.0f32; MAX_CLASSES]; CHUNK];
+    let mut by_class = [[0.0f32; CHUNK]; MAX_CLASSES];
     for chunk in entries.chunks_mut(CHUNK) {
-        let weights = &mut weights[..chunk.len() * k];
         // Two entries per kernel call share the loads of W[i].
-        for (pair, logits) in chunk.chunks(2).zip(weights.chunks_mut(2 * k)) {
-            match pair {
-                [a, b] => {
-                    let (la, lb) = logits.split_at_mut(k);
-                    rbm.visible_logits_each(item, [hidden_of(a), hidden_of(b)], [la, lb]);
-                }
-                [a] => rbm.visible_logits(item, hidden_of(a), logits),
+        for (pair, logits) in chunk.chunks(2).zip(logits.chunks_mut(2)) {
+            match (pair, logits) {
+                ([a, b], [la, lb]) => rbm.visible_logits_each(
+                    item,
+                    [hidden_of(a), hidden_of(b)],
+                    [&mut la[..k], &mut lb[..k]],
+                ),
+                ([a], [la, ..]) => rbm.visible_logits(item, hidden_of(a), &mut la[..k]),
                 _ => unreachable!("chunks of two"),
             }
         }
-        for logits in weights.chunks_mut(k) {
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            logits.iter_mut().for_each(|z| *z -= max);
-        }
-        weights.iter_mut().for_each(|z| *z = kernels::fast_exp(*z));
-        for (e, weights) in chunk.iter_mut().zip(weights.chunks(k)) {
-            // Inverse-CDF sampling on the unnormalised weights e^(z − max).
-            let total: f32 = weights.iter().sum();
-            let u = rng.random::<f32>() * total;
-            let mut cumulative = 0.0;
-            e.sampled = (k - 1) as u8;
-            for (class, &w) in weights.iter().enumerate() {
-                cumulative += w;
-                if u < cumulative {
-                    e.sampled = class as u8;
-                    break;
-                }
+        for (class, lanes) in by_class[..k].iter_mut().enumerate() {
+            for (lane, logits) in lanes.iter_mut().zip(&logits) {
+                *lane = logits[class];
             }
+        }
+        // Cumulative unnormalised probabilities e^(z − max), class by class.
+        let mut max = [f32::NEG_INFINITY; CHUNK];
+        for lanes in &by_class[..k] {
+            for (max, &z) in max.iter_mut().zip(lanes) {
+                *max = max.max(z);
+            }
+        }
+        let mut cumulative = [0.0f32; CHUNK];
+        for lanes in &mut by_class[..k] {
+            for ((c, z), max) in cumulative.iter_mut().zip(lanes.iter_mut()).zip(&max) {
+                *c += kernels::fast_exp(*z - max);
+                *z = *c;
+            }
+        }
+        // Inverse-CDF draw: the class is the number of cumulative sums at or below u.
+        for (lane, e) in chunk.iter_mut().enumerate() {
+            let u = rng.random::<f32>() * by_class[k - 1][lane];
+            let below = by_class[..k - 1].iter().filter(|c| c[lane] <= u).count();
+            e.sampled = below as u8;
         }
     }
 }

@@ -199,18 +199,23 @@ impl Service {
         if self.model().is_some_and(|served| served.version == version) {
             return Ok(());
         }
-        let blob = self
-            .store
-            .model_blob(version)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("no model version {version}")))?;
-        self.install(version, blob).await?;
+        self.install_stored(version).await?;
         tracing::info!(version, "now serving the model another process activated");
         Ok(())
     }
 
     pub fn model(&self) -> Option<Arc<ServedModel>> {
         self.model.load_full()
+    }
+
+    /// Reads a stored model version and installs it.
+    async fn install_stored(&self, version: i64) -> Result<(), ServiceError> {
+        let blob = self
+            .store
+            .model_blob(version)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no model version {version}")))?;
+        self.install(version, blob).await
     }
 
     /// Decodes a model blob off the async threads and swaps it in; requests already running keep
@@ -458,12 +463,7 @@ impl Service {
 
     /// Makes a stored model version the active one (also a rollback).
     pub async fn activate(&self, version: i64) -> Result<(), ServiceError> {
-        let blob = self
-            .store
-            .model_blob(version)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("no model version {version}")))?;
-        self.install(version, blob).await?;
+        self.install_stored(version).await?;
         self.store.activate_model(version).await?;
         self.announce(version).await;
         tracing::info!(version, "activated model");

@@ -302,34 +302,32 @@ fn trained_rbm_beats_the_item_mean_on_planted_tastes() {
     );
 }
 
+/// A user-based RBM trained for 4 epochs on planted data, with `tune` applied to the parameters.
+fn train_user_rbm(tune: impl Fn(&mut RbmParams)) -> Recommender {
+    let data = planted(120, 30, 2);
+    let mut config = small_config();
+    config.user.epochs = 4;
+    config.item = None;
+    tune(&mut config.user);
+    Recommender::train(&data, &config, |_, _| ControlFlow::Continue(()))
+        .unwrap()
+        .recommender
+}
+
 #[test]
 fn same_seed_and_threads_give_identical_weights() {
-    let data = planted(120, 30, 2);
-    let train = |seed: u64| {
-        let mut config = small_config();
-        config.user.seed = seed;
-        config.user.epochs = 4;
-        config.item = None;
-        Recommender::train(&data, &config, |_, _| ControlFlow::Continue(()))
-            .unwrap()
-            .recommender
-    };
+    let train = |seed: u64| train_user_rbm(|p| p.seed = seed);
     assert_eq!(train(5), train(5));
     assert_ne!(train(5).user_rbm, train(6).user_rbm);
 }
 
 #[test]
 fn the_number_of_threads_does_not_change_the_weights() {
-    let data = planted(120, 30, 2);
     let train = |threads: usize| {
-        let mut config = small_config();
-        config.user.threads = threads;
-        config.user.epochs = 4;
-        config.user.conditional = true;
-        config.item = None;
-        Recommender::train(&data, &config, |_, _| ControlFlow::Continue(()))
-            .unwrap()
-            .recommender
+        train_user_rbm(|p| {
+            p.threads = threads;
+            p.conditional = true;
+        })
     };
     let two = train(2);
     assert_eq!(train(1), two);

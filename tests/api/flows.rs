@@ -317,12 +317,19 @@ async fn no_request_fails_while_models_are_swapped(app: TestApp) {
 }
 on_both_backends!(no_request_fails_while_models_are_swapped);
 
+/// Starts a run that goes on until it is cancelled; returns its id.
+async fn start_endless_run(app: &TestApp) -> i64 {
+    let endless = json!({"epochs": 100000, "hidden": 64, "patience": 0, "valid_frac": 0.0});
+    let (status, body) = app
+        .call("POST", "/admin/retrain", Some(endless), true)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body["run_id"].as_i64().unwrap()
+}
+
 async fn training_runs_can_be_cancelled(app: TestApp) {
     seed(&app, 90, 18).await;
-    let slow = json!({"epochs": 100000, "hidden": 64, "patience": 0, "valid_frac": 0.0});
-    let (status, body) = app.call("POST", "/admin/retrain", Some(slow), true).await;
-    assert_eq!(status, 202, "{body}");
-    let id = body["run_id"].as_i64().unwrap();
+    let id = start_endless_run(&app).await;
     let (status, conflict) = app.call("POST", "/admin/retrain", None, true).await;
     assert_eq!(status, 409, "{conflict}");
     let (status, _) = app
@@ -475,10 +482,7 @@ async fn replicas_train_one_at_a_time_and_follow_each_others_models() {
     let second = crate::spawn_replica(&first).await;
     seed(&first, 90, 18).await;
 
-    let slow = json!({"epochs": 100000, "hidden": 64, "patience": 0, "valid_frac": 0.0});
-    let (status, body) = first.call("POST", "/admin/retrain", Some(slow), true).await;
-    assert_eq!(status, 202, "{body}");
-    let slow_run = body["run_id"].as_i64().unwrap();
+    let slow_run = start_endless_run(&first).await;
     let (status, conflict) = second.call("POST", "/admin/retrain", None, true).await;
     assert_eq!(status, 409, "{conflict}");
     assert!(

@@ -137,14 +137,15 @@ impl Rbm {
             && self.implicit.iter().flatten().all(|x| x.is_finite())
     }
 
-    /// `W[i][k]`, one contiguous M-vector.
-    #[inline(always)]
     /// W[i], the K rows of one item.
+    #[inline(always)]
     pub(crate) fn item_weights(&self, item: usize) -> &[f32] {
         let (_, k, m) = self.weights.dim();
         &self.weights.as_slice().expect("weights are contiguous")[item * k * m..(item + 1) * k * m]
     }
 
+    /// `W[i][k]`, one contiguous M-vector.
+    #[inline(always)]
     pub(crate) fn weight_row(&self, item: usize, class: usize) -> &[f32] {
         let (_, k, m) = self.weights.dim();
         let start = (item * k + class) * m;

@@ -326,10 +326,10 @@ impl Recommender {
         }
         // Hidden unit by hidden unit, so that each row of item_hidden is read once for all K
         // classes; every logit still sums its terms in ascending j.
-        for (j, hidden) in hidden.chunks(d).enumerate().take(m) {
+        let weights = side.rbm.item_weights(user as usize);
+        for (j, hidden) in hidden.chunks(d).enumerate() {
             for (class, row) in logits.chunks_mut(d).enumerate() {
-                let w = side.rbm.weight_row(user as usize, class)[j];
-                kernels::axpy(row, w, hidden);
+                kernels::axpy(row, weights[class * m + j], hidden);
             }
         }
         out.resize(d, 0.0);

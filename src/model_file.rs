@@ -73,6 +73,7 @@ impl ModelFile {
             ("users", to_json(&r.users)),
             ("items", to_json(&r.items)),
             ("blend_weight", r.blend_weight.to_string()),
+            ("ranking_weight", to_json(&r.ranking_weight)),
             ("params", to_json(&self.config)),
             ("metrics", self.metrics.to_string()),
         ]
@@ -119,6 +120,11 @@ impl ModelFile {
         let users: IdMap = parse("users", get("users")?)?;
         let items: IdMap = parse("items", get("items")?)?;
         let blend_weight: f32 = parse("blend_weight", get("blend_weight")?)?;
+        // Absent from files written before joint RBMs: those rank by expected rating.
+        let ranking_weight: Option<f32> = match metadata.get("ranking_weight") {
+            Some(text) => parse("ranking_weight", text)?,
+            None => None,
+        };
         let config: TrainConfig = parse("params", get("params")?)?;
         let metrics: serde_json::Value = parse("metrics", get("metrics")?)?;
 
@@ -158,7 +164,23 @@ impl ModelFile {
                 message: format!("{blend_weight} is not in [0, 1]"),
             });
         }
-        let recommender = Recommender::new(scale, users, items, user_rbm, item_side, blend_weight);
+        if let Some(beta) = ranking_weight
+            && (!beta.is_finite() || user_rbm.implicit().is_none())
+        {
+            return Err(ModelFileError::Metadata {
+                key: "ranking_weight",
+                message: format!("{beta} needs a finite value and a joint RBM with a Dimp tensor"),
+            });
+        }
+        let recommender = Recommender::new(
+            scale,
+            users,
+            items,
+            user_rbm,
+            item_side,
+            blend_weight,
+            ranking_weight,
+        );
         Ok(Self {
             recommender,
             config,

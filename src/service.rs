@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::cli::HyperArgs;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::model::{Dataset, EpochStats, ModelError, Recommender, Scratch, Side};
+use crate::model::{Dataset, EpochStats, ModelError, Order, Ranked, Recommender, Scratch, Side};
 use crate::model_file::{ModelFile, ModelFileError};
 use crate::revisions::{RevisionError, Revisions};
 use crate::store::{
@@ -55,6 +55,9 @@ pub enum Source {
 pub struct Recommendation {
     pub item_id: String,
     pub title: Option<String>,
+    /// What the list is ordered by: the relevance under `Order::Score`, else the expected rating
+    /// (popular items: the number of ratings).
+    pub score: f64,
     pub expected_rating: f64,
 }
 
@@ -63,7 +66,27 @@ pub struct RecommendationPage {
     pub user_id: String,
     pub model_version: Option<i64>,
     pub source: Source,
+    /// The order the list is in; "popularity" for the popular fallback.
+    pub order: PageOrder,
     pub items: Vec<Recommendation>,
+}
+
+/// The order of a page: one of the model's, or the popular fallback's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PageOrder {
+    Score,
+    ExpectedRating,
+    Popularity,
+}
+
+impl From<Order> for PageOrder {
+    fn from(order: Order) -> Self {
+        match order {
+            Order::Score => PageOrder::Score,
+            Order::ExpectedRating => PageOrder::ExpectedRating,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,19 +121,23 @@ const REVISION_STATEMENTS: usize = 2;
 const TITLE_TTL: Duration = Duration::from_secs(30);
 const TITLE_CACHE_ENTRIES: u64 = 1_000_000;
 
-/// A user's best items by (expected rating desc, item id asc), rated items left out; `complete`
+/// A user's best items in one order (score desc, item id asc), rated items left out; `complete`
 /// when it holds every candidate rather than the best `RANKING_DEPTH` or more.
 struct RankedItems {
-    entries: Vec<(u32, f32)>,
+    entries: Vec<Ranked>,
     complete: bool,
 }
 
 type Ranking = Arc<RankedItems>;
 
-/// Rankings memoised by (model version, user, the user's revision as read at request time). A
-/// ranking depends on nothing else, and the database moves the revision with every change to the
-/// user's ratings, so a hit answers exactly what scoring the current ratings would. Bounded by bytes.
-type RankingCache = moka::sync::Cache<(i64, String, i64), Ranking>;
+/// (model version, order, user id, the user's revision).
+type RankingKey = (i64, Order, String, i64);
+
+/// Rankings memoised by (model version, order, user, the user's revision as read at request
+/// time). A ranking depends on nothing else, and the database moves the revision with every change
+/// to the user's ratings, so a hit answers exactly what scoring the current ratings would. Bounded
+/// by bytes.
+type RankingCache = moka::sync::Cache<RankingKey, Ranking>;
 
 /// Entries kept per cached ranking; deeper pages are scored afresh. Small enough that the screened
 /// top-n pass pays (it scores exactly only the items that can reach the list).
@@ -134,8 +161,8 @@ impl Service {
         }
         let rankings = moka::sync::Cache::builder()
             .max_capacity(settings.ranking_cache_mb * (1 << 20))
-            .weigher(|(_, user, _): &(i64, String, i64), ranking: &Ranking| {
-                (user.len() + 64 + ranking.entries.len() * std::mem::size_of::<(u32, f32)>())
+            .weigher(|(_, _, user, _): &RankingKey, ranking: &Ranking| {
+                (user.len() + 64 + ranking.entries.len() * std::mem::size_of::<Ranked>())
                     .try_into()
                     .unwrap_or(u32::MAX)
             })
@@ -275,42 +302,45 @@ impl Service {
         Ok(created)
     }
 
-    /// The user's top unrated items by expected rating under the active model, from the user's
-    /// ratings as they are in the store now; the most popular items when there is no model or the
-    /// model knows none of the user's items.
+    /// The user's top unrated items under the active model in `order` (the model's default order
+    /// if None), from the user's ratings as they are in the store now; the most popular items
+    /// when there is no model or the model knows none of the user's items.
     pub async fn recommendations(
         &self,
         user_id: &str,
+        order: Option<Order>,
         limit: usize,
         offset: usize,
         exclude: HashSet<String>,
     ) -> Result<RecommendationPage, ServiceError> {
         let model = self.model();
-        let mut scored = None;
+        let mut ordered = None;
         let mut ratings = None;
         if let Some(served) = &model {
+            let mut scored;
+            let order = order.unwrap_or_else(|| served.recommender.default_order());
+            // A model that did not learn choice ranks by expected rating whatever is asked.
+            let order = match served.recommender.ranking_weight {
+                Some(_) => order,
+                None => Order::ExpectedRating,
+            };
             // One indexed read tells whether a ranking computed earlier still matches the user's
             // ratings; only when it does not are they read and the catalogue scored.
             let revision = self.revisions.get(user_id).await?;
-            scored = self.cached_page(served, user_id, revision, limit, offset, &exclude);
+            let key = (served.version, order, user_id.to_string(), revision);
+            scored = self.cached_page(served, key, limit, offset, &exclude);
             if scored.is_none() {
                 let (revision, read) = self.store.user_ratings(user_id).await?;
+                let key = (served.version, order, user_id.to_string(), revision);
                 scored = self
-                    .score(
-                        served.clone(),
-                        user_id,
-                        revision,
-                        &read,
-                        limit,
-                        offset,
-                        &exclude,
-                    )
+                    .score(served.clone(), key, &read, limit, offset, &exclude)
                     .await?;
                 ratings = Some(read);
             }
+            ordered = scored.take().map(|items| (order, items));
         }
-        let (source, mut items) = match scored {
-            Some(items) => (Source::Model, items),
+        let (source, order, mut items) = match ordered {
+            Some((order, items)) => (Source::Model, PageOrder::from(order), items),
             None => {
                 let ratings = match ratings {
                     Some(ratings) => ratings,
@@ -324,10 +354,11 @@ impl Service {
                     .map(|p| Recommendation {
                         item_id: p.item_id,
                         title: None,
+                        score: p.ratings as f64,
                         expected_rating: p.mean_rating,
                     })
                     .collect();
-                (Source::Popular, items)
+                (Source::Popular, PageOrder::Popularity, items)
             }
         };
         let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
@@ -339,6 +370,7 @@ impl Service {
             user_id: user_id.to_string(),
             model_version: model.map(|m| m.version),
             source,
+            order,
             items,
         })
     }
@@ -674,15 +706,12 @@ impl Service {
     fn cached_page(
         &self,
         served: &ServedModel,
-        user_id: &str,
-        revision: i64,
+        key: RankingKey,
         limit: usize,
         offset: usize,
         exclude: &HashSet<String>,
     ) -> Option<Vec<Recommendation>> {
-        let ranking = self
-            .rankings
-            .get(&(served.version, user_id.to_string(), revision));
+        let ranking = self.rankings.get(&key);
         self.metrics.count_ranking_lookup(ranking.is_some());
         let ranking = ranking?;
         let excluded = excluded_indices(&served.recommender, exclude);
@@ -690,14 +719,13 @@ impl Service {
             .then(|| page(&served.recommender, &ranking, &excluded, limit, offset))
     }
 
-    /// Scores the catalogue for the user's ratings (read at `revision`) on the blocking pool,
-    /// caches the ranking and returns the page. None if the model knows none of the rated items.
-    #[allow(clippy::too_many_arguments)]
+    /// Scores the catalogue in the key's order for the user's ratings (read at the key's
+    /// revision) on the blocking pool, caches the ranking and returns the page. None if the model
+    /// knows none of the rated items.
     async fn score(
         &self,
         served: Arc<ServedModel>,
-        user_id: &str,
-        revision: i64,
+        key: RankingKey,
         ratings: &[(String, f64)],
         limit: usize,
         offset: usize,
@@ -721,20 +749,19 @@ impl Service {
         rated.sort_unstable();
         let excluded = excluded_indices(model, exclude);
         let depth = RANKING_DEPTH.max(offset + limit + excluded.len());
-        let user = model.users.get(user_id);
+        let user = model.users.get(&key.2);
         let scoring = served.clone();
-        let entries =
-            tokio::task::spawn_blocking(move || rank(&scoring.recommender, user, &rated, depth))
-                .await
-                .map_err(|e| ServiceError::Task(e.to_string()))?;
+        let order = key.1;
+        let entries = tokio::task::spawn_blocking(move || {
+            rank(&scoring.recommender, order, user, &rated, depth)
+        })
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?;
         let ranking = Arc::new(RankedItems {
             complete: entries.len() < depth,
             entries,
         });
-        self.rankings.insert(
-            (served.version, user_id.to_string(), revision),
-            ranking.clone(),
-        );
+        self.rankings.insert(key, ranking.clone());
         Ok(Some(page(model, &ranking, &excluded, limit, offset)))
     }
 }
@@ -757,13 +784,14 @@ fn page(
     ranking
         .entries
         .iter()
-        .filter(|(item, _)| !excluded.contains(item))
+        .filter(|r| !excluded.contains(&r.item))
         .skip(offset)
         .take(limit)
-        .map(|&(item, score)| Recommendation {
-            item_id: model.items.id(item).to_string(),
+        .map(|r| Recommendation {
+            item_id: model.items.id(r.item).to_string(),
             title: None,
-            expected_rating: f64::from(score),
+            score: f64::from(r.score),
+            expected_rating: f64::from(r.expected_rating),
         })
         .collect()
 }
@@ -772,13 +800,15 @@ fn page(
 /// by item id, rated items left out.
 fn rank(
     model: &Recommender,
+    order: Order,
     user: Option<u32>,
     rated: &[(u32, u8)],
     depth: usize,
-) -> Vec<(u32, f32)> {
+) -> Vec<Ranked> {
     let (items, classes): (Vec<u32>, Vec<u8>) = rated.iter().copied().unzip();
     SCRATCH.with(|scratch| {
         model.top_n(
+            order,
             user,
             &items,
             &classes,

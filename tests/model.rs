@@ -7,8 +7,8 @@ use std::ops::ControlFlow;
 
 use ndarray::{Array1, Array2, Array3};
 use rbm_recommender::model::{
-    Dataset, RatingScale, Rbm, RbmParams, Recommender, Scratch, TrainConfig, cd_weight_gradient,
-    rmse,
+    Dataset, Order, RatingScale, Rbm, RbmParams, Recommender, Scratch, TrainConfig,
+    cd_weight_gradient, choice_scores, joint_cd_weight_gradient, ranking_metrics, rmse,
 };
 use rbm_recommender::model_file::ModelFile;
 
@@ -227,15 +227,285 @@ fn cd_t_approaches_the_exact_gradient_as_t_grows() {
     );
 }
 
-/// Users in three taste groups rate items of their group high and others low, with noise.
-fn planted(users: usize, items: usize, seed: u64) -> Dataset {
+/// Uniform draws in [0, 1) from a seeded LCG, so planted data needs no RNG crate.
+fn uniform(seed: u64) -> impl FnMut() -> f64 {
     let mut state = seed;
-    let mut next = move || {
+    move || {
         state = state
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         (state >> 33) as f64 / (1u64 << 31) as f64
+    }
+}
+
+/// The tiny model as a joint RBM: Dimp carries the "rated" state's shared weights.
+fn tiny_joint_rbm(scale: f32) -> Rbm {
+    let base = tiny_rbm(scale);
+    let dimp = Array2::from_shape_fn((D, M), |(i, j)| {
+        scale * ((i + 3 * j) % 4) as f32 / 3.0 - 0.4
+    });
+    Rbm::from_parts(
+        base.weights().clone(),
+        base.visible_bias().clone(),
+        base.hidden_bias().clone(),
+        Some(dimp),
+    )
+    .unwrap()
+}
+
+/// A joint visible state: per item None (not rated) or the rated class.
+type JointState = [Option<u8>; D];
+
+fn all_joint_states() -> Vec<JointState> {
+    let state = |n: usize| (n > 0).then(|| (n - 1) as u8);
+    (0..(K + 1).pow(D as u32))
+        .map(|n| {
+            [
+                state(n % (K + 1)),
+                state(n / (K + 1) % (K + 1)),
+                state(n / (K + 1) / (K + 1)),
+            ]
+        })
+        .collect()
+}
+
+/// −E(v, h) of the joint RBM: rated items add b[i][k] + (W[i][k] + Dimp[i])·h; unrated add 0.
+fn joint_negative_energy(rbm: &Rbm, v: &JointState, h: &[f64]) -> f64 {
+    let implicit = rbm.implicit().unwrap();
+    let mut total: f64 = (0..M).map(|j| f64::from(rbm.hidden_bias()[j]) * h[j]).sum();
+    for (i, state) in v.iter().enumerate() {
+        if let Some(k) = *state {
+            total += f64::from(rbm.visible_bias()[[i, k as usize]]);
+            for j in 0..M {
+                let w = rbm.weights()[[i, k as usize, j]] + implicit[[i, j]];
+                total += f64::from(w) * h[j];
+            }
+        }
+    }
+    total
+}
+
+fn rated_part(v: &JointState) -> (Vec<u32>, Vec<u8>) {
+    v.iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.map(|k| (i as u32, k)))
+        .unzip()
+}
+
+#[test]
+fn joint_conditionals_match_enumeration() {
+    let rbm = tiny_joint_rbm(1.0);
+    for h in all_hidden() {
+        let weights: Vec<f64> = all_joint_states()
+            .iter()
+            .map(|v| joint_negative_energy(&rbm, v, &h).exp())
+            .collect();
+        let z: f64 = weights.iter().sum();
+        let hidden: Vec<f32> = h.iter().map(|&x| x as f32).collect();
+        let (mut log_rated, mut expected) = ([0.0f32; D], [0.0f32; D]);
+        choice_scores(&rbm, &hidden, &mut log_rated, &mut expected);
+        for i in 0..D {
+            let mass = |keep: &dyn Fn(&JointState) -> bool| -> f64 {
+                all_joint_states()
+                    .iter()
+                    .zip(&weights)
+                    .filter(|(v, _)| keep(v))
+                    .map(|(_, w)| w)
+                    .sum()
+            };
+            let rated = mass(&|v| v[i].is_some());
+            let class_sum: f64 = (0..K)
+                .map(|k| k as f64 * mass(&|v| v[i] == Some(k as u8)))
+                .sum();
+            let (p_rated, e_class) = (rated / z, class_sum / rated);
+            assert!(
+                (f64::from(log_rated[i]).exp() - p_rated).abs() < EXACT,
+                "h={h:?} item {i}: p(rated) {} vs {p_rated}",
+                log_rated[i].exp()
+            );
+            assert!(
+                (f64::from(expected[i]) - e_class).abs() < EXACT,
+                "h={h:?} item {i}: E[class | rated] {} vs {e_class}",
+                expected[i]
+            );
+        }
+    }
+    // p(h | v) of the joint model is the conditional RBM's with the rated items as implicit input.
+    for v in all_joint_states() {
+        let (items, classes) = rated_part(&v);
+        let mut p = [0.0f32; M];
+        rbm.hidden_probabilities(&items, &classes, &items, &mut p);
+        let weights: Vec<f64> = all_hidden()
+            .iter()
+            .map(|h| joint_negative_energy(&rbm, &v, h).exp())
+            .collect();
+        let z: f64 = weights.iter().sum();
+        for j in 0..M {
+            let exact: f64 = all_hidden()
+                .iter()
+                .zip(&weights)
+                .filter(|(h, _)| h[j] == 1.0)
+                .map(|(_, w)| w)
+                .sum::<f64>()
+                / z;
+            assert!((f64::from(p[j]) - exact).abs() < EXACT, "v={v:?} j={j}");
+        }
+    }
+}
+
+/// E over CD-1's chain of the joint gradient estimate for W, enumerated exactly:
+/// ⟨v·p(h|v)⟩ − Σ_{h⁰} p(h⁰|v) Σ_{v¹} p(v¹|h⁰)·v¹·p(h|v¹).
+fn exact_joint_cd1_expectation(rbm: &Rbm, v: &JointState) -> Vec<f64> {
+    let hidden_of = |v: &JointState| {
+        let (items, classes) = rated_part(v);
+        let mut p = [0.0f32; M];
+        rbm.hidden_probabilities(&items, &classes, &items, &mut p);
+        p.map(f64::from)
     };
+    let add = |g: &mut [f64], v: &JointState, factor: f64| {
+        let p = hidden_of(v);
+        for (i, state) in v.iter().enumerate() {
+            if let Some(k) = *state {
+                for j in 0..M {
+                    g[(i * K + k as usize) * M + j] += factor * p[j];
+                }
+            }
+        }
+    };
+    let mut gradient = vec![0.0f64; D * K * M];
+    add(&mut gradient, v, 1.0);
+    let p0 = hidden_of(v);
+    for h in all_hidden() {
+        let p_h: f64 = (0..M)
+            .map(|j| if h[j] == 1.0 { p0[j] } else { 1.0 - p0[j] })
+            .product();
+        let weights: Vec<f64> = all_joint_states()
+            .iter()
+            .map(|s| joint_negative_energy(rbm, s, &h).exp())
+            .collect();
+        let z: f64 = weights.iter().sum();
+        for (s, w) in all_joint_states().iter().zip(&weights) {
+            add(&mut gradient, s, -p_h * w / z);
+        }
+    }
+    gradient
+}
+
+#[test]
+fn joint_cd1_estimate_matches_its_exact_expectation() {
+    let rbm = tiny_joint_rbm(1.5);
+    // Items 0 and 2 rated, item 1 not: the draw must reach the unrated item too.
+    let v: JointState = [Some(2), None, Some(0)];
+    let (items, classes) = rated_part(&v);
+    let exact = exact_joint_cd1_expectation(&rbm, &v);
+    let estimate = joint_cd_weight_gradient(&rbm, &items, &classes, 60_000, 11);
+    let error = estimate
+        .iter()
+        .zip(&exact)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(error < 0.01, "joint CD-1 is {error} from its expectation");
+    // The unrated item's rows get a gradient (negative only), which a rating-only RBM never gives.
+    assert!(exact[K * M..2 * K * M].iter().any(|g| g.abs() > 0.01));
+}
+
+/// Three taste groups plus a popular group every user rates (only its own fans well) and a few
+/// "cult" items that a handful of users rate 5: the expected rating puts the cult items on top for
+/// everyone and popularity the popular group, while each user picks, and likes, their own group.
+fn planted_choices(users: usize, seed: u64) -> Dataset {
+    let mut next = uniform(seed);
+    let mut rows = Vec::new();
+    for u in 0..users {
+        let group = u % 3;
+        for i in 0..10 {
+            if next() < 0.7 {
+                let value = if group == 0 { 4.0 } else { 2.0 };
+                rows.push((format!("u{u}"), format!("popular{i}"), value));
+            }
+        }
+        for g in 0..3 {
+            for i in 0..12 {
+                let p = if g == group { 0.45 } else { 0.03 };
+                if next() < p {
+                    let value = if g == group {
+                        4.0 + (next() < 0.5) as u8 as f32
+                    } else {
+                        2.0
+                    };
+                    rows.push((format!("u{u}"), format!("g{g}-{i}"), value));
+                }
+            }
+        }
+        for i in 0..6 {
+            if next() < 0.03 {
+                rows.push((format!("u{u}"), format!("cult{i}"), 5.0));
+            }
+        }
+    }
+    Dataset::from_rows(
+        RatingScale::ONE_TO_FIVE,
+        rows.iter().map(|(u, i, v)| (u.as_str(), i.as_str(), *v)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_joint_rbm_ranks_what_users_pick_above_popular_and_highly_rated_items() {
+    let split = planted_choices(600, 5).split(0.2, 9).unwrap();
+    let params = RbmParams {
+        hidden: 16,
+        epochs: 40,
+        batch_size: 20,
+        learning_rate: 0.02,
+        choice: true,
+        rating_weight: 3.0,
+        threads: 2,
+        ..RbmParams::default()
+    };
+    let config = TrainConfig {
+        user: params,
+        item: None,
+        valid_frac: 0.05,
+    };
+    let model = Recommender::train(&split.train, &config, |_, _| ControlFlow::Continue(()))
+        .unwrap()
+        .recommender;
+    assert_eq!(model.default_order(), Order::Score);
+    let known = split.train.user_matrix();
+    let mut test = split.test.clone();
+    test.sort_by_key(|r| (r.user, r.item));
+    let scale = split.train.scale;
+    let precision = |order: Order| {
+        ranking_metrics(&known, &test, scale, 10, |user, out| {
+            let (items, classes) = known.row(user as usize);
+            let mut expected = vec![0.0; out.len()];
+            model.scores(
+                order,
+                Some(user),
+                items,
+                classes,
+                &mut Scratch::default(),
+                out,
+                &mut expected,
+            );
+        })
+        .precision
+    };
+    let counts: Vec<f32> = known.col_counts().iter().map(|&c| c as f32).collect();
+    let popularity = ranking_metrics(&known, &test, scale, 10, |_, out| {
+        out.copy_from_slice(&counts)
+    })
+    .precision;
+    let (score, expected) = (precision(Order::Score), precision(Order::ExpectedRating));
+    assert!(
+        score > 1.5 * popularity && score > 1.5 * expected,
+        "P@10 by score {score:.3}, by expected rating {expected:.3}, by popularity {popularity:.3}"
+    );
+}
+
+/// Users in three taste groups rate items of their group high and others low, with noise.
+fn planted(users: usize, items: usize, seed: u64) -> Dataset {
+    let mut next = uniform(seed);
     let mut rows = Vec::new();
     for u in 0..users {
         for i in 0..items {
@@ -395,9 +665,17 @@ fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
         for user in [Some(row as u32), None] {
             for n in [1, 5, 20] {
                 let screened: Vec<(u32, u32)> = trained
-                    .top_n(user, items, classes, n, |a, b| a.cmp(&b), &mut scratch)
+                    .top_n(
+                        Order::ExpectedRating,
+                        user,
+                        items,
+                        classes,
+                        n,
+                        |a, b| a.cmp(&b),
+                        &mut scratch,
+                    )
                     .into_iter()
-                    .map(|(i, s)| (i, s.to_bits()))
+                    .map(|r| (r.item, r.score.to_bits()))
                     .collect();
                 let full = full_ranking(&trained, user, items, classes, n, |a, b| a.cmp(&b));
                 assert_eq!(screened, full, "user {row} ({user:?}), n = {n}");
@@ -425,6 +703,7 @@ fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
         rbm,
         None,
         1.0,
+        None,
     );
     let (items, classes): (Vec<u32>, Vec<u8>) = {
         let (items, classes) = known.row(0);
@@ -432,9 +711,17 @@ fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
     };
     let backwards = |a: u32, b: u32| b.cmp(&a);
     let screened: Vec<(u32, u32)> = tied
-        .top_n(None, &items, &classes, 4, backwards, &mut scratch)
+        .top_n(
+            Order::ExpectedRating,
+            None,
+            &items,
+            &classes,
+            4,
+            backwards,
+            &mut scratch,
+        )
         .into_iter()
-        .map(|(i, s)| (i, s.to_bits()))
+        .map(|r| (r.item, r.score.to_bits()))
         .collect();
     assert_eq!(
         screened,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppJson};
-use crate::model::RatingScale;
+use crate::model::{Order, RatingScale};
 use crate::service::Service;
 use crate::store::{self, Item, NewRating};
 
@@ -214,6 +214,7 @@ struct PageQuery {
     offset: Option<usize>,
     /// Comma-separated item ids to leave out.
     exclude: Option<String>,
+    order: Option<String>,
 }
 
 fn check_limit(limit: Option<usize>) -> Result<usize, ApiError> {
@@ -233,6 +234,16 @@ async fn recommendations(
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query?;
     check_id("user_id", &user_id)?;
+    let order = match query.order.as_deref() {
+        None => None,
+        Some("score") => Some(Order::Score),
+        Some("expected_rating") => Some(Order::ExpectedRating),
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "order: must be score or expected_rating, got {other:?}"
+            )));
+        }
+    };
     let limit = check_limit(query.limit)?;
     let offset = query.offset.unwrap_or(0);
     if offset > MAX_OFFSET {
@@ -249,7 +260,7 @@ async fn recommendations(
         .collect();
     Ok(AppJson(
         service
-            .recommendations(&user_id, limit, offset, exclude)
+            .recommendations(&user_id, order, limit, offset, exclude)
             .await?,
     ))
 }

@@ -29,6 +29,23 @@ struct Entry {
     sampled: u8,
 }
 
+/// Factors of a gradient's positive (data) and negative (model) halves: the batch average is
+/// both 1/B; the joint RBM weighs the rating term's halves differently (see `choice`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scales {
+    pub positive: f32,
+    pub negative: f32,
+}
+
+impl Scales {
+    pub fn both(scale: f32) -> Self {
+        Self {
+            positive: scale,
+            negative: scale,
+        }
+    }
+}
+
 /// Which visible state a hidden pass conditions on.
 #[derive(Debug, Clone, Copy)]
 enum Visible {
@@ -58,8 +75,8 @@ pub(crate) struct MiniBatch {
     part_start: Vec<usize>,
     /// Each part's sums of hidden inputs, PARTS × B×M.
     partials: Vec<f32>,
-    /// p(h|v) − p(h|v_T) summed over the batch: the gradient of c before averaging.
-    hidden_bias_gradient: Vec<f32>,
+    /// p(h|v) and p(h|v_T) summed over the batch (2·M): the halves of c's gradient.
+    hidden_sums: Vec<f32>,
 }
 
 /// Mixes a seed with a step and an index into an independent stream.
@@ -149,7 +166,7 @@ impl MiniBatch {
             counts: vec![0; items],
             part_start: Vec::new(),
             partials: Vec::new(),
-            hidden_bias_gradient: vec![0.0; m],
+            hidden_sums: vec![0.0; 2 * m],
         }
     }
 
@@ -178,10 +195,11 @@ impl MiniBatch {
             let sample = (!last).then_some((seed, step, t as u64 + 1));
             self.hidden_probabilities(rbm, Visible::Sampled, sample);
         }
-        self.hidden_bias_gradient.fill(0.0);
+        self.hidden_sums.fill(0.0);
+        let (positive, negative) = self.hidden_sums.split_at_mut(m);
         for (p, n) in self.positive.chunks(m).zip(self.negative.chunks(m)) {
-            kernels::add_assign(&mut self.hidden_bias_gradient, p);
-            kernels::sub_assign(&mut self.hidden_bias_gradient, n);
+            kernels::add_assign(positive, p);
+            kernels::add_assign(negative, n);
         }
     }
 
@@ -338,49 +356,63 @@ impl MiniBatch {
     }
 
     /// The gradient of item i's K rows of W, Σ over the batch of v[i][k]·p(h|v) − v_T[i][k]·p(h|v_T)
-    /// times `scale`, into `out` (K·M), from one pass over the item's entries.
-    pub fn item_weight_gradient(&self, item: usize, scale: f32, out: &mut [f32]) {
+    /// with the halves scaled by `scale`, into `out` (K·M), from one pass over the item's entries.
+    pub fn item_weight_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
         let m = self.m;
         out.fill(0.0);
         for e in self.group(item) {
             let slot = e.slot as usize * m;
             let (class, sampled) = (e.class as usize, e.sampled as usize);
-            kernels::add_assign(
+            kernels::axpy(
                 &mut out[class * m..(class + 1) * m],
+                scale.positive,
                 &self.positive[slot..slot + m],
             );
-            kernels::sub_assign(
+            kernels::axpy(
                 &mut out[sampled * m..(sampled + 1) * m],
+                -scale.negative,
                 &self.negative[slot..slot + m],
             );
         }
-        out.iter_mut().for_each(|g| *g *= scale);
     }
 
-    /// Σ v[i][k] − v_T[i][k] over the batch, times `scale`.
-    pub fn visible_bias_gradient(&self, item: usize, scale: f32, out: &mut [f32]) {
+    /// Σ v[i][k] − v_T[i][k] over the batch, the halves scaled by `scale`.
+    pub fn visible_bias_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
         out.fill(0.0);
         for e in self.group(item) {
-            out[e.class as usize] += scale;
-            out[e.sampled as usize] -= scale;
+            out[e.class as usize] += scale.positive;
+            out[e.sampled as usize] -= scale.negative;
         }
     }
 
-    pub fn hidden_bias_gradient(&self, scale: f32, out: &mut [f32]) {
-        for (o, g) in out.iter_mut().zip(&self.hidden_bias_gradient) {
-            *o = g * scale;
+    pub fn hidden_bias_gradient(&self, scale: Scales, out: &mut [f32]) {
+        let (positive, negative) = self.hidden_sums.split_at(self.m);
+        for ((o, p), n) in out.iter_mut().zip(positive).zip(negative) {
+            *o = scale.positive * p - scale.negative * n;
         }
     }
 
-    /// Σ over the cases that rated item i of p(h|v) − p(h|v_T), times `scale` (the gradient of Dimp[i]).
-    pub fn implicit_gradient(&self, item: usize, scale: f32, out: &mut [f32]) {
+    /// p(h | v) of the batch's cases, B×M.
+    pub fn positive(&self) -> &[f32] {
+        &self.positive
+    }
+
+    /// Σ over the cases that rated item i of p(h|v) − p(h|v_T), the halves scaled by `scale` (the gradient of Dimp[i]).
+    pub fn implicit_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
         let m = self.m;
         out.fill(0.0);
         for e in self.group(item) {
             let slot = e.slot as usize;
-            kernels::add_assign(out, &self.positive[slot * m..(slot + 1) * m]);
-            kernels::sub_assign(out, &self.negative[slot * m..(slot + 1) * m]);
+            kernels::axpy(
+                out,
+                scale.positive,
+                &self.positive[slot * m..(slot + 1) * m],
+            );
+            kernels::axpy(
+                out,
+                -scale.negative,
+                &self.negative[slot * m..(slot + 1) * m],
+            );
         }
-        out.iter_mut().for_each(|g| *g *= scale);
     }
 }

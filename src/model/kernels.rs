@@ -419,15 +419,6 @@ pub fn add_assign(y: &mut [f32], x: &[f32]) {
     }
 }
 
-/// `y -= x`
-#[inline(always)]
-pub fn sub_assign(y: &mut [f32], x: &[f32]) {
-    debug_assert_eq!(x.len(), y.len());
-    for (y, x) in y.iter_mut().zip(x) {
-        *y -= x;
-    }
-}
-
 /// `y += a·x`
 #[inline(always)]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
@@ -481,9 +472,15 @@ pub fn fast_exp(x: f32) -> f32 {
 }
 
 /// For logits laid out class-major (`logits[k * d + i]`, K classes of d items), writes each item's
-/// expected class Σ_k k·softmax_k into `out`. The logits buffer is used as scratch.
+/// expected class Σ_k k·softmax_k into `out` and, if asked, log Σ_k e^{z_k} into
+/// `log_normalisers`. The logits buffer is used as scratch.
 #[inline(always)]
-pub fn expected_class_of_logits(logits: &mut [f32], classes: usize, out: &mut [f32]) {
+pub fn expected_class_of_logits(
+    logits: &mut [f32],
+    classes: usize,
+    out: &mut [f32],
+    mut log_normalisers: Option<&mut [f32]>,
+) {
     let d = out.len();
     out.copy_from_slice(&logits[..d]);
     for k in 1..classes {
@@ -495,6 +492,9 @@ pub fn expected_class_of_logits(logits: &mut [f32], classes: usize, out: &mut [f
         for (z, &m) in logits[k * d..(k + 1) * d].iter_mut().zip(out.iter()) {
             *z = fast_exp(*z - m);
         }
+    }
+    if let Some(lse) = log_normalisers.as_deref_mut() {
+        lse.copy_from_slice(out);
     }
     // out becomes Σ k·e_k, and row 0 of logits Σ e_k.
     out.fill(0.0);
@@ -511,6 +511,11 @@ pub fn expected_class_of_logits(logits: &mut [f32], classes: usize, out: &mut [f
     }
     for (o, &den) in out.iter_mut().zip(denominator.iter()) {
         *o /= den;
+    }
+    if let Some(lse) = log_normalisers {
+        for (l, &den) in lse.iter_mut().zip(denominator.iter()) {
+            *l += den.ln();
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! no HTTP types; the readers, the CLI and the service sit around it.
 
 mod batch;
+mod choice;
 mod evaluate;
 mod kernels;
 mod optimizer;
@@ -11,13 +12,16 @@ mod recommender;
 mod scale;
 mod train;
 
+pub use choice::choice_scores;
 pub use evaluate::{RankingMetrics, mae, predict, ranking_metrics, rmse, top_n, top_n_by};
 pub use optimizer::OptimizerKind;
 pub use ratings::{Dataset, IdMap, Rating, SparseRatings, Split};
 pub use rbm::Rbm;
-pub use recommender::{ItemSide, Recommender, Scratch, Side, TrainConfig, Trained};
+pub use recommender::{ItemSide, Order, Ranked, Recommender, Scratch, Side, TrainConfig, Trained};
 pub use scale::RatingScale;
-pub use train::{EpochStats, Fit, RbmParams, ValidRbmParams, cd_weight_gradient};
+pub use train::{
+    EpochStats, Fit, RbmParams, ValidRbmParams, cd_weight_gradient, joint_cd_weight_gradient,
+};
 
 /// Errors of the model core; each message names the offending value.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -50,7 +50,8 @@ impl Rbm {
                 (f64::from(row[k]) + f64::from(prior) * global[k] / total) / (n + f64::from(prior));
             smoothed.ln() as f32
         });
-        let implicit = params.conditional.then(|| Array2::zeros((visible, hidden)));
+        let implicit =
+            (params.conditional || params.choice).then(|| Array2::zeros((visible, hidden)));
         Self {
             weights,
             visible_bias,
@@ -234,6 +235,16 @@ impl Rbm {
     }
 }
 
+/// log σ(x) = −log(1 + e^{−x}), stable for either sign.
+#[inline(always)]
+pub(crate) fn log_sigmoid(x: f32) -> f32 {
+    if x > 0.0 {
+        -(-x).exp().ln_1p()
+    } else {
+        x - x.exp().ln_1p()
+    }
+}
+
 /// The largest K the scale module allows, so per-item class buffers live on the stack.
 pub(crate) const MAX_CLASSES: usize = 100;
 
@@ -325,7 +336,25 @@ impl CatalogWeights {
 
     /// E[class] of every item under p(v | h), into `out` (one per item).
     pub fn expected_classes(&self, hidden: &[f32], out: &mut [f32]) {
-        self.pass(&self.weights, hidden, out);
+        self.pass(&self.weights, hidden, out, None);
+    }
+
+    /// For the joint RBM `rbm` (the model this was built from): E[class | rated] of every item
+    /// into `expected` and log p(rated | h) = log σ(logsumexp_k(b[i][k] + W[i][k]·h) + Dimp[i]·h)
+    /// into `log_rated`; one pass over W, plus one over Dimp.
+    pub fn choice(&self, rbm: &Rbm, hidden: &[f32], expected: &mut [f32], log_rated: &mut [f32]) {
+        self.pass(&self.weights, hidden, expected, Some(log_rated));
+        let implicit = rbm.implicit().expect("a joint RBM is conditional");
+        log_rated
+            .par_chunks_mut(CATALOG_TASK)
+            .enumerate()
+            .for_each(|(task, out)| {
+                for (n, lse) in out.iter_mut().enumerate() {
+                    let row = implicit.row(task * CATALOG_TASK + n);
+                    let x = *lse + kernels::dot(row.as_slice().expect("contiguous"), hidden);
+                    *lse = log_sigmoid(x);
+                }
+            });
     }
 
     /// E[class] of every item from the f16 weights into `approx`, and into `radius` a bound on how
@@ -343,7 +372,7 @@ impl CatalogWeights {
     /// β = 2γ·max|b| fixed at construction; the bound arithmetic here runs in f32 with a relative
     /// slack of 1e-5 for its own rounding.
     pub fn screen(&self, hidden: &[f32], approx: &mut [f32], radius: &mut [f32]) {
-        self.pass(&self.halves, hidden, approx);
+        self.pass(&self.halves, hidden, approx, None);
         let mass = hidden.iter().map(|h| h.abs()).sum::<f32>() * (1.0 + 1e-5);
         let half_spread = (self.classes - 1) as f32 / 2.0;
         let floor = (self.classes - 1) as f32 * 2e-5;
@@ -376,7 +405,7 @@ impl CatalogWeights {
                     bias[class * LANES + lane] = rbm.visible_bias[[item as usize, class]];
                 }
             }
-            self.blocks_expected(&block, &hidden[..m], bias, out);
+            self.blocks_expected(&block, &hidden[..m], bias, out, None);
         }
     }
 
@@ -388,31 +417,61 @@ impl CatalogWeights {
         hidden: &[f32],
         bias: &[f32],
         out: &mut [f32],
+        mut log_normalisers: Option<&mut [f32]>,
     ) {
         use kernels::LANES;
         let k = self.classes;
         let mut logits = [0.0f32; MAX_CLASSES * 2 * LANES];
         let logits = &mut logits[..bias.len()];
         kernels::lane_logits(weights, hidden, bias, k, logits);
-        for (logits, out) in logits.chunks_mut(k * LANES).zip(out.chunks_mut(LANES)) {
-            let mut expected = [0.0f32; LANES];
-            kernels::expected_class_of_logits(logits, k, &mut expected);
+        for (block, (logits, out)) in logits
+            .chunks_mut(k * LANES)
+            .zip(out.chunks_mut(LANES))
+            .enumerate()
+        {
+            let (mut expected, mut lse) = ([0.0f32; LANES], [0.0f32; LANES]);
+            let wanted = log_normalisers.is_some().then_some(&mut lse[..]);
+            kernels::expected_class_of_logits(logits, k, &mut expected, wanted);
             out.copy_from_slice(&expected[..out.len()]);
+            if let Some(l) = log_normalisers.as_deref_mut() {
+                let n = out.len();
+                l[block * LANES..block * LANES + n].copy_from_slice(&lse[..n]);
+            }
         }
     }
 
     /// The catalogue pass over `weights` (the f32 or the f16 copy). Tasks of CATALOG_TASK items
     /// are spread over the rayon pool, since one request's cost is reading all of W once.
-    fn pass<T: kernels::Weight>(&self, weights: &[T], hidden: &[f32], out: &mut [f32]) {
+    /// With `log_normalisers`, also each item's log Σ_k e^{logit_k}.
+    fn pass<T: kernels::Weight>(
+        &self,
+        weights: &[T],
+        hidden: &[f32],
+        out: &mut [f32],
+        log_normalisers: Option<&mut [f32]>,
+    ) {
         use kernels::LANES;
         let (k, m) = (self.classes, self.hidden);
         assert_eq!(out.len(), self.items);
         let block_len = m * k * LANES;
+        let mut spare = Vec::new();
+        let (lse, wanted) = match log_normalisers {
+            Some(l) => (l, true),
+            None => {
+                spare.resize(self.items, 0.0);
+                (&mut spare[..], false)
+            }
+        };
         out.par_chunks_mut(CATALOG_TASK)
+            .zip(lse.par_chunks_mut(CATALOG_TASK))
             .enumerate()
-            .for_each(|(task, out)| {
+            .for_each(|(task, (out, lse))| {
                 // Two blocks per kernel call: twice the independent sums in flight.
-                for (n, out) in out.chunks_mut(2 * LANES).enumerate() {
+                for (n, (out, lse)) in out
+                    .chunks_mut(2 * LANES)
+                    .zip(lse.chunks_mut(2 * LANES))
+                    .enumerate()
+                {
                     let first = task * (CATALOG_TASK / LANES) + 2 * n;
                     let blocks = out.len().div_ceil(LANES);
                     self.blocks_expected(
@@ -420,6 +479,7 @@ impl CatalogWeights {
                         &hidden[..m],
                         &self.bias[first * k * LANES..(first + blocks) * k * LANES],
                         out,
+                        wanted.then_some(lse),
                     );
                 }
             });

@@ -8,7 +8,8 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::batch::MiniBatch;
+use super::batch::{MiniBatch, Scales};
+use super::choice::{ChoiceBatch, add_rated_prior, validation_ndcg};
 use super::evaluate::{predict, rmse};
 use super::kernels;
 use super::optimizer::{OptimizerKind, TensorState, UpdateRule};
@@ -36,6 +37,13 @@ pub struct RbmParams {
     pub optimizer: OptimizerKind,
     /// Conditional RBM: which items a case rated feeds the hidden units through Dimp[D][M].
     pub conditional: bool,
+    /// Joint RBM: the model also reconstructs which items a case rated, every item of the
+    /// catalogue being a visible unit with a "not rated" state beside the K classes (see
+    /// `choice`); implies `conditional`. It is what ranks items, by p(rated | ĥ).
+    pub choice: bool,
+    /// With `choice`: the objective is log p(v, rated) + rating_weight·log p(v | rated), so that
+    /// the expected rating keeps the accuracy of the plain RBM's training.
+    pub rating_weight: f32,
     /// Factored RBM: W = A·B with A[D][K][C] and B[C][M].
     pub factors: Option<usize>,
     /// Worker threads; 0 means one per core. Results are identical for a fixed seed and thread count.
@@ -62,6 +70,8 @@ impl Default for RbmParams {
             cd_schedule: false,
             optimizer: OptimizerKind::Momentum,
             conditional: false,
+            choice: false,
+            rating_weight: 1.0,
             factors: None,
             threads: 0,
             seed: 42,
@@ -143,6 +153,20 @@ impl RbmParams {
                 "go with the momentum optimizer only",
             );
         }
+        if !(self.rating_weight.is_finite() && self.rating_weight >= 0.0) {
+            return invalid(
+                "rating_weight",
+                self.rating_weight.to_string(),
+                "must be zero or positive",
+            );
+        }
+        if self.choice && self.factors.is_some() {
+            return invalid(
+                "factors",
+                format!("{:?}", self.factors),
+                "do not go with the joint (choice) RBM",
+            );
+        }
         if !(self.bias_prior.is_finite() && self.bias_prior >= 0.0) {
             return invalid(
                 "bias_prior",
@@ -169,6 +193,10 @@ pub struct EpochStats {
     /// RMSE of mean-field reconstructions of a fixed sample of training ratings.
     pub train_rmse: f64,
     pub valid_rmse: Option<f64>,
+    /// For the joint RBM: NDCG@10 of ranking by p(rated | ĥ) on the validation slice's items rated
+    /// at or above the relevance threshold; it picks the best epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_ndcg: Option<f64>,
     /// Time of the training pass, without the RMSE reporting.
     pub seconds: f64,
 }
@@ -234,6 +262,10 @@ impl ValidRbmParams {
         let p = &self.0;
         let (d, k, m) = (train.n_cols(), scale.classes(), p.hidden);
         let mut rbm = Rbm::initial(&train.col_class_counts(k), d, k, p);
+        let mut choice = p.choice.then(|| {
+            add_rated_prior(&mut rbm, &train.col_counts(), train.n_rows());
+            ChoiceBatch::new(d, k, m)
+        });
         let rule = UpdateRule {
             kind: p.optimizer,
             learning_rate: p.learning_rate,
@@ -272,7 +304,9 @@ impl ValidRbmParams {
                 for &i in batch.items() {
                     item_mark[i as usize] = step;
                 }
-                let item_touched = |row: usize| item_mark[row] == step;
+                let in_batch = |row: usize| item_mark[row] == step;
+                // The joint RBM's draw reads, and its gradient reaches, every item.
+                let item_touched = |row: usize| p.choice || in_batch(row);
                 // The rows this batch reads, as the dense update left them after the last step.
                 match &mut factors {
                     None => w_state.catch_up(slice_mut(&mut rbm.weights), step - 1, item_touched),
@@ -283,35 +317,83 @@ impl ValidRbmParams {
                     d_state.catch_up(slice_mut(implicit), step - 1, item_touched);
                 }
                 batch.run(&rbm, cd_steps, p.seed, step);
+                if let Some(choice) = &mut choice {
+                    choice.run(&rbm, batch.positive(), p.seed, step);
+                }
 
                 let scale_by = 1.0 / batch.len() as f32;
-                let batch = &batch;
+                // The rating term's halves weighed by rating_weight, plus the joint term's data
+                // half (the same data entries); the joint term's model half comes from `choice`.
+                let scales = match choice {
+                    None => Scales::both(scale_by),
+                    Some(_) => Scales {
+                        positive: (1.0 + p.rating_weight) * scale_by,
+                        negative: p.rating_weight * scale_by,
+                    },
+                };
+                let (batch, choice) = (&batch, choice.as_ref());
+                let gradient = |rating: &dyn Fn(&mut [f32]),
+                                joint: &dyn Fn(&ChoiceBatch, &mut [f32]),
+                                item: usize,
+                                out: &mut [f32]| {
+                    if in_batch(item) {
+                        rating(out);
+                    } else {
+                        out.fill(0.0);
+                    }
+                    if let Some(choice) = choice {
+                        joint(choice, out);
+                    }
+                };
+                let weight_gradient = |item: usize, out: &mut [f32]| {
+                    gradient(
+                        &|out| batch.item_weight_gradient(item, scales, out),
+                        &|c, out| c.sub_weight_negative(item, scale_by, out),
+                        item,
+                        out,
+                    )
+                };
                 match &mut factors {
                     None => w_state.step(
                         slice_mut(&mut rbm.weights),
                         step,
                         item_touched,
-                        |item, out| batch.item_weight_gradient(item, scale_by, out),
+                        weight_gradient,
                     ),
-                    Some(f) => f.step(step, item_touched, |item, out| {
-                        batch.item_weight_gradient(item, scale_by, out)
-                    }),
+                    Some(f) => f.step(step, item_touched, weight_gradient),
                 }
                 b_state.step(
                     slice_mut(&mut rbm.visible_bias),
                     step,
                     item_touched,
-                    |row, out| batch.visible_bias_gradient(row, scale_by, out),
+                    |item, out| {
+                        gradient(
+                            &|out| batch.visible_bias_gradient(item, scales, out),
+                            &|c, out| c.sub_visible_bias_negative(item, scale_by, out),
+                            item,
+                            out,
+                        )
+                    },
                 );
                 c_state.step(
                     slice_mut(&mut rbm.hidden_bias),
                     step,
                     |_| true,
-                    |_, out| batch.hidden_bias_gradient(scale_by, out),
+                    |_, out| {
+                        batch.hidden_bias_gradient(scales, out);
+                        if let Some(choice) = choice {
+                            choice.sub_hidden_bias_negative(scale_by, out);
+                        }
+                    },
                 );
                 if let Some(implicit) = &mut rbm.implicit {
-                    d_state.step(slice_mut(implicit), step, item_touched, |row, out| {
-                        batch.implicit_gradient(row, scale_by, out)
+                    d_state.step(slice_mut(implicit), step, item_touched, |item, out| {
+                        gradient(
+                            &|out| batch.implicit_gradient(item, scales, out),
+                            &|c, out| c.sub_implicit_negative(item, scale_by, out),
+                            item,
+                            out,
+                        )
                     });
                 }
             }
@@ -331,17 +413,21 @@ impl ValidRbmParams {
             let train_rmse = rmse(&predict(&rbm, train, &probe, scale, false), &probe, scale);
             let valid_rmse = (!valid.is_empty())
                 .then(|| rmse(&predict(&rbm, train, valid, scale, false), valid, scale));
+            let valid_ndcg =
+                (p.choice && !valid.is_empty()).then(|| validation_ndcg(&rbm, train, valid, scale));
             let stats = EpochStats {
                 epoch,
                 epochs: p.epochs,
                 cd_steps,
                 train_rmse,
                 valid_rmse,
+                valid_ndcg,
                 seconds,
             };
             let flow = on_epoch(&stats);
             history.push(stats);
-            if let Some(score) = valid_rmse {
+            // The joint RBM is there to rank: its best epoch is the best-ranking one.
+            if let Some(score) = valid_ndcg.map(|n| -n).or(valid_rmse) {
                 if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
                     best = Some((score, epoch, rbm.clone()));
                     epochs_since_best = 0;
@@ -511,6 +597,18 @@ impl Factors {
     }
 }
 
+/// A mini-batch of `samples` copies of one case.
+fn batch_of_copies(rbm: &Rbm, items: &[u32], classes: &[u8], samples: usize) -> MiniBatch {
+    let (d, k, m) = rbm.weights.dim();
+    let copies = (0..samples as u32)
+        .flat_map(|row| items.iter().zip(classes).map(move |(&i, &c)| (row, i, c)));
+    let cases = SparseRatings::from_triples(samples, d, copies);
+    let rows: Vec<u32> = (0..samples as u32).collect();
+    let mut batch = MiniBatch::new(d, k, m);
+    batch.index(&cases, &rows);
+    batch
+}
+
 /// The average CD-T estimate of ∂log p(v)/∂W for one case over `samples` independent chains, as the
 /// training kernel computes it (a batch of `samples` copies of the case). Lets tests compare CD-T
 /// with the exact gradient of a tiny model.
@@ -523,18 +621,44 @@ pub fn cd_weight_gradient(
     seed: u64,
 ) -> Vec<f64> {
     let (d, k, m) = rbm.weights.dim();
-    let copies = (0..samples as u32)
-        .flat_map(|row| items.iter().zip(classes).map(move |(&i, &c)| (row, i, c)));
-    let cases = SparseRatings::from_triples(samples, d, copies);
-    let rows: Vec<u32> = (0..samples as u32).collect();
-    let mut batch = MiniBatch::new(d, k, m);
-    batch.index(&cases, &rows);
+    let mut batch = batch_of_copies(rbm, items, classes, samples);
     batch.run(rbm, cd_steps, seed, 1);
     let mut gradient = vec![0.0f32; d * k * m];
     for (item, out) in gradient.chunks_mut(k * m).enumerate() {
         if items.contains(&(item as u32)) {
-            batch.item_weight_gradient(item, 1.0 / samples as f32, out);
+            batch.item_weight_gradient(item, Scales::both(1.0 / samples as f32), out);
         }
+    }
+    gradient.into_iter().map(f64::from).collect()
+}
+
+/// The average joint-RBM CD-1 estimate of ∂log p(v, rated)/∂W for one case over `samples`
+/// independent chains, as training computes it with rating_weight 0 (a batch of `samples` copies of
+/// the case): the data term minus the catalogue-wide reconstruction's. Lets tests compare it with
+/// the exact expectation of CD-1 on a tiny model.
+pub fn joint_cd_weight_gradient(
+    rbm: &Rbm,
+    items: &[u32],
+    classes: &[u8],
+    samples: usize,
+    seed: u64,
+) -> Vec<f64> {
+    let (d, k, m) = rbm.weights.dim();
+    let mut batch = batch_of_copies(rbm, items, classes, samples);
+    batch.run(rbm, 1, seed, 1);
+    let mut choice = ChoiceBatch::new(d, k, m);
+    choice.run(rbm, batch.positive(), seed, 1);
+    let scale = 1.0 / samples as f32;
+    let data_only = Scales {
+        positive: scale,
+        negative: 0.0,
+    };
+    let mut gradient = vec![0.0f32; d * k * m];
+    for (item, out) in gradient.chunks_mut(k * m).enumerate() {
+        if items.contains(&(item as u32)) {
+            batch.item_weight_gradient(item, data_only, out);
+        }
+        choice.sub_weight_negative(item, scale, out);
     }
     gradient.into_iter().map(f64::from).collect()
 }

@@ -98,8 +98,8 @@ async fn retraining_serves_a_new_model_version(app: TestApp) {
     let page = app.recommendations("u0", "?limit=5").await;
     assert_eq!(page["source"], "model");
     assert_eq!(page["model_version"], version);
-    // u0 is in taste group 0: its unrated group-0 items come first.
-    for id in item_ids(&page).iter().take(2) {
+    // u0 is in taste group 0 and rated all its items but one (i03), which comes first.
+    for id in item_ids(&page).iter().take(1) {
         let n: usize = id[1..].parse().unwrap();
         assert_eq!(n % 3, 0, "recommended {id} to u0: {page}");
     }
@@ -137,14 +137,18 @@ on_both_backends!(retraining_serves_a_new_model_version);
 async fn new_ratings_change_recommendations_without_retraining(app: TestApp) {
     seed(&app, 90, 18).await;
     app.retrain(fast_training()).await;
-    // A new user loves group 1; then changes taste to group 2.
-    app.post_ratings(&[
-        ("newbie", "i01", 5.0),
-        ("newbie", "i04", 5.0),
-        ("newbie", "i07", 5.0),
-    ])
-    .await;
-    let first = app.recommendations("newbie", "?limit=3").await;
+    for query in ["?limit=3", "?limit=3&order=expected_rating"] {
+        folds_in_new_ratings(&app, &format!("newbie{}", query.len()), query).await;
+    }
+}
+on_both_backends!(new_ratings_change_recommendations_without_retraining);
+
+/// A user the model never saw rates three group-1 items and gets group 1; then re-rates them low
+/// and rates three group-2 items high, and gets group 2.
+async fn folds_in_new_ratings(app: &TestApp, user: &str, query: &str) {
+    app.post_ratings(&[(user, "i01", 5.0), (user, "i04", 5.0), (user, "i07", 5.0)])
+        .await;
+    let first = app.recommendations(user, query).await;
     assert_eq!(first["source"], "model");
     assert!(
         item_ids(&first)
@@ -153,15 +157,15 @@ async fn new_ratings_change_recommendations_without_retraining(app: TestApp) {
         "{first}"
     );
     app.post_ratings(&[
-        ("newbie", "i01", 0.5),
-        ("newbie", "i04", 0.5),
-        ("newbie", "i07", 0.5),
-        ("newbie", "i02", 5.0),
-        ("newbie", "i05", 5.0),
-        ("newbie", "i08", 5.0),
+        (user, "i01", 0.5),
+        (user, "i04", 0.5),
+        (user, "i07", 0.5),
+        (user, "i02", 5.0),
+        (user, "i05", 5.0),
+        (user, "i08", 5.0),
     ])
     .await;
-    let second = app.recommendations("newbie", "?limit=3").await;
+    let second = app.recommendations(user, query).await;
     assert!(
         item_ids(&second)
             .iter()
@@ -169,7 +173,6 @@ async fn new_ratings_change_recommendations_without_retraining(app: TestApp) {
         "{second}"
     );
 }
-on_both_backends!(new_ratings_change_recommendations_without_retraining);
 
 async fn rated_and_excluded_items_are_never_recommended(app: TestApp) {
     seed(&app, 90, 18).await;
@@ -201,30 +204,82 @@ async fn rated_and_excluded_items_are_never_recommended(app: TestApp) {
 }
 on_both_backends!(rated_and_excluded_items_are_never_recommended);
 
-async fn pages_never_repeat_or_skip(app: TestApp) {
-    seed(&app, 90, 18).await;
-    app.retrain(fast_training()).await;
-    let all = item_ids(&app.recommendations("u2", "?limit=100").await);
-    let mut paged = Vec::new();
-    for offset in (0..all.len()).step_by(4) {
-        paged.extend(item_ids(
-            &app.recommendations("u2", &format!("?limit=4&offset={offset}"))
-                .await,
-        ));
-    }
-    assert_eq!(paged, all);
-    let scores: Vec<f64> = app.recommendations("u2", "?limit=100").await["items"]
+fn field(page: &Value, name: &str) -> Vec<f64> {
+    page["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| i["expected_rating"].as_f64().unwrap())
-        .collect();
-    assert!(
-        scores.windows(2).all(|w| w[0] >= w[1]),
-        "not ordered: {scores:?}"
-    );
+        .map(|i| i[name].as_f64().unwrap())
+        .collect()
+}
+
+async fn pages_never_repeat_or_skip(app: TestApp) {
+    seed(&app, 90, 18).await;
+    app.retrain(fast_training()).await;
+    for (order, query) in [("score", ""), ("expected_rating", "&order=expected_rating")] {
+        let whole = app
+            .recommendations("u2", &format!("?limit=100{query}"))
+            .await;
+        assert_eq!(whole["order"], order, "{whole}");
+        let all = item_ids(&whole);
+        let mut paged = Vec::new();
+        for offset in (0..all.len()).step_by(4) {
+            paged.extend(item_ids(
+                &app.recommendations("u2", &format!("?limit=4&offset={offset}{query}"))
+                    .await,
+            ));
+        }
+        assert_eq!(paged, all, "order {order}");
+        let scores = field(&whole, "score");
+        assert!(
+            scores.windows(2).all(|w| w[0] >= w[1]),
+            "not ordered by {order}: {scores:?}"
+        );
+        if order == "expected_rating" {
+            assert_eq!(scores, field(&whole, "expected_rating"));
+        }
+    }
 }
 on_both_backends!(pages_never_repeat_or_skip);
+
+async fn the_two_orders_rank_differently_and_bad_orders_are_named(app: TestApp) {
+    seed(&app, 90, 18).await;
+    app.retrain(fast_training()).await;
+    let by_score = app.recommendations("u1", "?limit=100").await;
+    let by_rating = app
+        .recommendations("u1", "?limit=100&order=expected_rating")
+        .await;
+    // The same items, each with the same expected rating, in two orders.
+    let mut a: Vec<(String, f64)> = item_ids(&by_score)
+        .into_iter()
+        .zip(field(&by_score, "expected_rating"))
+        .collect();
+    let mut b: Vec<(String, f64)> = item_ids(&by_rating)
+        .into_iter()
+        .zip(field(&by_rating, "expected_rating"))
+        .collect();
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    b.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(a, b);
+    assert_ne!(
+        field(&by_score, "score"),
+        field(&by_score, "expected_rating")
+    );
+    let (status, body) = app
+        .call("GET", "/users/u1/recommendations?order=best", None, false)
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("order"),
+        "{body}"
+    );
+    let popular = app.recommendations("nobody", "").await;
+    assert_eq!(
+        (&popular["source"], &popular["order"]),
+        (&json!("popular"), &json!("popularity"))
+    );
+}
+on_both_backends!(the_two_orders_rank_differently_and_bad_orders_are_named);
 
 async fn similar_items_share_taste_groups(app: TestApp) {
     seed(&app, 90, 18).await;

@@ -262,13 +262,14 @@ impl TestApp {
     }
 }
 
-/// Users in three taste groups rate items of their group 4.5-5 and the others 1-1.5.
+/// Users in three taste groups rate four in five items of their group, 4.5-5, and two in five of
+/// the others, 1-1.5: both which items they rate and how carry their taste.
 pub fn planted_ratings(users: usize, items: usize) -> Vec<(String, String, f64)> {
     let mut rows = Vec::new();
     for u in 0..users {
         for i in 0..items {
-            if (u * 7 + i * 3) % 5 < 3 {
-                let liked = u % 3 == i % 3;
+            let liked = u % 3 == i % 3;
+            if (u * 7 + i * 3) % 5 < if liked { 4 } else { 2 } {
                 let rating = if liked {
                     4.5 + 0.5 * ((u + i) % 2) as f64
                 } else {

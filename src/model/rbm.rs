@@ -454,35 +454,32 @@ impl CatalogWeights {
         let (k, m) = (self.classes, self.hidden);
         assert_eq!(out.len(), self.items);
         let block_len = m * k * LANES;
-        let mut spare = Vec::new();
-        let (lse, wanted) = match log_normalisers {
-            Some(l) => (l, true),
-            None => {
-                spare.resize(self.items, 0.0);
-                (&mut spare[..], false)
+        let task = |task: usize, out: &mut [f32], mut lse: Option<&mut [f32]>| {
+            // Two blocks per kernel call: twice the independent sums in flight.
+            for (n, out) in out.chunks_mut(2 * LANES).enumerate() {
+                let first = task * (CATALOG_TASK / LANES) + 2 * n;
+                let blocks = out.len().div_ceil(LANES);
+                let at = n * 2 * LANES;
+                self.blocks_expected(
+                    &weights[first * block_len..(first + blocks) * block_len],
+                    &hidden[..m],
+                    &self.bias[first * k * LANES..(first + blocks) * k * LANES],
+                    out,
+                    lse.as_deref_mut().map(|l| &mut l[at..at + out.len()]),
+                );
             }
         };
-        out.par_chunks_mut(CATALOG_TASK)
-            .zip(lse.par_chunks_mut(CATALOG_TASK))
-            .enumerate()
-            .for_each(|(task, (out, lse))| {
-                // Two blocks per kernel call: twice the independent sums in flight.
-                for (n, (out, lse)) in out
-                    .chunks_mut(2 * LANES)
-                    .zip(lse.chunks_mut(2 * LANES))
-                    .enumerate()
-                {
-                    let first = task * (CATALOG_TASK / LANES) + 2 * n;
-                    let blocks = out.len().div_ceil(LANES);
-                    self.blocks_expected(
-                        &weights[first * block_len..(first + blocks) * block_len],
-                        &hidden[..m],
-                        &self.bias[first * k * LANES..(first + blocks) * k * LANES],
-                        out,
-                        wanted.then_some(lse),
-                    );
-                }
-            });
+        match log_normalisers {
+            Some(lse) => out
+                .par_chunks_mut(CATALOG_TASK)
+                .zip(lse.par_chunks_mut(CATALOG_TASK))
+                .enumerate()
+                .for_each(|(t, (out, lse))| task(t, out, Some(lse))),
+            None => out
+                .par_chunks_mut(CATALOG_TASK)
+                .enumerate()
+                .for_each(|(t, out)| task(t, out, None)),
+        }
     }
 }
 

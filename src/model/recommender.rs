@@ -371,7 +371,10 @@ impl Recommender {
             rated[i as usize] = true;
         }
         if order == Order::Score && self.ranking_weight.is_some() {
-            let (mut score, mut expected) = (vec![0.0f32; d], vec![0.0f32; d]);
+            let mut score = std::mem::take(&mut scratch.scores);
+            let mut expected = std::mem::take(&mut scratch.approx);
+            score.resize(d, 0.0);
+            expected.resize(d, 0.0);
             self.scores(
                 order,
                 user,
@@ -390,6 +393,8 @@ impl Recommender {
                 })
                 .collect();
             scratch.rated = rated;
+            scratch.scores = score;
+            scratch.approx = expected;
             return best_n(candidates, n, |a, b| {
                 b.score
                     .total_cmp(&a.score)

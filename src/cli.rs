@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::model::{
     Dataset, EpochStats, OptimizerKind, Order, RatingScale, Recommender, Scratch, Side,
-    TrainConfig, mae, ranking_metrics, rmse, top_n,
+    TrainConfig, mae, ranking_metrics, rmse,
 };
 use crate::model_file::ModelFile;
 use crate::readers::{RatingFormat, read_dataset};
@@ -313,6 +313,26 @@ pub struct RecommendArgs {
     pub user: String,
     #[arg(long, default_value_t = 10)]
     pub limit: usize,
+    /// List order; the model's default (by score for a joint RBM) when omitted.
+    #[arg(long, value_enum)]
+    pub order: Option<OrderArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OrderArg {
+    /// log p(rated | ĥ) + β·E[rating] (joint RBM only)
+    Score,
+    /// Expected rating alone
+    ExpectedRating,
+}
+
+impl From<OrderArg> for Order {
+    fn from(order: OrderArg) -> Self {
+        match order {
+            OrderArg::Score => Order::Score,
+            OrderArg::ExpectedRating => Order::ExpectedRating,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -330,6 +350,10 @@ pub struct BenchArgs {
     /// Users to time full-catalogue top-10 scoring for.
     #[arg(long, default_value_t = 2000)]
     pub users: usize,
+    /// Instead of training: time a saved model's uncached top-10 in each order it serves, for
+    /// users of the data set with their ratings from it.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -542,7 +566,19 @@ impl Progress {
             .valid_rmse
             .map(|v| format!(" valid RMSE {v:.4}"))
             .unwrap_or_default();
-        bar.set_message(format!("train RMSE {:.4}{valid}", stats.train_rmse));
+        let ndcg = stats
+            .valid_ndcg
+            .map(|n| format!(" valid NDCG@10 {n:.4}"))
+            .unwrap_or_default();
+        let message = format!("train RMSE {:.4}{valid}{ndcg}", stats.train_rmse);
+        // Bars draw only on a terminal; a log gets one line per epoch instead.
+        if bar.is_hidden() {
+            eprintln!(
+                "{side:?} RBM epoch {}/{} {message} ({:.1} s)",
+                stats.epoch, stats.epochs, stats.seconds
+            );
+        }
+        bar.set_message(message);
         ControlFlow::Continue(())
     }
 
@@ -691,39 +727,122 @@ fn recommend(args: RecommendArgs) -> anyhow::Result<()> {
             args.data.ratings.unwrap_or_default().display()
         );
     };
-    // The user's ratings from the file, in the model's item indices; items the model never saw are skipped.
-    let mut rated: Vec<(u32, u8)> = data
-        .ratings
-        .iter()
-        .filter(|r| r.user == user_in_file)
-        .filter_map(|r| {
-            model
-                .items
-                .get(data.items.id(r.item))
-                .map(|i| (i, model.scale.class_of(data.scale.value_of(r.class))))
-        })
-        .filter_map(|(i, class)| class.ok().map(|c| (i, c)))
-        .collect();
-    rated.sort_unstable();
-    let (items, classes): (Vec<u32>, Vec<u8>) = rated.into_iter().unzip();
-    let mut scores = vec![0.0f32; model.items.len()];
-    model.expected_ratings(
+    let rows = rows_in_model(&model, &data);
+    let (items, classes) = &rows[user_in_file as usize];
+    let order = args.order.map_or(model.default_order(), Order::from);
+    let top = model.top_n(
+        order,
         model.users.get(&args.user),
-        &items,
-        &classes,
+        items,
+        classes,
+        args.limit,
+        |a, b| a.cmp(&b),
         &mut Scratch::default(),
-        &mut scores,
     );
-    let top = top_n(&scores, args.limit, |i| items.binary_search(&i).is_ok());
     let items_json: Vec<_> = top
         .iter()
-        .map(|&i| json!({"item_id": model.items.id(i), "expected_rating": scores[i as usize]}))
+        .map(|r| {
+            json!({
+                "item_id": model.items.id(r.item),
+                "score": r.score,
+                "expected_rating": r.expected_rating,
+            })
+        })
         .collect();
-    println!("{}", json!({"user_id": args.user, "items": items_json}));
+    println!(
+        "{}",
+        json!({"user_id": args.user, "order": order, "items": items_json})
+    );
+    Ok(())
+}
+
+/// Every user's ratings from `data` in the model's item indices and classes, sorted by item, by
+/// the data set's user index; items the model never saw, and values off its scale, are skipped.
+fn rows_in_model(model: &Recommender, data: &Dataset) -> Vec<(Vec<u32>, Vec<u8>)> {
+    let mut rows: Vec<Vec<(u32, u8)>> = vec![Vec::new(); data.users.len()];
+    for r in &data.ratings {
+        let item = model.items.get(data.items.id(r.item));
+        let class = model.scale.class_of(data.scale.value_of(r.class));
+        if let (Some(item), Ok(class)) = (item, class) {
+            rows[r.user as usize].push((item, class));
+        }
+    }
+    rows.into_iter()
+        .map(|mut row| {
+            row.sort_unstable();
+            row.into_iter().unzip()
+        })
+        .collect()
+}
+
+/// Microseconds at the 50th and 99th percentiles of `run` over `count` calls, each given its call
+/// number.
+fn latency_percentiles(count: usize, mut run: impl FnMut(usize)) -> (f64, f64) {
+    let mut latencies: Vec<f64> = (0..count.max(1))
+        .map(|n| {
+            let started = Instant::now();
+            run(n);
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    (percentile(0.5), percentile(0.99))
+}
+
+/// `bench --model`: a saved model's uncached top-10 latency in each order, on the same users.
+fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
+    let model = ModelFile::load(path)?.recommender;
+    let data = args.data.read()?;
+    let rows = rows_in_model(&model, &data);
+    let mut scratch = Scratch::default();
+    let mut orders = serde_json::Map::new();
+    let served = [Order::Score, Order::ExpectedRating]
+        .into_iter()
+        .filter(|&o| o == Order::ExpectedRating || model.default_order() == Order::Score);
+    for order in served {
+        let (p50, p99) = latency_percentiles(args.users, |n| {
+            let user = (n * 7919) % rows.len();
+            let (items, classes) = &rows[user];
+            let in_model = model.users.get(data.users.id(user as u32));
+            let top = model.top_n(
+                order,
+                in_model,
+                items,
+                classes,
+                10,
+                |a, b| a.cmp(&b),
+                &mut scratch,
+            );
+            std::hint::black_box(top);
+        });
+        orders.insert(
+            serde_json::to_value(order)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            json!({"top10_p50_us": p50, "top10_p99_us": p99}),
+        );
+    }
+    println!(
+        "{}",
+        json!({
+            "model": path,
+            "users": rows.len(),
+            "items": model.items.len(),
+            "hidden": model.user_rbm.hidden(),
+            "hidden_item_based": model.item_side.as_ref().map(|s| s.rbm.hidden()),
+            "default_order": model.default_order(),
+            "uncached": orders,
+        })
+    );
     Ok(())
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.model {
+        return bench_model(path, &args);
+    }
     let data = args.data.read()?;
     let params = crate::model::RbmParams {
         hidden: args.hidden,
@@ -758,26 +877,19 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     );
     let mut scratch = Scratch::default();
     let n_users = matrix.n_rows();
-    let mut latencies: Vec<f64> = (0..args.users.max(1))
-        .map(|n| {
-            let user = (n * 7919) % n_users;
-            let (items, classes) = matrix.row(user);
-            let started = Instant::now();
-            let top = model.top_n(
-                Order::ExpectedRating,
-                None,
-                items,
-                classes,
-                10,
-                |a, b| a.cmp(&b),
-                &mut scratch,
-            );
-            std::hint::black_box(top);
-            started.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    let (p50, p99) = latency_percentiles(args.users, |n| {
+        let (items, classes) = matrix.row((n * 7919) % n_users);
+        let top = model.top_n(
+            Order::ExpectedRating,
+            None,
+            items,
+            classes,
+            10,
+            |a, b| a.cmp(&b),
+            &mut scratch,
+        );
+        std::hint::black_box(top);
+    });
     println!(
         "{}",
         json!({
@@ -792,8 +904,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "seconds_per_epoch": seconds_per_epoch,
             "ratings_epochs_per_second": matrix.nnz() as f64 / seconds_per_epoch,
             "gflops": flops_per_epoch / seconds_per_epoch / 1e9,
-            "score_top10_p50_us": percentile(0.5),
-            "score_top10_p99_us": percentile(0.99),
+            "score_top10_p50_us": p50,
+            "score_top10_p99_us": p99,
         })
     );
     Ok(())

@@ -635,38 +635,64 @@ fn models_are_send_and_sync() {
     assert_send_sync::<ModelFile>();
 }
 
-/// The top list from `expected_ratings` over the whole catalogue, ties by `tie`.
+/// The top list by `order` from `scores` over the whole catalogue, ties by `tie`: (item, score
+/// bits, expected rating bits).
 fn full_ranking(
     model: &Recommender,
+    order: Order,
     user: Option<u32>,
     items: &[u32],
     classes: &[u8],
     n: usize,
     tie: impl Fn(u32, u32) -> std::cmp::Ordering,
-) -> Vec<(u32, u32)> {
-    let mut scores = vec![0.0; model.items.len()];
-    model.expected_ratings(user, items, classes, &mut Scratch::default(), &mut scores);
+) -> Vec<(u32, u32, u32)> {
+    let d = model.items.len();
+    let (mut scores, mut expected) = (vec![0.0; d], vec![0.0; d]);
+    let scratch = &mut Scratch::default();
+    model.scores(
+        order,
+        user,
+        items,
+        classes,
+        scratch,
+        &mut scores,
+        &mut expected,
+    );
     rbm_recommender::model::top_n_by(&scores, n, |i| items.contains(&i), tie)
         .into_iter()
-        .map(|i| (i, scores[i as usize].to_bits()))
+        .map(|i| {
+            let i_ = i as usize;
+            (i, scores[i_].to_bits(), expected[i_].to_bits())
+        })
         .collect()
 }
 
 #[test]
 fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
     let data = planted(200, 160, 6);
-    let trained = Recommender::train(&data, &small_config(), |_, _| ControlFlow::Continue(()))
-        .unwrap()
-        .recommender;
+    let train = |config: &TrainConfig| {
+        Recommender::train(&data, config, |_, _| ControlFlow::Continue(()))
+            .unwrap()
+            .recommender
+    };
+    let trained = train(&small_config());
+    let mut joint_config = small_config();
+    joint_config.user.choice = true;
+    let joint = train(&joint_config);
     let known = data.user_matrix();
     let mut scratch = Scratch::default();
-    for row in 0..known.n_rows() {
-        let (items, classes) = known.row(row);
-        for user in [Some(row as u32), None] {
-            for n in [1, 5, 20] {
-                let screened: Vec<(u32, u32)> = trained
+    for model in [&trained, &joint] {
+        let orders = [Order::ExpectedRating, model.default_order()];
+        for row in 0..known.n_rows() {
+            let (items, classes) = known.row(row);
+            for (user, n, order) in [Some(row as u32), None]
+                .into_iter()
+                .flat_map(|u| [1, 5, 20].map(|n| (u, n)))
+                .flat_map(|(u, n)| orders.map(|o| (u, n, o)))
+            {
+                let screened: Vec<(u32, u32, u32)> = model
                     .top_n(
-                        Order::ExpectedRating,
+                        order,
                         user,
                         items,
                         classes,
@@ -675,13 +701,14 @@ fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
                         &mut scratch,
                     )
                     .into_iter()
-                    .map(|r| (r.item, r.score.to_bits()))
+                    .map(|r| (r.item, r.score.to_bits(), r.expected_rating.to_bits()))
                     .collect();
-                let full = full_ranking(&trained, user, items, classes, n, |a, b| a.cmp(&b));
-                assert_eq!(screened, full, "user {row} ({user:?}), n = {n}");
+                let full = full_ranking(model, order, user, items, classes, n, |a, b| a.cmp(&b));
+                assert_eq!(screened, full, "user {row} ({user:?}), n = {n}, {order:?}");
             }
         }
     }
+    assert_eq!(joint.default_order(), Order::Score);
 
     // Items 1..=6 copy item 0's weights, and a strong bias towards 5 stars puts the seven on top,
     // so their scores tie exactly and only `tie` orders them.
@@ -710,24 +737,17 @@ fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
         items.iter().zip(classes).filter(|(i, _)| **i > 6).unzip()
     };
     let backwards = |a: u32, b: u32| b.cmp(&a);
-    let screened: Vec<(u32, u32)> = tied
-        .top_n(
-            Order::ExpectedRating,
-            None,
-            &items,
-            &classes,
-            4,
-            backwards,
-            &mut scratch,
-        )
+    let order = Order::ExpectedRating;
+    let screened: Vec<(u32, u32, u32)> = tied
+        .top_n(order, None, &items, &classes, 4, backwards, &mut scratch)
         .into_iter()
-        .map(|r| (r.item, r.score.to_bits()))
+        .map(|r| (r.item, r.score.to_bits(), r.expected_rating.to_bits()))
         .collect();
     assert_eq!(
         screened,
-        full_ranking(&tied, None, &items, &classes, 4, backwards)
+        full_ranking(&tied, order, None, &items, &classes, 4, backwards)
     );
-    let tied_scores: Vec<u32> = screened.iter().map(|&(_, s)| s).collect();
+    let tied_scores: Vec<u32> = screened.iter().map(|&(_, s, _)| s).collect();
     assert!(
         tied_scores.windows(2).any(|w| w[0] == w[1]),
         "expected exact ties in {screened:?}"

@@ -373,7 +373,17 @@ impl CatalogWeights {
     /// slack of 1e-5 for its own rounding.
     pub fn screen(&self, hidden: &[f32], approx: &mut [f32], radius: &mut [f32]) {
         self.pass(&self.halves, hidden, approx, None);
-        let mass = hidden.iter().map(|h| h.abs()).sum::<f32>() * (1.0 + 1e-5);
+        self.expected_radii(hidden, radius);
+    }
+
+    /// Σ|h| rounded up: an item's logit radius is α·mass + β (see `screen`).
+    fn mass(&self, hidden: &[f32]) -> f32 {
+        hidden.iter().map(|h| h.abs()).sum::<f32>() * (1.0 + 1e-5)
+    }
+
+    /// `screen`'s radius of each item's E[class] from its logits' radius.
+    fn expected_radii(&self, hidden: &[f32], radius: &mut [f32]) {
+        let mass = self.mass(hidden);
         let half_spread = (self.classes - 1) as f32 / 2.0;
         let floor = (self.classes - 1) as f32 * 2e-5;
         for (r, &[alpha, beta]) in radius.iter_mut().zip(&self.radius_terms) {
@@ -387,16 +397,86 @@ impl CatalogWeights {
         }
     }
 
+    /// For the joint RBM `rbm`: `screen`, and bounds `rated_low ≤ log p(rated | h) ≤ rated_high`
+    /// of what `choice` computes, for every item.
+    ///
+    /// logsumexp is 1-Lipschitz in the largest change of its arguments, so the f16 logits' LSE is
+    /// within the logit radius of the f32 one, plus 1e-4 for the computed LSE's own error (a few
+    /// 1e-6 relative in its sum and logarithm). Dimp[i]·h is computed exactly as `choice` does,
+    /// and log σ is increasing with slope below 1; a relative slack of 1e-5 covers its rounding.
+    pub fn screen_choice(
+        &self,
+        rbm: &Rbm,
+        hidden: &[f32],
+        approx: &mut [f32],
+        radius: &mut [f32],
+        rated_low: &mut [f32],
+        rated_high: &mut [f32],
+    ) {
+        self.pass(&self.halves, hidden, approx, Some(rated_low));
+        self.expected_radii(hidden, radius);
+        let implicit = rbm.implicit().expect("a joint RBM is conditional");
+        let mass = self.mass(hidden);
+        let slack = |x: f32| 1e-5 * (1.0 + x.abs());
+        rated_low
+            .par_chunks_mut(CATALOG_TASK)
+            .zip(rated_high.par_chunks_mut(CATALOG_TASK))
+            .enumerate()
+            .for_each(|(task, (low, high))| {
+                for (n, (low, high)) in low.iter_mut().zip(high).enumerate() {
+                    let i = task * CATALOG_TASK + n;
+                    let row = implicit.row(i);
+                    let shared = kernels::dot(row.as_slice().expect("contiguous"), hidden);
+                    let [alpha, beta] = self.radius_terms[i];
+                    let reach = alpha * mass + beta + 1e-4;
+                    let (l, h) = (
+                        log_sigmoid(*low + shared - reach),
+                        log_sigmoid(*low + shared + reach),
+                    );
+                    (*low, *high) = (l - slack(l), h + slack(h));
+                }
+            });
+    }
+
+    /// `choice` for the listed items only, exactly as it computes them.
+    pub fn choice_of(
+        &self,
+        rbm: &Rbm,
+        hidden: &[f32],
+        items: &[u32],
+        expected: &mut [f32],
+        log_rated: &mut [f32],
+    ) {
+        self.blocks_of(rbm, hidden, items, expected, Some(log_rated));
+        let implicit = rbm.implicit().expect("a joint RBM is conditional");
+        for (&i, lse) in items.iter().zip(log_rated.iter_mut()) {
+            let row = implicit.row(i as usize);
+            *lse = log_sigmoid(*lse + kernels::dot(row.as_slice().expect("contiguous"), hidden));
+        }
+    }
+
     /// E[class] of the listed items, exactly as `expected_classes` computes them: each group of
     /// LANES items is gathered from the item-major `rbm` (the model this was built from) into one
     /// block and run through the same kernel.
     pub fn expected_classes_of(&self, rbm: &Rbm, hidden: &[f32], items: &[u32], out: &mut [f32]) {
+        self.blocks_of(rbm, hidden, items, out, None);
+    }
+
+    /// `expected_classes_of`, and each item's log Σ_k e^{logit_k} if asked.
+    fn blocks_of(
+        &self,
+        rbm: &Rbm,
+        hidden: &[f32],
+        items: &[u32],
+        out: &mut [f32],
+        mut log_normalisers: Option<&mut [f32]>,
+    ) {
         use kernels::LANES;
         let (k, m) = (self.classes, self.hidden);
         let mut block = vec![0.0f32; m * k * LANES];
         let mut bias = [0.0f32; MAX_CLASSES * LANES];
         let bias = &mut bias[..k * LANES];
-        for (group, out) in items.chunks(LANES).zip(out.chunks_mut(LANES)) {
+        for (n, (group, out)) in items.chunks(LANES).zip(out.chunks_mut(LANES)).enumerate() {
             for (lane, &item) in group.iter().enumerate() {
                 for class in 0..k {
                     for (j, &w) in rbm.weight_row(item as usize, class).iter().enumerate() {
@@ -405,7 +485,10 @@ impl CatalogWeights {
                     bias[class * LANES + lane] = rbm.visible_bias[[item as usize, class]];
                 }
             }
-            self.blocks_expected(&block, &hidden[..m], bias, out, None);
+            let lse = log_normalisers
+                .as_deref_mut()
+                .map(|l| &mut l[n * LANES..n * LANES + group.len()]);
+            self.blocks_expected(&block, &hidden[..m], bias, out, lse);
         }
     }
 

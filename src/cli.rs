@@ -775,13 +775,30 @@ fn rows_in_model(model: &Recommender, data: &Dataset) -> Vec<(Vec<u32>, Vec<u8>)
         .collect()
 }
 
-/// Microseconds at the 50th and 99th percentiles of `run` over `count` calls, each given its call
-/// number.
-fn latency_percentiles(count: usize, mut run: impl FnMut(usize)) -> (f64, f64) {
+/// Microseconds at the 50th and 99th percentiles of `model`'s uncached top-10 in `order` over
+/// `count` users, the n-th of them given by `user(n)`: its ratings and its index in the
+/// item-based RBM.
+fn top10_latency<'a>(
+    model: &Recommender,
+    order: Order,
+    count: usize,
+    user: impl Fn(usize) -> (&'a [u32], &'a [u8], Option<u32>),
+) -> (f64, f64) {
+    let mut scratch = Scratch::default();
     let mut latencies: Vec<f64> = (0..count.max(1))
         .map(|n| {
+            let (items, classes, in_model) = user(n);
             let started = Instant::now();
-            run(n);
+            let top = model.top_n(
+                order,
+                in_model,
+                items,
+                classes,
+                10,
+                |a, b| a.cmp(&b),
+                &mut scratch,
+            );
+            std::hint::black_box(top);
             started.elapsed().as_secs_f64() * 1e6
         })
         .collect();
@@ -795,26 +812,16 @@ fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
     let model = ModelFile::load(path)?.recommender;
     let data = args.data.read()?;
     let rows = rows_in_model(&model, &data);
-    let mut scratch = Scratch::default();
     let mut orders = serde_json::Map::new();
     let served = [Order::Score, Order::ExpectedRating]
         .into_iter()
         .filter(|&o| o == Order::ExpectedRating || model.default_order() == Order::Score);
     for order in served {
-        let (p50, p99) = latency_percentiles(args.users, |n| {
+        let (p50, p99) = top10_latency(&model, order, args.users, |n| {
             let user = (n * 7919) % rows.len();
             let (items, classes) = &rows[user];
             let in_model = model.users.get(data.users.id(user as u32));
-            let top = model.top_n(
-                order,
-                in_model,
-                items,
-                classes,
-                10,
-                |a, b| a.cmp(&b),
-                &mut scratch,
-            );
-            std::hint::black_box(top);
+            (items, classes, in_model)
         });
         orders.insert(
             serde_json::to_value(order)?
@@ -875,20 +882,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         1.0,
         None,
     );
-    let mut scratch = Scratch::default();
     let n_users = matrix.n_rows();
-    let (p50, p99) = latency_percentiles(args.users, |n| {
+    let (p50, p99) = top10_latency(&model, Order::ExpectedRating, args.users, |n| {
         let (items, classes) = matrix.row((n * 7919) % n_users);
-        let top = model.top_n(
-            Order::ExpectedRating,
-            None,
-            items,
-            classes,
-            10,
-            |a, b| a.cmp(&b),
-            &mut scratch,
-        );
-        std::hint::black_box(top);
+        (items, classes, None)
     });
     println!(
         "{}",

@@ -661,8 +661,8 @@ fn full_ranking(
     rbm_recommender::model::top_n_by(&scores, n, |i| items.contains(&i), tie)
         .into_iter()
         .map(|i| {
-            let i_ = i as usize;
-            (i, scores[i_].to_bits(), expected[i_].to_bits())
+            let at = i as usize;
+            (i, scores[at].to_bits(), expected[at].to_bits())
         })
         .collect()
 }

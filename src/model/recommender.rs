@@ -66,6 +66,8 @@ pub struct Recommender {
     /// on the validation slice. None: the model ranks by expected rating alone.
     pub ranking_weight: Option<f32>,
     catalog: CatalogWeights,
+    /// The item side's ĥ item-major, `[items][M]`, for scoring a few items exactly.
+    item_rows: Option<Array2<f32>>,
 }
 
 /// How a list is ordered.
@@ -211,6 +213,9 @@ impl Recommender {
         ranking_weight: Option<f32>,
     ) -> Self {
         let catalog = CatalogWeights::new(&user_rbm);
+        let item_rows = item_side
+            .as_ref()
+            .map(|side| side.item_hidden.t().as_standard_layout().into_owned());
         Self {
             scale,
             users,
@@ -220,6 +225,7 @@ impl Recommender {
             blend_weight,
             ranking_weight,
             catalog,
+            item_rows,
         }
     }
 
@@ -373,14 +379,9 @@ impl Recommender {
         if let (Order::Score, Some(beta)) = (order, self.ranking_weight)
             && n.saturating_mul(4) < d
         {
-            let candidates =
-                self.screened_choice_candidates(user, items, classes, n, beta, &rated, scratch);
+            let best = self.screened_by_score(user, items, classes, n, beta, &rated, &tie, scratch);
             scratch.rated = rated;
-            return best_n(candidates, n, |a, b| {
-                b.score
-                    .total_cmp(&a.score)
-                    .then_with(|| tie(a.item, b.item))
-            });
+            return best;
         }
         if order == Order::Score && self.ranking_weight.is_some() {
             let mut score = std::mem::take(&mut scratch.scores);
@@ -413,42 +414,44 @@ impl Recommender {
                     .then_with(|| tie(a.item, b.item))
             });
         }
-        let candidates: Vec<(u32, f32)> = if n.saturating_mul(4) >= d {
-            let mut scores = std::mem::take(&mut scratch.scores);
-            scores.resize(d, 0.0);
-            self.expected_ratings(user, items, classes, scratch, &mut scores);
-            let all = (0..d as u32)
-                .filter(|&i| !rated[i as usize])
-                .map(|i| (i, scores[i as usize]))
-                .collect();
-            scratch.scores = scores;
-            all
-        } else {
-            self.screened_candidates(user, items, classes, n, &rated, scratch)
-        };
+        if n.saturating_mul(4) < d {
+            let best =
+                self.screened_by_expected_rating(user, items, classes, n, &rated, &tie, scratch);
+            scratch.rated = rated;
+            return best;
+        }
+        let mut scores = std::mem::take(&mut scratch.scores);
+        scores.resize(d, 0.0);
+        self.expected_ratings(user, items, classes, scratch, &mut scores);
+        let all = (0..d as u32)
+            .filter(|&i| !rated[i as usize])
+            .map(|i| Ranked {
+                item: i,
+                score: scores[i as usize],
+                expected_rating: scores[i as usize],
+            })
+            .collect();
+        scratch.scores = scores;
         scratch.rated = rated;
-        best_n(candidates, n, |a, b| {
-            b.1.total_cmp(&a.1).then_with(|| tie(a.0, b.0))
+        best_n(all, n, |a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| tie(a.item, b.item))
         })
-        .into_iter()
-        .map(|(item, rating)| Ranked {
-            item,
-            score: rating,
-            expected_rating: rating,
-        })
-        .collect()
     }
 
-    /// The unrated items that can reach a top-n list, with their exact ratings.
-    fn screened_candidates(
+    /// `top_n` by expected rating through the f16 screening.
+    #[allow(clippy::too_many_arguments)]
+    fn screened_by_expected_rating(
         &self,
         user: Option<u32>,
         items: &[u32],
         classes: &[u8],
         n: usize,
         rated: &[bool],
+        tie: impl Fn(u32, u32) -> std::cmp::Ordering,
         scratch: &mut Scratch,
-    ) -> Vec<(u32, f32)> {
+    ) -> Vec<Ranked> {
         self.user_hidden(items, classes, scratch);
         let d = self.items.len();
         let (mut lower, mut upper) = (
@@ -469,23 +472,37 @@ impl Recommender {
             *upper = self.rating_of(high, other);
         }
         let reach = reachable(&lower, &upper, rated, n);
-        let mut exact = vec![0.0f32; reach.len()];
-        self.catalog
-            .expected_classes_of(&self.user_rbm, &scratch.hidden, &reach, &mut exact);
+        let best = best_of_bounded(reach, &upper, n, &tie, |group| {
+            let mut exact = vec![0.0f32; group.len()];
+            self.catalog
+                .expected_classes_of(&self.user_rbm, &scratch.hidden, group, &mut exact);
+            group
+                .iter()
+                .zip(&exact)
+                .map(|(&item, &e)| {
+                    let rating = self.rating_of(e, item_based.map(|b| b[item as usize]));
+                    Ranked {
+                        item,
+                        score: rating,
+                        expected_rating: rating,
+                    }
+                })
+                .collect()
+        });
         scratch.approx = lower;
         scratch.radius = upper;
-        reach
-            .iter()
-            .zip(&exact)
-            .map(|(&i, &e)| (i, self.rating_of(e, item_based.map(|b| b[i as usize]))))
-            .collect()
+        best
     }
 
-    /// The unrated items that can reach a top-n list by score, scored exactly: `screened_candidates`
-    /// for the score log p(rated) + β·E[rating], whose bounds are the sums of its terms' bounds
-    /// (β ≥ 0, and both terms are non-decreasing in what the screening bounds).
+    /// `top_n` by the score log p(rated) + β·E[rating] through the f16 screening, whose bounds
+    /// are the sums of its terms' bounds (β ≥ 0, and both terms are non-decreasing in what the
+    /// screening bounds).
+    ///
+    /// The item side's E[class] is bounded by the class range alone and computed only for the
+    /// items scored exactly: its full pass costs K·M·D multiply-adds, as much as the screening,
+    /// and enters the score only through β·(1 − blend weight).
     #[allow(clippy::too_many_arguments)]
-    fn screened_choice_candidates(
+    fn screened_by_score(
         &self,
         user: Option<u32>,
         items: &[u32],
@@ -493,6 +510,7 @@ impl Recommender {
         n: usize,
         beta: f32,
         rated: &[bool],
+        tie: impl Fn(u32, u32) -> std::cmp::Ordering,
         scratch: &mut Scratch,
     ) -> Vec<Ranked> {
         self.user_hidden(items, classes, scratch);
@@ -512,41 +530,49 @@ impl Recommender {
             &mut lower,
             &mut upper,
         );
-        let item_based =
-            self.item_based_classes(user, &mut scratch.logits, &mut scratch.item_based);
-        for (i, ((lower, upper), (approx, radius))) in lower
+        let item_user = user.filter(|_| self.item_side.is_some());
+        // Outside [0, K − 1] on both sides; rating_of clamps to the scale.
+        let (item_low, item_high) = match item_user {
+            Some(_) => (Some(-1.0), Some(self.scale.classes() as f32)),
+            None => (None, None),
+        };
+        for ((lower, upper), (approx, radius)) in lower
             .iter_mut()
             .zip(upper.iter_mut())
             .zip(approx.iter().zip(&radius))
-            .enumerate()
         {
-            let other = item_based.map(|e| e[i]);
-            *lower += beta * self.rating_of(approx - radius, other);
-            *upper += beta * self.rating_of(approx + radius, other);
+            *lower += beta * self.rating_of(approx - radius, item_low);
+            *upper += beta * self.rating_of(approx + radius, item_high);
         }
         let reach = reachable(&lower, &upper, rated, n);
-        let (mut expected, mut log_rated) = (vec![0.0f32; reach.len()], vec![0.0f32; reach.len()]);
-        self.catalog.choice_of(
-            &self.user_rbm,
-            &scratch.hidden,
-            &reach,
-            &mut expected,
-            &mut log_rated,
-        );
+        let best = best_of_bounded(reach, &upper, n, &tie, |group| {
+            let (mut expected, mut log_rated) =
+                (vec![0.0f32; group.len()], vec![0.0f32; group.len()]);
+            self.catalog.choice_of(
+                &self.user_rbm,
+                &scratch.hidden,
+                group,
+                &mut expected,
+                &mut log_rated,
+            );
+            let item_based = self.item_based_classes_of(item_user, group);
+            group
+                .iter()
+                .enumerate()
+                .map(|(n, &item)| {
+                    let expected_rating =
+                        self.rating_of(expected[n], item_based.as_ref().map(|b| b[n]));
+                    Ranked {
+                        item,
+                        score: log_rated[n] + beta * expected_rating,
+                        expected_rating,
+                    }
+                })
+                .collect()
+        });
         (scratch.approx, scratch.radius) = (approx, radius);
         (scratch.scores, scratch.bound) = (lower, upper);
-        reach
-            .iter()
-            .zip(expected.iter().zip(&log_rated))
-            .map(|(&item, (&e, &r))| {
-                let expected_rating = self.rating_of(e, item_based.map(|b| b[item as usize]));
-                Ranked {
-                    item,
-                    score: r + beta * expected_rating,
-                    expected_rating,
-                }
-            })
-            .collect()
+        best
     }
 
     /// Mean-field p(h | v) of the user-based RBM into `scratch.hidden`.
@@ -582,6 +608,29 @@ impl Recommender {
         }
         out.resize(d, 0.0);
         kernels::expected_class_of_logits(logits, k, out, None);
+        Some(out)
+    }
+
+    /// `item_based_classes` for the listed items only, exactly as it computes them: each logit
+    /// sums its terms in ascending j from the bias.
+    fn item_based_classes_of(&self, user: Option<u32>, items: &[u32]) -> Option<Vec<f32>> {
+        let (side, user) = (self.item_side.as_ref()?, user? as usize);
+        let rows = self.item_rows.as_ref().expect("built with the item side");
+        let (k, m, n) = (self.scale.classes(), side.rbm.hidden(), items.len());
+        let weights = side.rbm.item_weights(user);
+        let mut logits = vec![0.0f32; k * n];
+        for (t, &item) in items.iter().enumerate() {
+            let hidden = rows.row(item as usize);
+            for class in 0..k {
+                let mut z = side.rbm.visible_bias()[[user, class]];
+                for (w, h) in weights[class * m..(class + 1) * m].iter().zip(hidden) {
+                    z += w * h;
+                }
+                logits[class * n + t] = z;
+            }
+        }
+        let mut out = vec![0.0f32; n];
+        kernels::expected_class_of_logits(&mut logits, k, &mut out, None);
         Some(out)
     }
 
@@ -664,6 +713,44 @@ fn reachable(lower: &[f32], upper: &[f32], rated: &[bool], n: usize) -> Vec<u32>
         .filter(|i| unrated(i) && upper[*i] >= threshold)
         .map(|i| i as u32)
         .collect()
+}
+
+/// The n best of `candidates`, best first, ties ordered by `tie`, scored by `exact` lazily: in
+/// order of their upper bounds, a group at a time, until the n-th best exact score so far beats
+/// every bound left (an item whose bound equals it could still tie, so it is scored too).
+fn best_of_bounded(
+    mut candidates: Vec<u32>,
+    upper: &[f32],
+    n: usize,
+    tie: impl Fn(u32, u32) -> std::cmp::Ordering,
+    mut exact: impl FnMut(&[u32]) -> Vec<Ranked>,
+) -> Vec<Ranked> {
+    use kernels::LANES;
+    candidates.sort_unstable_by(|&a, &b| upper[b as usize].total_cmp(&upper[a as usize]));
+    let mut scored = Vec::with_capacity(n + 2 * LANES);
+    let mut next = 0;
+    while next < candidates.len() {
+        if scored.len() >= n {
+            let threshold = nth_largest(scored.iter().map(|r: &Ranked| r.score), n);
+            if upper[candidates[next] as usize] < threshold {
+                break;
+            }
+        }
+        // The first group fills the list; later ones are two exact-kernel blocks.
+        let want = if scored.is_empty() {
+            n.next_multiple_of(LANES)
+        } else {
+            2 * LANES
+        };
+        let end = (next + want).min(candidates.len());
+        scored.extend(exact(&candidates[next..end]));
+        next = end;
+    }
+    best_n(scored, n, |a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| tie(a.item, b.item))
+    })
 }
 
 /// The n-th largest of `values` (by `f32::total_cmp`), or −∞ if there are fewer than n; one pass

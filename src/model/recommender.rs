@@ -376,68 +376,43 @@ impl Recommender {
         for &i in items {
             rated[i as usize] = true;
         }
-        if let (Order::Score, Some(beta)) = (order, self.ranking_weight)
-            && n.saturating_mul(4) < d
-        {
-            let best = self.screened_by_score(user, items, classes, n, beta, &rated, &tie, scratch);
-            scratch.rated = rated;
-            return best;
-        }
-        if order == Order::Score && self.ranking_weight.is_some() {
-            let mut score = std::mem::take(&mut scratch.scores);
-            let mut expected = std::mem::take(&mut scratch.approx);
-            score.resize(d, 0.0);
-            expected.resize(d, 0.0);
-            self.scores(
-                order,
-                user,
-                items,
-                classes,
-                scratch,
-                &mut score,
-                &mut expected,
-            );
-            let candidates = (0..d as u32)
-                .filter(|&i| !rated[i as usize])
-                .map(|i| Ranked {
-                    item: i,
-                    score: score[i as usize],
-                    expected_rating: expected[i as usize],
-                })
-                .collect();
-            scratch.rated = rated;
-            scratch.scores = score;
-            scratch.approx = expected;
-            return best_n(candidates, n, |a, b| {
-                b.score
-                    .total_cmp(&a.score)
-                    .then_with(|| tie(a.item, b.item))
-            });
-        }
         if n.saturating_mul(4) < d {
-            let best =
-                self.screened_by_expected_rating(user, items, classes, n, &rated, &tie, scratch);
+            let best = match (order, self.ranking_weight) {
+                (Order::Score, Some(beta)) => {
+                    self.screened_by_score(user, items, classes, n, beta, &rated, &tie, scratch)
+                }
+                _ => {
+                    self.screened_by_expected_rating(user, items, classes, n, &rated, &tie, scratch)
+                }
+            };
             scratch.rated = rated;
             return best;
         }
-        let mut scores = std::mem::take(&mut scratch.scores);
-        scores.resize(d, 0.0);
-        self.expected_ratings(user, items, classes, scratch, &mut scores);
+        let mut score = std::mem::take(&mut scratch.scores);
+        let mut expected = std::mem::take(&mut scratch.approx);
+        score.resize(d, 0.0);
+        expected.resize(d, 0.0);
+        self.scores(
+            order,
+            user,
+            items,
+            classes,
+            scratch,
+            &mut score,
+            &mut expected,
+        );
         let all = (0..d as u32)
             .filter(|&i| !rated[i as usize])
             .map(|i| Ranked {
                 item: i,
-                score: scores[i as usize],
-                expected_rating: scores[i as usize],
+                score: score[i as usize],
+                expected_rating: expected[i as usize],
             })
             .collect();
-        scratch.scores = scores;
         scratch.rated = rated;
-        best_n(all, n, |a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| tie(a.item, b.item))
-        })
+        scratch.scores = score;
+        scratch.approx = expected;
+        best_ranked(all, n, tie)
     }
 
     /// `top_n` by expected rating through the f16 screening.
@@ -746,7 +721,16 @@ fn best_of_bounded(
         scored.extend(exact(&candidates[next..end]));
         next = end;
     }
-    best_n(scored, n, |a, b| {
+    best_ranked(scored, n, tie)
+}
+
+/// The n best of `candidates` by score, best first, ties ordered by `tie`.
+fn best_ranked(
+    candidates: Vec<Ranked>,
+    n: usize,
+    tie: impl Fn(u32, u32) -> std::cmp::Ordering,
+) -> Vec<Ranked> {
+    best_n(candidates, n, |a, b| {
         b.score
             .total_cmp(&a.score)
             .then_with(|| tie(a.item, b.item))

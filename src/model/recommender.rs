@@ -377,14 +377,8 @@ impl Recommender {
             rated[i as usize] = true;
         }
         if n.saturating_mul(4) < d {
-            let best = match (order, self.ranking_weight) {
-                (Order::Score, Some(beta)) => {
-                    self.screened_by_score(user, items, classes, n, beta, &rated, &tie, scratch)
-                }
-                _ => {
-                    self.screened_by_expected_rating(user, items, classes, n, &rated, &tie, scratch)
-                }
-            };
+            let beta = self.ranking_weight.filter(|_| order == Order::Score);
+            let best = self.screened(beta, user, items, classes, n, &rated, &tie, scratch);
             scratch.rated = rated;
             return best;
         }
@@ -415,75 +409,22 @@ impl Recommender {
         best_ranked(all, n, tie)
     }
 
-    /// `top_n` by expected rating through the f16 screening.
-    #[allow(clippy::too_many_arguments)]
-    fn screened_by_expected_rating(
-        &self,
-        user: Option<u32>,
-        items: &[u32],
-        classes: &[u8],
-        n: usize,
-        rated: &[bool],
-        tie: impl Fn(u32, u32) -> std::cmp::Ordering,
-        scratch: &mut Scratch,
-    ) -> Vec<Ranked> {
-        self.user_hidden(items, classes, scratch);
-        let d = self.items.len();
-        let (mut lower, mut upper) = (
-            std::mem::take(&mut scratch.approx),
-            std::mem::take(&mut scratch.radius),
-        );
-        lower.resize(d, 0.0);
-        upper.resize(d, 0.0);
-        self.catalog.screen(&scratch.hidden, &mut lower, &mut upper);
-        let item_based =
-            self.item_based_classes(user, &mut scratch.logits, &mut scratch.item_based);
-        // From (approximation, radius) of E[class] to bounds of the served rating, which
-        // rating_of can carry because it is non-decreasing in its first argument.
-        for (i, (lower, upper)) in lower.iter_mut().zip(upper.iter_mut()).enumerate() {
-            let other = item_based.map(|e| e[i]);
-            let (low, high) = (*lower - *upper, *lower + *upper);
-            *lower = self.rating_of(low, other);
-            *upper = self.rating_of(high, other);
-        }
-        let reach = reachable(&lower, &upper, rated, n);
-        let best = best_of_bounded(reach, &upper, n, &tie, |group| {
-            let mut exact = vec![0.0f32; group.len()];
-            self.catalog
-                .expected_classes_of(&self.user_rbm, &scratch.hidden, group, &mut exact);
-            group
-                .iter()
-                .zip(&exact)
-                .map(|(&item, &e)| {
-                    let rating = self.rating_of(e, item_based.map(|b| b[item as usize]));
-                    Ranked {
-                        item,
-                        score: rating,
-                        expected_rating: rating,
-                    }
-                })
-                .collect()
-        });
-        scratch.approx = lower;
-        scratch.radius = upper;
-        best
-    }
-
-    /// `top_n` by the score log p(rated) + β·E[rating] through the f16 screening, whose bounds
-    /// are the sums of its terms' bounds (β ≥ 0, and both terms are non-decreasing in what the
-    /// screening bounds).
+    /// `top_n` through the f16 screening, in the expected-rating order (`beta` None) or by the
+    /// score log p(rated) + β·E[rating] (`beta` Some). An item's bounds are the sum of its terms'
+    /// bounds: both terms are non-decreasing in what the screening bounds, and β ≥ 0.
     ///
-    /// The item side's E[class] is bounded by the class range alone and computed only for the
-    /// items scored exactly: its full pass costs K·M·D multiply-adds, as much as the screening,
-    /// and enters the score only through β·(1 − blend weight).
+    /// The item side's E[class] enters the rating through (1 − blend weight) and costs K·M
+    /// multiply-adds an item, as much as the screening: it is first bounded by the range of
+    /// E[class], then computed exactly for the items that can still reach the list, whose bounds
+    /// it tightens; only the items that can reach it after that are scored exactly.
     #[allow(clippy::too_many_arguments)]
-    fn screened_by_score(
+    fn screened(
         &self,
+        beta: Option<f32>,
         user: Option<u32>,
         items: &[u32],
         classes: &[u8],
         n: usize,
-        beta: f32,
         rated: &[bool],
         tie: impl Fn(u32, u32) -> std::cmp::Ordering,
         scratch: &mut Scratch,
@@ -496,57 +437,96 @@ impl Recommender {
             taken
         };
         let (mut approx, mut radius) = (take(&mut scratch.approx), take(&mut scratch.radius));
+        // Bounds of log p(rated) under the score order, 0 under the expected-rating order.
+        let (mut rated_low, mut rated_high) =
+            (take(&mut scratch.rated_low), take(&mut scratch.rated_high));
         let (mut lower, mut upper) = (take(&mut scratch.scores), take(&mut scratch.bound));
-        self.catalog.screen_choice(
-            &self.user_rbm,
-            &scratch.hidden,
-            &mut approx,
-            &mut radius,
-            &mut lower,
-            &mut upper,
-        );
-        let item_user = user.filter(|_| self.item_side.is_some());
-        // Outside [0, K − 1] on both sides; rating_of clamps to the scale.
-        let (item_low, item_high) = match item_user {
-            Some(_) => (Some(-1.0), Some(self.scale.classes() as f32)),
-            None => (None, None),
-        };
-        for ((lower, upper), (approx, radius)) in lower
-            .iter_mut()
-            .zip(upper.iter_mut())
-            .zip(approx.iter().zip(&radius))
-        {
-            *lower += beta * self.rating_of(approx - radius, item_low);
-            *upper += beta * self.rating_of(approx + radius, item_high);
-        }
-        let reach = reachable(&lower, &upper, rated, n);
-        let best = best_of_bounded(reach, &upper, n, &tie, |group| {
-            let (mut expected, mut log_rated) =
-                (vec![0.0f32; group.len()], vec![0.0f32; group.len()]);
-            self.catalog.choice_of(
+        match beta {
+            Some(_) => self.catalog.screen_choice(
                 &self.user_rbm,
                 &scratch.hidden,
-                group,
-                &mut expected,
-                &mut log_rated,
-            );
-            let item_based = self.item_based_classes_of(item_user, group);
+                &mut approx,
+                &mut radius,
+                &mut rated_low,
+                &mut rated_high,
+            ),
+            None => {
+                self.catalog
+                    .screen(&scratch.hidden, &mut approx, &mut radius);
+                rated_low.fill(0.0);
+                rated_high.fill(0.0);
+            }
+        }
+        let weight = beta.unwrap_or(1.0);
+        let bound = |i: usize, item_low: Option<f32>, item_high: Option<f32>| {
+            (
+                rated_low[i] + weight * self.rating_of(approx[i] - radius[i], item_low),
+                rated_high[i] + weight * self.rating_of(approx[i] + radius[i], item_high),
+            )
+        };
+        let item_user = user.filter(|_| self.item_side.is_some());
+        let range = item_user.map(|_| {
+            (
+                -ITEM_CLASS_SLACK,
+                (self.scale.classes() - 1) as f32 + ITEM_CLASS_SLACK,
+            )
+        });
+        for i in 0..d {
+            (lower[i], upper[i]) = bound(i, range.map(|r| r.0), range.map(|r| r.1));
+        }
+        let mut reach = reachable(&lower, &upper, rated, n);
+        let mut item_based = take(&mut scratch.item_based);
+        let exact = self.item_based_classes_of(
+            item_user,
+            reach.iter().copied(),
+            &mut scratch.logits,
+            &mut scratch.exact,
+        );
+        if let Some(exact) = exact {
+            for (&i, &e) in reach.iter().zip(exact) {
+                let i = i as usize;
+                item_based[i] = e;
+                (lower[i], upper[i]) = bound(i, Some(e), Some(e));
+            }
+            let threshold = nth_largest(reach.iter().map(|&i| lower[i as usize]), n);
+            reach.retain(|&i| upper[i as usize] >= threshold);
+        }
+        let item_based_of = |i: u32| item_user.map(|_| item_based[i as usize]);
+        let best = best_of_bounded(reach, &upper, n, &tie, |group| {
+            let mut expected = vec![0.0f32; group.len()];
+            let mut log_rated = vec![0.0f32; group.len()];
+            match beta {
+                Some(_) => self.catalog.choice_of(
+                    &self.user_rbm,
+                    &scratch.hidden,
+                    group,
+                    &mut expected,
+                    &mut log_rated,
+                ),
+                None => self.catalog.expected_classes_of(
+                    &self.user_rbm,
+                    &scratch.hidden,
+                    group,
+                    &mut expected,
+                ),
+            }
             group
                 .iter()
-                .enumerate()
-                .map(|(n, &item)| {
-                    let expected_rating =
-                        self.rating_of(expected[n], item_based.as_ref().map(|b| b[n]));
+                .zip(expected.iter().zip(&log_rated))
+                .map(|(&item, (&e, &log_rated))| {
+                    let expected_rating = self.rating_of(e, item_based_of(item));
                     Ranked {
                         item,
-                        score: log_rated[n] + beta * expected_rating,
+                        score: log_rated + weight * expected_rating,
                         expected_rating,
                     }
                 })
                 .collect()
         });
         (scratch.approx, scratch.radius) = (approx, radius);
+        (scratch.rated_low, scratch.rated_high) = (rated_low, rated_high);
         (scratch.scores, scratch.bound) = (lower, upper);
+        scratch.item_based = item_based;
         best
     }
 
@@ -557,55 +537,44 @@ impl Recommender {
             .hidden_probabilities(items, classes, items, &mut scratch.hidden);
     }
 
-    /// E[class] of every item under the item-based RBM for a user it knows, in
-    /// `scratch.item_based`; None without an item side or for an unknown user.
+    /// E[class] of every item under the item-based RBM for a user it knows, in `out`; None
+    /// without an item side or for an unknown user.
     fn item_based_classes<'s>(
         &self,
         user: Option<u32>,
         logits: &mut Vec<f32>,
         out: &'s mut Vec<f32>,
     ) -> Option<&'s [f32]> {
-        let (side, user) = (self.item_side.as_ref()?, user?);
-        let (k, m, d) = (self.scale.classes(), side.rbm.hidden(), self.items.len());
-        logits.clear();
-        logits.resize(k * d, 0.0);
-        let hidden = side.item_hidden.as_slice().expect("contiguous");
-        for (class, row) in logits.chunks_mut(d).enumerate() {
-            row.fill(side.rbm.visible_bias()[[user as usize, class]]);
-        }
-        // Hidden unit by hidden unit, so that each row of item_hidden is read once for all K
-        // classes; every logit still sums its terms in ascending j.
-        let weights = side.rbm.item_weights(user as usize);
-        for (j, hidden) in hidden.chunks(d).enumerate() {
-            for (class, row) in logits.chunks_mut(d).enumerate() {
-                kernels::axpy(row, weights[class * m + j], hidden);
-            }
-        }
-        out.resize(d, 0.0);
-        kernels::expected_class_of_logits(logits, k, out, None);
-        Some(out)
+        self.item_based_classes_of(user, 0..self.items.len() as u32, logits, out)
     }
 
-    /// `item_based_classes` for the listed items only, exactly as it computes them: each logit
-    /// sums its terms in ascending j from the bias.
-    fn item_based_classes_of(&self, user: Option<u32>, items: &[u32]) -> Option<Vec<f32>> {
+    /// `item_based_classes` of the listed items only, into `out` in their order. Each logit is
+    /// b[u][k] + W[u][k]·ĥᵢ by one `kernels::dot`, so an item gets the same value whichever
+    /// other items are listed with it.
+    fn item_based_classes_of<'s>(
+        &self,
+        user: Option<u32>,
+        items: impl ExactSizeIterator<Item = u32>,
+        logits: &mut Vec<f32>,
+        out: &'s mut Vec<f32>,
+    ) -> Option<&'s [f32]> {
         let (side, user) = (self.item_side.as_ref()?, user? as usize);
         let rows = self.item_rows.as_ref().expect("built with the item side");
         let (k, m, n) = (self.scale.classes(), side.rbm.hidden(), items.len());
         let weights = side.rbm.item_weights(user);
-        let mut logits = vec![0.0f32; k * n];
-        for (t, &item) in items.iter().enumerate() {
+        let bias = side.rbm.visible_bias().row(user);
+        logits.clear();
+        logits.resize(k * n, 0.0);
+        for (t, item) in items.enumerate() {
             let hidden = rows.row(item as usize);
-            for class in 0..k {
-                let mut z = side.rbm.visible_bias()[[user, class]];
-                for (w, h) in weights[class * m..(class + 1) * m].iter().zip(hidden) {
-                    z += w * h;
-                }
-                logits[class * n + t] = z;
+            let hidden = hidden.as_slice().expect("contiguous");
+            for (class, w) in weights.chunks_exact(m).enumerate() {
+                logits[class * n + t] = bias[class] + kernels::dot(w, hidden);
             }
         }
-        let mut out = vec![0.0f32; n];
-        kernels::expected_class_of_logits(&mut logits, k, &mut out, None);
+        out.clear();
+        out.resize(n, 0.0);
+        kernels::expected_class_of_logits(logits, k, out, None);
         Some(out)
     }
 
@@ -675,6 +644,10 @@ const RANKING_WEIGHTS: [f32; 7] = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0];
 
 /// β without a validation slice: the best on every data set measured (README).
 const DEFAULT_RANKING_WEIGHT: f32 = 0.5;
+
+/// How far a computed E[class] may stray outside [0, K − 1] (it is a ratio of sums of
+/// non-negative terms, exact to a few units in the last place).
+const ITEM_CLASS_SLACK: f32 = 1e-3;
 
 /// Validation users the ranking weight is fitted on, spread evenly over all of them.
 const VALIDATION_USERS: usize = 2000;
@@ -774,6 +747,9 @@ pub struct Scratch {
     radius: Vec<f32>,
     scores: Vec<f32>,
     bound: Vec<f32>,
+    rated_low: Vec<f32>,
+    rated_high: Vec<f32>,
+    exact: Vec<f32>,
     rated: Vec<bool>,
 }
 

@@ -11,8 +11,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::model::{
-    Dataset, EpochStats, OptimizerKind, Order, RatingScale, Recommender, Scratch, Side,
-    TrainConfig, mae, ranking_metrics, rmse,
+    Dataset, EpochStats, ItemSimilarity, OptimizerKind, Order, RatingScale, Recommender, Scratch,
+    Side, Similarity, TrainConfig, mae, ranking_metrics, rmse, similar_items_ranking,
 };
 use crate::model_file::ModelFile;
 use crate::readers::{RatingFormat, read_dataset};
@@ -652,6 +652,20 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         out.copy_from_slice(&popularity_scores)
     });
 
+    let similar: serde_json::Map<String, serde_json::Value> = Similarity::ALL
+        .into_iter()
+        .filter_map(|kind| {
+            let similarity = ItemSimilarity::new(model, kind)?;
+            let metrics = similar_items_ranking(&known, &test, scale, 10, |item, out| {
+                similarity.to_item(model, item, &mut Scratch::default(), out)
+            });
+            Some((
+                serde_json::to_value(kind).ok()?.as_str()?.to_string(),
+                json!({"precision_at_10": metrics.precision, "ndcg_at_10": metrics.ndcg}),
+            ))
+        })
+        .collect();
+
     let epochs =
         trained.user_fit.history.len() + trained.item_fit.as_ref().map_or(0, |f| f.history.len());
     let train_seconds =
@@ -671,6 +685,8 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         "expected_rating_recall_at_10": by_expected.recall,
         "expected_rating_ndcg_at_10": by_expected.ndcg,
         "ranking_users": ranking.users,
+        "similar_items_by": Similarity::SERVED,
+        "similar_items": similar,
         "rmse_user_based": rmse(&user_only, &test, scale),
         "blend_weight": model.blend_weight,
         "valid_rmse": trained.valid_rmse,

@@ -7,8 +7,9 @@ use std::ops::ControlFlow;
 
 use ndarray::{Array1, Array2, Array3};
 use rbm_recommender::model::{
-    Dataset, Order, RatingScale, Rbm, RbmParams, Recommender, Scratch, TrainConfig,
-    cd_weight_gradient, choice_scores, joint_cd_weight_gradient, ranking_metrics, rmse,
+    Dataset, ItemSimilarity, Order, RatingScale, Rbm, RbmParams, Recommender, Scratch, Similarity,
+    TrainConfig, cd_weight_gradient, choice_scores, joint_cd_weight_gradient, ranking_metrics,
+    rmse,
 };
 use rbm_recommender::model_file::ModelFile;
 
@@ -752,6 +753,87 @@ fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
         tied_scores.windows(2).any(|w| w[0] == w[1]),
         "expected exact ties in {screened:?}"
     );
+}
+
+/// Cosine of rows `a` and `b` of a row-major matrix with `dim` columns, in f64.
+fn cosine(matrix: &[f32], dim: usize, a: usize, b: usize) -> f64 {
+    let row = |r: usize| matrix[r * dim..(r + 1) * dim].iter().map(|&x| f64::from(x));
+    let dot: f64 = row(a).zip(row(b)).map(|(x, y)| x * y).sum();
+    let norm = |r: usize| row(r).map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[test]
+fn item_similarities_equal_their_definitions() {
+    let mut config = small_config();
+    config.user.choice = true;
+    let model = Recommender::train(&planted(200, 160, 6), &config, |_, _| {
+        ControlFlow::Continue(())
+    })
+    .unwrap()
+    .recommender;
+    let (d, k, m) = model.user_rbm.weights().dim();
+    let item_hidden = model.item_side.as_ref().unwrap().item_hidden.t().to_owned();
+    let target = 7u32;
+    let mut scratch = Scratch::default();
+    for kind in Similarity::ALL {
+        let similarity = ItemSimilarity::new(&model, kind).expect("a joint blend has all");
+        let mut got = vec![0.0f32; d];
+        similarity.to_item(&model, target, &mut scratch, &mut got);
+        let want: Vec<f64> = match kind {
+            Similarity::FoldIn => {
+                // The list a user gets whose one rating is 5 stars for the target.
+                let (mut scores, mut expected) = (vec![0.0; d], vec![0.0; d]);
+                model.scores(
+                    Order::Score,
+                    None,
+                    &[target],
+                    &[4],
+                    &mut scratch,
+                    &mut scores,
+                    &mut expected,
+                );
+                scores.iter().map(|&s| f64::from(s)).collect()
+            }
+            Similarity::RatingWeights => {
+                let weights = model.user_rbm.weights().as_slice().unwrap();
+                (0..d)
+                    .map(|i| cosine(weights, k * m, target as usize, i))
+                    .collect()
+            }
+            Similarity::ChoiceWeights => {
+                let implicit = model.user_rbm.implicit().unwrap().as_slice().unwrap();
+                (0..d)
+                    .map(|i| cosine(implicit, m, target as usize, i))
+                    .collect()
+            }
+            Similarity::ItemHidden => {
+                let rows = item_hidden.as_standard_layout();
+                let rows = rows.as_slice().unwrap();
+                (0..d)
+                    .map(|i| cosine(rows, item_hidden.ncols(), target as usize, i))
+                    .collect()
+            }
+        };
+        for (i, (&got, &want)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (f64::from(got) - want).abs() < 1e-4,
+                "{kind:?}, item {i}: {got} against {want}"
+            );
+        }
+    }
+
+    // The served list: the measure's best items but the target itself, best first.
+    let mut served = vec![0.0f32; d];
+    ItemSimilarity::new(&model, Similarity::SERVED)
+        .unwrap()
+        .to_item(&model, target, &mut scratch, &mut served);
+    let listed = model.similar_items(target, 5);
+    let best = rbm_recommender::model::top_n(&served, 5, |i| i == target);
+    assert_eq!(listed.iter().map(|&(i, _)| i).collect::<Vec<_>>(), best);
+    for (i, similarity) in listed {
+        assert_eq!(similarity.to_bits(), served[i as usize].to_bits());
+    }
 }
 
 #[test]

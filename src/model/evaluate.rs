@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::kernels;
 use super::rbm::Rbm;
 use super::{Rating, RatingScale, SparseRatings};
 
@@ -155,6 +156,39 @@ pub fn ranking_metrics(
     }
 }
 
+/// `ranking_metrics` of "items like the ones you love": each user's list ranks items by the sum of
+/// their similarities to the user's training favourites (items rated at or above the relevance
+/// threshold, or every rated item if none is). `similarities(j, out)` writes how alike every item
+/// is to item j; it is called once per item.
+pub fn similar_items_ranking(
+    train: &SparseRatings,
+    test: &[Rating],
+    scale: RatingScale,
+    n: usize,
+    similarities: impl Fn(u32, &mut [f32]) + Sync,
+) -> RankingMetrics {
+    let d = train.n_cols();
+    let mut matrix = vec![0.0f32; d * d];
+    matrix
+        .par_chunks_mut(d.max(1))
+        .enumerate()
+        .for_each(|(j, row)| similarities(j as u32, row));
+    let threshold = scale.relevance_threshold() - 1e-4;
+    ranking_metrics(train, test, scale, n, |user, out| {
+        let (items, classes) = train.row(user as usize);
+        let loved: Vec<u32> = items
+            .iter()
+            .zip(classes)
+            .filter(|&(_, &c)| scale.value_of(c) >= threshold)
+            .map(|(&i, _)| i)
+            .collect();
+        out.fill(0.0);
+        for &f in if loved.is_empty() { items } else { &loved } {
+            kernels::add_assign(out, &matrix[f as usize * d..(f as usize + 1) * d]);
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +227,28 @@ mod tests {
         assert_eq!(metrics.users, 1);
         assert!((metrics.precision - 1.0).abs() < 1e-12 && (metrics.recall - 1.0).abs() < 1e-12);
         assert!((metrics.ndcg - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn similar_items_ranking_sums_similarities_to_the_favourites() {
+        // Item 0 is loved (5 stars) and item 1 disliked (1 star): item 3 is like item 0 and item 2
+        // like item 1, so item 3 tops the list and the relevant test item 3 is a hit at rank 1.
+        let train = SparseRatings::from_triples(1, 4, [(0u32, 0u32, 4u8), (0, 1, 0)].into_iter());
+        let test = [Rating {
+            user: 0,
+            item: 3,
+            class: 4,
+        }];
+        let like = |j: u32, out: &mut [f32]| {
+            out.fill(0.0);
+            match j {
+                0 => out[3] = 1.0,
+                1 => out[2] = 5.0,
+                _ => {}
+            }
+        };
+        let metrics = similar_items_ranking(&train, &test, RatingScale::ONE_TO_FIVE, 1, like);
+        assert_eq!(metrics.users, 1);
+        assert!((metrics.precision - 1.0).abs() < 1e-12, "{metrics:?}");
     }
 }

@@ -10,15 +10,19 @@ mod ratings;
 mod rbm;
 mod recommender;
 mod scale;
+mod similarity;
 mod train;
 
 pub use choice::choice_scores;
-pub use evaluate::{RankingMetrics, mae, predict, ranking_metrics, rmse, top_n, top_n_by};
+pub use evaluate::{
+    RankingMetrics, mae, predict, ranking_metrics, rmse, similar_items_ranking, top_n, top_n_by,
+};
 pub use optimizer::OptimizerKind;
 pub use ratings::{Dataset, IdMap, Rating, SparseRatings, Split};
 pub use rbm::Rbm;
 pub use recommender::{ItemSide, Order, Ranked, Recommender, Scratch, Side, TrainConfig, Trained};
 pub use scale::RatingScale;
+pub use similarity::{ItemSimilarity, Similarity};
 pub use train::{
     EpochStats, Fit, RbmParams, ValidRbmParams, cd_weight_gradient, joint_cd_weight_gradient,
 };

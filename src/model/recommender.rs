@@ -8,7 +8,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::evaluate::{best_n, predict, ranking_metrics, rmse, top_n};
+use super::evaluate::{best_n, predict, ranking_metrics, rmse};
 use super::kernels;
 use super::rbm::{CatalogWeights, Rbm};
 use super::train::{EpochStats, Fit, RbmParams};
@@ -227,6 +227,11 @@ impl Recommender {
             catalog,
             item_rows,
         }
+    }
+
+    /// The item-based RBM's ĥ of every item, item-major `[items][M]`.
+    pub(crate) fn item_rows(&self) -> Option<&Array2<f32>> {
+        self.item_rows.as_ref()
     }
 
     /// The order lists take unless asked otherwise: by score where the model learned which items
@@ -610,32 +615,6 @@ impl Recommender {
                     .collect()
             }
         }
-    }
-
-    /// Items whose learned weight vectors W[i] (all classes) are closest to `item`'s by cosine.
-    pub fn similar_items(&self, item: u32, limit: usize) -> Vec<(u32, f32)> {
-        let d = self.user_rbm.visible();
-        let km = self.user_rbm.classes() * self.user_rbm.hidden();
-        let weights = self.user_rbm.weights.as_slice().expect("contiguous");
-        let row = |i: usize| &weights[i * km..(i + 1) * km];
-        let target = row(item as usize);
-        let target_norm = kernels::dot(target, target).sqrt();
-        let scores: Vec<f32> = (0..d)
-            .into_par_iter()
-            .map(|i| {
-                let other = row(i);
-                let norm = kernels::dot(other, other).sqrt() * target_norm;
-                if norm > 0.0 {
-                    kernels::dot(target, other) / norm
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        top_n(&scores, limit, |i| i == item)
-            .into_iter()
-            .map(|i| (i, scores[i as usize]))
-            .collect()
     }
 }
 

@@ -56,9 +56,10 @@ pub struct Recommendation {
     pub item_id: String,
     pub title: Option<String>,
     /// What the list is ordered by: the relevance under `Order::Score`, else the expected rating
-    /// (popular items: the number of ratings).
-    pub score: f64,
-    pub expected_rating: f64,
+    /// (popular items: the number of ratings). f32, as the model computes them, so that JSON
+    /// carries the shortest digits that give back the same value.
+    pub score: f32,
+    pub expected_rating: f32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,7 +94,7 @@ impl From<Order> for PageOrder {
 pub struct SimilarItem {
     pub item_id: String,
     pub title: Option<String>,
-    pub similarity: f64,
+    pub similarity: f32,
 }
 
 struct ActiveRun {
@@ -354,8 +355,8 @@ impl Service {
                     .map(|p| Recommendation {
                         item_id: p.item_id,
                         title: None,
-                        score: p.ratings as f64,
-                        expected_rating: p.mean_rating,
+                        score: p.ratings as f32,
+                        expected_rating: p.mean_rating as f32,
                     })
                     .collect();
                 (Source::Popular, PageOrder::Popularity, items)
@@ -375,7 +376,7 @@ impl Service {
         })
     }
 
-    /// Items whose learned weights are closest to `item_id`'s by cosine.
+    /// The items most like `item_id`: the list of a user whose one rating is its top rating.
     pub async fn similar_items(
         &self,
         item_id: &str,
@@ -397,12 +398,7 @@ impl Service {
                 .recommender
                 .similar_items(index, limit)
                 .into_iter()
-                .map(|(i, similarity)| {
-                    (
-                        model.recommender.items.id(i).to_string(),
-                        f64::from(similarity),
-                    )
-                })
+                .map(|(i, similarity)| (model.recommender.items.id(i).to_string(), similarity))
                 .collect::<Vec<_>>()
         })
         .await
@@ -790,8 +786,8 @@ fn page(
         .map(|r| Recommendation {
             item_id: model.items.id(r.item).to_string(),
             title: None,
-            score: f64::from(r.score),
-            expected_rating: f64::from(r.expected_rating),
+            score: r.score,
+            expected_rating: r.expected_rating,
         })
         .collect()
 }

@@ -132,7 +132,18 @@ impl ModelFile {
         let item_side = if tensors.names().contains(&"item.W") {
             let rbm = read_rbm(&tensors, "item.")?;
             let item_hidden: Array2<f32> = read_tensor(&tensors, "item.hidden")?;
-            if item_hidden.dim() != (rbm.hidden(), items.len()) || rbm.visible() != users.len() {
+            if rbm.visible() != users.len() || rbm.classes() != scale.classes() {
+                return Err(ModelFileError::Tensor {
+                    name: "item.W".to_string(),
+                    message: format!(
+                        "shape {:?} does not match {} users × {} classes",
+                        rbm.weights().shape(),
+                        users.len(),
+                        scale.classes()
+                    ),
+                });
+            }
+            if item_hidden.dim() != (rbm.hidden(), items.len()) {
                 return Err(ModelFileError::Tensor {
                     name: "item.hidden".to_string(),
                     message: format!(

@@ -630,6 +630,40 @@ fn saved_models_load_back_exactly() {
 }
 
 #[test]
+fn a_stored_item_side_with_another_class_count_is_refused_at_load() {
+    let data = planted(90, 24, 3);
+    let mut config = small_config();
+    config.user.epochs = 2;
+    config.item.as_mut().unwrap().epochs = 2;
+    let mut model = Recommender::train(&data, &config, |_, _| ControlFlow::Continue(()))
+        .unwrap()
+        .recommender;
+    // The item side's W and b cut from K = 5 classes to 4: scoring would index past them.
+    let side = model.item_side.as_mut().unwrap();
+    let cut = |k: usize| ndarray::Slice::from(0..k);
+    side.rbm = Rbm::from_parts(
+        side.rbm
+            .weights()
+            .slice_axis(ndarray::Axis(1), cut(4))
+            .to_owned(),
+        side.rbm
+            .visible_bias()
+            .slice_axis(ndarray::Axis(1), cut(4))
+            .to_owned(),
+        side.rbm.hidden_bias().clone(),
+        None,
+    )
+    .unwrap();
+    let file = ModelFile {
+        recommender: model,
+        config,
+        metrics: serde_json::json!({}),
+    };
+    let error = ModelFile::from_bytes(&file.to_bytes().unwrap()).unwrap_err();
+    assert!(error.to_string().contains("item.W"), "{error}");
+}
+
+#[test]
 fn models_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Recommender>();

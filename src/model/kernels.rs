@@ -82,9 +82,10 @@ pub fn row_dots_each<const E: usize>(
     outs: [&mut [f32]; E],
 ) {
     let n = xs[0].len();
-    debug_assert!(xs.iter().all(|x| x.len() == n));
-    debug_assert!(outs.iter().all(|o| o.len() == bias.len()));
-    debug_assert_eq!(rows.len(), n * bias.len());
+    // The vector loads below rely on these lengths: checked in release builds too.
+    assert!(xs.iter().all(|x| x.len() == n));
+    assert!(outs.iter().all(|o| o.len() == bias.len()));
+    assert_eq!(rows.len(), n * bias.len());
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
@@ -522,6 +523,15 @@ pub fn expected_class_of_logits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic]
+    fn row_dots_each_refuses_rows_shorter_than_its_vectors() {
+        // Two rows of 8 would need 16 floats; with 12 the vector loads would read past the slice.
+        let (rows, x, bias) = ([1.0f32; 12], [1.0f32; 8], [0.0f32; 2]);
+        let mut out = [0.0f32; 2];
+        row_dots_each(&rows, [&x], &bias, [&mut out]);
+    }
 
     #[test]
     fn dot_matches_a_plain_sum_for_every_remainder() {

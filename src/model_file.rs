@@ -128,21 +128,27 @@ impl ModelFile {
         let config: TrainConfig = parse("params", get("params")?)?;
         let metrics: serde_json::Value = parse("metrics", get("metrics")?)?;
 
+        // An RBM's W must have a row block per visible unit and one row per class of the scale:
+        // scoring indexes both without further checks.
+        let check_visible = |name: &str, rbm: &Rbm, units: usize, what: &str| {
+            if rbm.visible() == units && rbm.classes() == scale.classes() {
+                return Ok(());
+            }
+            Err(ModelFileError::Tensor {
+                name: name.to_string(),
+                message: format!(
+                    "shape {:?} does not match {units} {what} × {} classes",
+                    rbm.weights().shape(),
+                    scale.classes()
+                ),
+            })
+        };
         let user_rbm = read_rbm(&tensors, "")?;
+        check_visible("W", &user_rbm, items.len(), "items")?;
         let item_side = if tensors.names().contains(&"item.W") {
             let rbm = read_rbm(&tensors, "item.")?;
+            check_visible("item.W", &rbm, users.len(), "users")?;
             let item_hidden: Array2<f32> = read_tensor(&tensors, "item.hidden")?;
-            if rbm.visible() != users.len() || rbm.classes() != scale.classes() {
-                return Err(ModelFileError::Tensor {
-                    name: "item.W".to_string(),
-                    message: format!(
-                        "shape {:?} does not match {} users × {} classes",
-                        rbm.weights().shape(),
-                        users.len(),
-                        scale.classes()
-                    ),
-                });
-            }
             if item_hidden.dim() != (rbm.hidden(), items.len()) {
                 return Err(ModelFileError::Tensor {
                     name: "item.hidden".to_string(),
@@ -158,17 +164,6 @@ impl ModelFile {
         } else {
             None
         };
-        if user_rbm.visible() != items.len() || user_rbm.classes() != scale.classes() {
-            return Err(ModelFileError::Tensor {
-                name: "W".to_string(),
-                message: format!(
-                    "shape {:?} does not match {} items × {} classes",
-                    user_rbm.weights().shape(),
-                    items.len(),
-                    scale.classes()
-                ),
-            });
-        }
         if !(0.0..=1.0).contains(&blend_weight) {
             return Err(ModelFileError::Metadata {
                 key: "blend_weight",

@@ -601,6 +601,9 @@ fn train_with_progress(
     Ok(trained?)
 }
 
+/// Largest catalogue whose similar-item measures `evaluate` compares (its JSON has null beyond).
+const SIMILAR_ITEMS_MAX_CATALOGUE: usize = 10_000;
+
 fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let split = match (&args.train, &args.test) {
         (Some(train), Some(test)) => {
@@ -652,8 +655,11 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         out.copy_from_slice(&popularity_scores)
     });
 
+    // The comparison costs a D×D matrix and, for fold-in, D catalogue passes: bounded here.
+    let compare_similar = model.items.len() <= SIMILAR_ITEMS_MAX_CATALOGUE;
     let similar: serde_json::Map<String, serde_json::Value> = Similarity::ALL
         .into_iter()
+        .filter(|_| compare_similar)
         .filter_map(|kind| {
             let similarity = ItemSimilarity::new(model, kind)?;
             let metrics = similar_items_ranking(&known, &test, scale, 10, |item, out| {
@@ -686,7 +692,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         "expected_rating_ndcg_at_10": by_expected.ndcg,
         "ranking_users": ranking.users,
         "similar_items_by": Similarity::SERVED,
-        "similar_items": similar,
+        "similar_items": compare_similar.then_some(similar),
         "rmse_user_based": rmse(&user_only, &test, scale),
         "blend_weight": model.blend_weight,
         "valid_rmse": trained.valid_rmse,

@@ -69,13 +69,13 @@ impl ItemSimilarity {
     pub fn to_item(&self, model: &Recommender, item: u32, scratch: &mut Scratch, out: &mut [f32]) {
         match item_vectors(self.kind, &model.user_rbm, model.item_rows()) {
             None => {
-                let top_class = (model.scale.classes() - 1) as u8;
+                let (items, classes) = model.loved_alone(item);
                 let mut expected = vec![0.0f32; out.len()];
                 model.scores(
                     model.default_order(),
                     None,
-                    &[item],
-                    &[top_class],
+                    &items,
+                    &classes,
                     scratch,
                     out,
                     &mut expected,
@@ -125,12 +125,12 @@ impl Recommender {
     /// alike: the list of a user whose one rating is the item's top rating, through the screened
     /// `top_n`.
     pub fn similar_items(&self, item: u32, limit: usize) -> Vec<(u32, f32)> {
-        let top_class = (self.scale.classes() - 1) as u8;
+        let (items, classes) = self.loved_alone(item);
         self.top_n(
             self.default_order(),
             None,
-            &[item],
-            &[top_class],
+            &items,
+            &classes,
             limit,
             |a, b| a.cmp(&b),
             &mut Scratch::default(),
@@ -138,5 +138,11 @@ impl Recommender {
         .into_iter()
         .map(|r| (r.item, r.score))
         .collect()
+    }
+
+    /// The ratings of a user whose one rating is the top rating of `item`: what `FoldIn` scores
+    /// from.
+    fn loved_alone(&self, item: u32) -> ([u32; 1], [u8; 1]) {
+        ([item], [(self.scale.classes() - 1) as u8])
     }
 }

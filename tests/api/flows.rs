@@ -552,11 +552,11 @@ async fn replicas_train_one_at_a_time_and_follow_each_others_models() {
     first.wait_for_run(slow_run).await;
 
     // The lock is free again: the second trains, and the first follows.
-    let trained = second.retrain(fast_training()).await;
+    let trained = retrain_once_free(&second).await;
     assert_eq!(trained["status"], "succeeded", "{trained}");
     let newer = trained["model_version"].clone();
     serves(&first, &newer).await;
-    let trained = first.retrain(fast_training()).await;
+    let trained = retrain_once_free(&first).await;
     let newest = trained["model_version"].clone();
     serves(&second, &newest).await;
 
@@ -565,6 +565,22 @@ async fn replicas_train_one_at_a_time_and_follow_each_others_models() {
     assert_eq!(second.call("POST", &activate, None, true).await.0, 200);
     serves(&first, &newer).await;
     serves(&second, &newer).await;
+}
+
+/// Starts a fast retrain on `app` as soon as no process holds the training lock (up to 10 s: a
+/// run is recorded as ended a moment before its process lets the lock go), and waits for it.
+async fn retrain_once_free(app: &TestApp) -> Value {
+    for _ in 0..200 {
+        let (status, body) = app
+            .call("POST", "/admin/retrain", Some(fast_training()), true)
+            .await;
+        if status != 409 {
+            assert_eq!(status, 202, "{body}");
+            return app.wait_for_run(body["run_id"].as_i64().unwrap()).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the training lock was not released within 10 s");
 }
 
 /// Waits (up to 10 s) until `app` answers recommendations with model `version`.

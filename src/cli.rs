@@ -10,9 +10,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::app::TrainingRequest;
 use crate::model::{
-    Dataset, EpochStats, ItemSimilarity, OptimizerKind, Order, RatingScale, Recommender, Scratch,
-    Side, Similarity, TrainConfig, mae, ranking_metrics, rmse, similar_items_ranking,
+    Dataset, EpochStats, ItemSimilarity, Order, RatingScale, Recommender, Scratch, Side,
+    Similarity, TrainConfig, mae, ranking_metrics, rmse, similar_items_ranking,
 };
 use crate::model_file::ModelFile;
 use crate::readers::{RatingFormat, read_dataset};
@@ -98,178 +99,6 @@ impl DataArgs {
     }
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKind {
-    /// The user-based RBM alone.
-    User,
-    /// User-based and item-based RBMs, blended with a weight fitted on the validation slice.
-    #[default]
-    Blend,
-}
-
-/// Hyperparameters; each one left out takes the default recommended for the data's size. The same
-/// struct is the JSON body of a retrain request, where unknown fields are rejected.
-#[derive(Debug, Args, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HyperArgs {
-    /// Hidden units M.
-    #[arg(long)]
-    pub hidden: Option<usize>,
-    /// Maximum epochs (training stops earlier when validation RMSE stops improving).
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    #[arg(long)]
-    pub learning_rate: Option<f32>,
-    #[arg(long)]
-    pub momentum: Option<f32>,
-    #[arg(long)]
-    pub weight_decay: Option<f32>,
-    /// Gibbs steps T of CD-T.
-    #[arg(long)]
-    pub cd_steps: Option<usize>,
-    /// Raise T through 1, 3, 5, 9 as training progresses (the paper's schedule).
-    #[arg(long)]
-    pub cd_schedule: bool,
-    /// Conditional RBM: which items a user rated feeds the hidden units.
-    #[arg(long)]
-    pub conditional: bool,
-    /// Joint RBM (the default): the user-based RBM also learns which items a user rates, and
-    /// recommendations rank by it; `--choice false` trains the rating-only RBM.
-    #[arg(long)]
-    pub choice: Option<bool>,
-    /// Joint RBM: weight of the extra rating term log p(ratings | rated items) in its objective.
-    #[arg(long)]
-    pub rating_weight: Option<f32>,
-    /// Factored RBM with W = A·B of rank C.
-    #[arg(long)]
-    pub factors: Option<usize>,
-    /// Training threads (default: one per core); a fixed seed and thread count give identical models.
-    #[arg(long)]
-    pub threads: Option<usize>,
-    #[arg(long)]
-    pub optimizer: Option<OptimizerKind>,
-    /// Fraction of the training ratings held out for early stopping and the blend weight (0 disables).
-    #[arg(long)]
-    pub valid_frac: Option<f64>,
-    /// Epochs without validation improvement before stopping (0: never stop early).
-    #[arg(long)]
-    pub patience: Option<usize>,
-    #[arg(long, value_enum, default_value = "blend")]
-    pub model: ModelKind,
-}
-
-impl ValueEnum for OptimizerKind {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[OptimizerKind::Momentum, OptimizerKind::Adam]
-    }
-
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(match self {
-            OptimizerKind::Momentum => "momentum",
-            OptimizerKind::Adam => "adam",
-        }))
-    }
-}
-
-impl HyperArgs {
-    /// These settings with every field that `over` sets replaced by its value.
-    pub fn overlay(&self, over: &HyperArgs) -> HyperArgs {
-        HyperArgs {
-            hidden: over.hidden.or(self.hidden),
-            epochs: over.epochs.or(self.epochs),
-            batch_size: over.batch_size.or(self.batch_size),
-            learning_rate: over.learning_rate.or(self.learning_rate),
-            momentum: over.momentum.or(self.momentum),
-            weight_decay: over.weight_decay.or(self.weight_decay),
-            cd_steps: over.cd_steps.or(self.cd_steps),
-            cd_schedule: over.cd_schedule || self.cd_schedule,
-            conditional: over.conditional || self.conditional,
-            choice: over.choice.or(self.choice),
-            rating_weight: over.rating_weight.or(self.rating_weight),
-            factors: over.factors.or(self.factors),
-            threads: over.threads.or(self.threads),
-            optimizer: over.optimizer.or(self.optimizer),
-            valid_frac: over.valid_frac.or(self.valid_frac),
-            patience: over.patience.or(self.patience),
-            model: if over.model != ModelKind::default() {
-                over.model
-            } else {
-                self.model
-            },
-        }
-    }
-
-    /// The recommended configuration for `data` with every given flag applied over it.
-    pub fn config(&self, data: &Dataset, seed: u64) -> TrainConfig {
-        self.config_for(data.ratings.len(), data.users.len(), seed)
-    }
-
-    /// The recommended configuration for data of this size with every given flag applied over it.
-    pub fn config_for(&self, n_ratings: usize, n_users: usize, seed: u64) -> TrainConfig {
-        let mut config = TrainConfig::recommended(n_ratings, n_users);
-        let overlay = |p: &mut crate::model::RbmParams| {
-            p.seed = seed;
-            if let Some(x) = self.hidden {
-                p.hidden = x
-            }
-            if let Some(x) = self.epochs {
-                p.epochs = x
-            }
-            if let Some(x) = self.batch_size {
-                p.batch_size = x
-            }
-            if let Some(x) = self.learning_rate {
-                p.learning_rate = x
-            }
-            if let Some(x) = self.momentum {
-                p.momentum = x
-            }
-            if let Some(x) = self.weight_decay {
-                p.weight_decay = x
-            }
-            if let Some(x) = self.cd_steps {
-                p.cd_steps = x
-            }
-            if let Some(x) = self.threads {
-                p.threads = x
-            }
-            if let Some(x) = self.optimizer {
-                p.optimizer = x
-            }
-            if let Some(x) = self.patience {
-                p.patience = x
-            }
-            p.cd_schedule |= self.cd_schedule;
-            p.factors = self.factors.or(p.factors);
-        };
-        overlay(&mut config.user);
-        config.user.conditional |= self.conditional;
-        if let Some(x) = self.choice {
-            config.user.choice = x;
-        }
-        if let Some(x) = self.rating_weight {
-            config.user.rating_weight = x;
-        }
-
-        config.item = match self.model {
-            ModelKind::User => None,
-            ModelKind::Blend => config.item.map(|mut p| {
-                overlay(&mut p);
-                p
-            }),
-        };
-        if let Some(x) = self.valid_frac {
-            config.valid_frac = x;
-        }
-        config
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
     #[command(flatten)]
@@ -281,13 +110,11 @@ pub struct EvaluateArgs {
     pub test: Option<PathBuf>,
     #[arg(long, default_value_t = 0.1)]
     pub test_frac: f64,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
     /// Conditional RBM only: also count the items being predicted as rated (the paper's variant).
     #[arg(long, requires = "conditional")]
     pub include_test_items: bool,
     #[command(flatten)]
-    pub hyper: HyperArgs,
+    pub hyper: TrainingRequest,
 }
 
 #[derive(Debug, Args)]
@@ -297,10 +124,8 @@ pub struct TrainArgs {
     /// Where to write the model (safetensors).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
     #[command(flatten)]
-    pub hyper: HyperArgs,
+    pub hyper: TrainingRequest,
 }
 
 #[derive(Debug, Args)]
@@ -432,10 +257,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             crate::demo::Story::synthetic()
         }
     };
-    let service = crate::service::Service::start(store, settings).await?;
+    let service = crate::app::Service::start(store, settings).await?;
     if service.model().is_none() {
         eprintln!("training the first model…");
-        let run_id = service.start_retrain(HyperArgs::default()).await?;
+        let run_id = service.start_retrain(TrainingRequest::default()).await?;
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             let run = service
@@ -506,7 +331,7 @@ async fn serve(settings: crate::config::Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
     tracing::info!(database = %store_label(&settings.database_url()), "database ready");
     let retrain_every = settings.retrain_every;
-    let service = crate::service::Service::start(store, settings).await?;
+    let service = crate::app::Service::start(store, settings).await?;
     if let Some(every) = retrain_every {
         service.spawn_periodic_retraining(every);
     }
@@ -611,12 +436,12 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             let test = read_dataset(test, args.data.format, Some(train.scale))?;
             train.align(&test)
         }
-        _ => args.data.read()?.split(args.test_frac, args.seed)?,
+        _ => args.data.read()?.split(args.test_frac, args.hyper.seed())?,
     };
     let mut test = split.test.clone();
     test.sort_by_key(|r| (r.user, r.item));
     let data = &split.train;
-    let config = args.hyper.config(data, args.seed);
+    let config = args.hyper.config(data.ratings.len(), data.users.len())?;
     let trained = train_with_progress(data, &config)?;
     let model = &trained.recommender;
     let scale = data.scale;
@@ -720,7 +545,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let data = args.data.read()?;
-    let config = args.hyper.config(&data, args.seed);
+    let config = args.hyper.config(data.ratings.len(), data.users.len())?;
     let trained = train_with_progress(&data, &config)?;
     let metrics = json!({
         "valid_rmse": trained.valid_rmse,
@@ -938,18 +763,5 @@ mod tests {
     fn argument_definitions_are_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn retrain_overrides_replace_only_what_they_set() {
-        let defaults = HyperArgs {
-            hidden: Some(50),
-            epochs: Some(10),
-            ..HyperArgs::default()
-        };
-        let body: HyperArgs = serde_json::from_str(r#"{"epochs": 3}"#).unwrap();
-        let merged = defaults.overlay(&body);
-        assert_eq!((merged.hidden, merged.epochs), (Some(50), Some(3)));
-        assert!(serde_json::from_str::<HyperArgs>(r#"{"epochz": 3}"#).is_err());
     }
 }

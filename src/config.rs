@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::cli::HyperArgs;
+use crate::app::TrainingRequest;
 use crate::model::RatingScale;
 
 #[derive(Debug, Clone, Args)]
@@ -41,7 +41,7 @@ pub struct Settings {
     pub ranking_cache_mb: u64,
     /// Training defaults for retraining; a retrain request's body overrides them.
     #[command(flatten)]
-    pub training: HyperArgs,
+    pub training: TrainingRequest,
 }
 
 impl Settings {

@@ -1,5 +1,6 @@
 //! rbm-recommender: a recommendation service built on the categorical RBM for collaborative filtering.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -9,6 +10,4 @@ pub mod metrics;
 pub mod model;
 pub mod model_file;
 pub mod readers;
-pub mod revisions;
-pub mod service;
 pub mod store;

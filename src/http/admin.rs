@@ -13,8 +13,8 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppJson};
-use crate::cli::HyperArgs;
-use crate::service::Service;
+use crate::app::Service;
+use crate::app::TrainingRequest;
 
 type AppState = State<Arc<Service>>;
 
@@ -51,14 +51,15 @@ async fn require_admin(
     }
 }
 
-/// An optional JSON body of hyperparameter overrides, checked before the run starts.
+/// An optional JSON body of hyperparameters over the server's defaults, checked before the run
+/// starts.
 async fn retrain(
     State(service): AppState,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let overrides: HyperArgs = if body.iter().all(u8::is_ascii_whitespace) {
-        HyperArgs::default()
+    let overrides: TrainingRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TrainingRequest::default()
     } else {
         let json = headers
             .get(header::CONTENT_TYPE)
@@ -74,22 +75,6 @@ async fn retrain(
             _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
         })?
     };
-    let config = service
-        .settings
-        .training
-        .overlay(&overrides)
-        .config_for(1_000_000, 1_000, 42);
-    config
-        .user
-        .clone()
-        .check()
-        .map_err(|e| ApiError::Invalid(e.to_string()))?;
-    if !(0.0..1.0).contains(&config.valid_frac) {
-        return Err(ApiError::Invalid(format!(
-            "valid_frac: must be in [0, 1), got {}",
-            config.valid_frac
-        )));
-    }
     let run_id = service.start_retrain(overrides).await?;
     Ok((StatusCode::ACCEPTED, AppJson(json!({"run_id": run_id}))))
 }

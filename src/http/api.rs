@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppJson};
+use crate::app::Service;
 use crate::model::{Order, RatingScale};
-use crate::service::Service;
 use crate::store::{self, Item, NewRating};
 
 /// Most ratings accepted in one request.

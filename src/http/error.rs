@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::service::ServiceError;
+use crate::app::ServiceError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,7 @@ impl From<ServiceError> for ApiError {
         match error {
             ServiceError::NotFound(message) => Self::NotFound(message),
             ServiceError::Conflict(message) => Self::Conflict(message),
+            ServiceError::Invalid(message) => Self::Invalid(message),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -18,7 +18,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
-use crate::service::Service;
+use crate::app::Service;
 
 /// Largest accepted request body: 10,000 ratings with long ids fit.
 const BODY_LIMIT: usize = 4 << 20;

@@ -6,6 +6,7 @@ mod choice;
 mod evaluate;
 mod kernels;
 mod optimizer;
+mod params;
 mod ratings;
 mod rbm;
 mod recommender;
@@ -18,14 +19,13 @@ pub use evaluate::{
     RankingMetrics, mae, predict, ranking_metrics, rmse, similar_items_ranking, top_n, top_n_by,
 };
 pub use optimizer::OptimizerKind;
+pub use params::{DEFAULT_SEED, RbmParams, TrainConfig, ValidRbmParams};
 pub use ratings::{Dataset, IdMap, Rating, SparseRatings, Split};
 pub use rbm::Rbm;
-pub use recommender::{ItemSide, Order, Ranked, Recommender, Scratch, Side, TrainConfig, Trained};
+pub use recommender::{ItemSide, Order, Ranked, Recommender, Scratch, Side, Trained};
 pub use scale::RatingScale;
 pub use similarity::{ItemSimilarity, Similarity};
-pub use train::{
-    EpochStats, Fit, RbmParams, ValidRbmParams, cd_weight_gradient, joint_cd_weight_gradient,
-};
+pub use train::{EpochStats, Fit, cd_weight_gradient, joint_cd_weight_gradient};
 
 /// Errors of the model core; each message names the offending value.
 #[derive(Debug, thiserror::Error, PartialEq)]

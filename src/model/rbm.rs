@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::ModelError;
 use super::kernels;
-use super::train::RbmParams;
+use super::params::RbmParams;
 
 /// Parameters, f32 and row-major: `W[D][K][M]` so that `W[i][k][..]` is one contiguous M-vector,
 /// `b[D][K]`, `c[M]`, and for the conditional RBM `Dimp[D][M]`, fed by which items a case rated.

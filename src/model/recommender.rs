@@ -10,31 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::evaluate::{best_n, predict, ranking_metrics, rmse};
 use super::kernels;
+use super::params::{RbmParams, TrainConfig};
 use super::rbm::{CatalogWeights, Rbm};
-use super::train::{EpochStats, Fit, RbmParams};
+use super::train::{EpochStats, Fit};
 use super::{Dataset, IdMap, ModelError, Rating, RatingScale, SparseRatings};
-
-/// How a recommender is trained.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TrainConfig {
-    /// The user-based RBM.
-    pub user: RbmParams,
-    /// The item-based RBM to blend in, if any.
-    pub item: Option<RbmParams>,
-    /// Fraction of the training ratings held out to pick the best epoch and the blend weight.
-    pub valid_frac: f64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            user: RbmParams::default(),
-            item: Some(RbmParams::default()),
-            valid_frac: 0.05,
-        }
-    }
-}
 
 /// Which of the two RBMs an epoch report comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -776,50 +755,6 @@ fn least_squares_blend(user: &[f32], item: &[f32], truth: &[Rating], scale: Rati
         (num / den).clamp(0.0, 1.0) as f32
     } else {
         0.5
-    }
-}
-
-impl TrainConfig {
-    /// Defaults for a data set of this size, from the calibration runs recorded in DESIGN.md and
-    /// the project's evaluation notes: for the user-based RBM, small sets need stronger weight decay
-    /// and smaller batches.
-    pub fn recommended(n_ratings: usize, n_users: usize) -> Self {
-        let small = n_ratings < 500_000;
-        // The user-based RBM is the joint one, which ranks. On ML-1M (random 90/10, the README's
-        // protocol) its P@10 grows with M up to 300 (0.168 at 100, 0.171 at 200, 0.174 at 300;
-        // 500 adds nothing). A weight of 1 on the rating term ranks better than 3 (0.178 against
-        // 0.171) at the same blend RMSE, and learning at 0.005 with a patience of 8 lets
-        // validation NDCG climb for 40 epochs where 0.01 peaks near 15: 0.184, RMSE 0.846.
-        let user = RbmParams {
-            hidden: 300,
-            choice: true,
-            rating_weight: 1.0,
-            learning_rate: 0.005,
-            patience: 8,
-            weight_decay: if small { 0.01 } else { 0.001 },
-            batch_size: if n_users < 1_000 { 50 } else { 100 },
-            ..RbmParams::default()
-        };
-        // The item-based RBM (cases are items, visible units their raters) keeps improving up to
-        // about 300 hidden units, where the user-based one stops at about 100, and wants far less
-        // weight decay: 0.01 held its RMSE at 0.895 on ml-latest-small, 0.0002 brings it to 0.818
-        // (ML-1M does not move). Blend RMSE with both changes: ml-100k 0.899 → 0.887,
-        // ml-latest-small 0.867 → 0.814, ML-1M 0.853 → 0.845. The price is training time, model
-        // size and, for a recommendation not served from cache, the item side's pass (K·M·D
-        // multiply-adds).
-        let item = RbmParams {
-            hidden: 300,
-            weight_decay: 0.0002,
-            choice: false,
-            learning_rate: 0.01,
-            patience: 5,
-            ..user.clone()
-        };
-        Self {
-            item: Some(item),
-            user,
-            valid_frac: 0.05,
-        }
     }
 }
 

@@ -477,7 +477,7 @@ on_both_backends!(changes_made_directly_in_the_database_reach_the_next_answer);
 /// Revision lookups made at the same time share statements; each still gets its own user's
 /// revision, exactly as reading that user alone gives it.
 async fn coalesced_revision_reads_answer_each_user(backend: crate::Backend) {
-    use rbm_recommender::revisions::Revisions;
+    use rbm_recommender::app::revisions::Revisions;
     use rbm_recommender::store::{NewRating, Store};
 
     let (url, _database) = crate::fresh_database(backend).await;
@@ -593,3 +593,36 @@ async fn serves(app: &TestApp, version: &Value) {
     }
     panic!("{} does not serve model {version}", app.base);
 }
+
+/// A retrain's body overrides the server's training flags field by field, booleans and the model
+/// kind included.
+async fn a_retrain_body_overrides_the_server_defaults(backend: crate::Backend) {
+    let defaults: rbm_recommender::app::TrainingRequest = serde_json::from_value(
+        json!({"model": "user", "cd_schedule": true, "conditional": true, "hidden": 7}),
+    )
+    .unwrap();
+    let app = crate::spawn_app_training(backend, defaults).await;
+    seed(&app, 30, 9).await;
+    let mut body = fast_training();
+    body["epochs"] = json!(4);
+    body["model"] = json!("blend");
+    body["cd_schedule"] = json!(false);
+    body["conditional"] = json!(false);
+    body.as_object_mut().unwrap().remove("hidden");
+    let run = app.retrain(body).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        (&run["params"]["model"], &run["params"]["hidden"]),
+        (&json!("blend"), &json!(7))
+    );
+    let (_, models) = app.call("GET", "/admin/models", None, true).await;
+    let params = &models["models"][0]["params"];
+    assert_eq!(params["user"]["cd_schedule"], false, "{params}");
+    assert_eq!(params["user"]["conditional"], false, "{params}");
+    assert_eq!(params["user"]["hidden"], 7, "{params}");
+    assert_eq!(
+        params["item"]["hidden"], 7,
+        "the item-based RBM is trained: {params}"
+    );
+}
+on_both_backends!(backend a_retrain_body_overrides_the_server_defaults);

@@ -10,11 +10,10 @@ mod import;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rbm_recommender::cli::HyperArgs;
+use rbm_recommender::app::{Service, TrainingRequest};
 use rbm_recommender::config::{LogFormat, Settings};
 use rbm_recommender::http::Application;
 use rbm_recommender::model::RatingScale;
-use rbm_recommender::service::Service;
 use rbm_recommender::store::Store;
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
@@ -89,7 +88,7 @@ pub fn settings(database_url: String, admin_token: Option<&str>) -> Settings {
         request_timeout: Duration::from_secs(30),
         max_connections: 8,
         ranking_cache_mb: 64,
-        training: HyperArgs::default(),
+        training: TrainingRequest::default(),
     }
 }
 
@@ -134,7 +133,19 @@ pub async fn fresh_database(backend: Backend) -> (String, TestDatabase) {
 
 pub async fn spawn_app_with(backend: Backend, admin_token: Option<&str>) -> TestApp {
     let (url, database) = fresh_database(backend).await;
-    spawn_app_on(url, database, admin_token).await
+    spawn_app_on(url, database, settings_for(admin_token)).await
+}
+
+/// An app whose training defaults (the flags of `serve`) are `training`.
+pub async fn spawn_app_training(backend: Backend, training: TrainingRequest) -> TestApp {
+    let (url, database) = fresh_database(backend).await;
+    let tune = move |settings: &mut Settings| settings.training = training.clone();
+    spawn_app_on(url, database, tune).await
+}
+
+fn settings_for(admin_token: Option<&str>) -> impl FnOnce(&mut Settings) {
+    let token = admin_token.map(str::to_string);
+    move |settings: &mut Settings| settings.admin_token = token.map(|t| t.parse().unwrap())
 }
 
 /// Another app on the database of `app`, as a second replica would run.
@@ -142,13 +153,18 @@ pub async fn spawn_replica(app: &TestApp) -> TestApp {
     spawn_app_on(
         app.database_url.clone(),
         TestDatabase::Shared,
-        Some(ADMIN_TOKEN),
+        settings_for(Some(ADMIN_TOKEN)),
     )
     .await
 }
 
-async fn spawn_app_on(url: String, database: TestDatabase, admin_token: Option<&str>) -> TestApp {
-    let settings = settings(url.clone(), admin_token);
+async fn spawn_app_on(
+    url: String,
+    database: TestDatabase,
+    tune: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = settings(url.clone(), Some(ADMIN_TOKEN));
+    tune(&mut settings);
     let store = Store::connect(&url, settings.max_connections)
         .await
         .unwrap();

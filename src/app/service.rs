@@ -12,12 +12,12 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::cli::HyperArgs;
+use super::revisions::{RevisionError, Revisions};
+use super::training_request::TrainingRequest;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::model::{Dataset, EpochStats, ModelError, Order, Ranked, Recommender, Scratch, Side};
 use crate::model_file::{ModelFile, ModelFileError};
-use crate::revisions::{RevisionError, Revisions};
 use crate::store::{
     Item, ModelAnnouncements, NewRating, Store, StoreError, TrainingRun, UpsertCounts,
 };
@@ -28,6 +28,9 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A request that breaks a rule; the message names the field and the value.
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -415,11 +418,16 @@ impl Service {
             .collect())
     }
 
-    /// Starts a training run in the background; a conflict while another run is going.
+    /// Starts a training run in the background with `overrides` over the server's training
+    /// defaults; invalid if the result breaks a rule, a conflict while another run is going.
     pub async fn start_retrain(
         self: &Arc<Self>,
-        overrides: HyperArgs,
+        overrides: TrainingRequest,
     ) -> Result<i64, ServiceError> {
+        let request = self.settings.training.overlay(&overrides);
+        request
+            .check()
+            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let cancel = Arc::new(AtomicBool::new(false));
         {
             let mut active = self.training.lock().expect("training lock");
@@ -449,7 +457,7 @@ impl Service {
             }
             Err(error) => return release(error.into()),
         };
-        let run_id = match self.store.create_run(&json!(overrides)).await {
+        let run_id = match self.store.create_run(&json!(request)).await {
             Ok(id) => id,
             Err(error) => return release(error.into()),
         };
@@ -458,7 +466,7 @@ impl Service {
         }
         let service = self.clone();
         tokio::spawn(async move {
-            let outcome = service.train(run_id, overrides, cancel).await;
+            let outcome = service.train(run_id, request, cancel).await;
             if let Err(error) = &outcome {
                 tracing::error!(run_id, %error, "training run failed");
             }
@@ -501,7 +509,7 @@ impl Service {
     async fn train(
         &self,
         run_id: i64,
-        overrides: HyperArgs,
+        request: TrainingRequest,
         cancel: Arc<AtomicBool>,
     ) -> Result<(), ServiceError> {
         let progress = Arc::new(Mutex::new(Progress::default()));
@@ -509,7 +517,7 @@ impl Service {
             .update_run(run_id, "running", &json!({}), None, None)
             .await?;
         let outcome = self
-            .train_model(run_id, overrides, cancel, progress.clone())
+            .train_model(run_id, request, cancel, progress.clone())
             .await;
         let progress = progress.lock().expect("progress lock").to_json();
         match outcome {
@@ -539,24 +547,31 @@ impl Service {
     async fn train_model(
         &self,
         run_id: i64,
-        overrides: HyperArgs,
+        request: TrainingRequest,
         cancel: Arc<AtomicBool>,
         progress: Arc<Mutex<Progress>>,
     ) -> Result<i64, TrainError> {
         let rows = self.store.all_ratings().await.map_err(TrainError::failed)?;
-        let data = Dataset::from_rows(
-            self.settings.scale,
-            rows.iter()
-                .map(|(u, i, r)| (u.as_str(), i.as_str(), *r as f32)),
-        )
+        let scale = self.settings.scale;
+        // Hashing every id into the data set's maps is CPU work proportional to the ratings.
+        let data = tokio::task::spawn_blocking(move || {
+            Dataset::from_rows(
+                scale,
+                rows.iter()
+                    .map(|(u, i, r)| (u.as_str(), i.as_str(), *r as f32)),
+            )
+        })
+        .await
+        .map_err(TrainError::failed)?
         .map_err(TrainError::failed)?;
-        drop(rows);
         if data.ratings.is_empty() {
             return Err(TrainError::Failed(
                 "there are no ratings to train on".to_string(),
             ));
         }
-        let config = self.settings.training.overlay(&overrides).config(&data, 42);
+        let config = request
+            .config(data.ratings.len(), data.users.len())
+            .map_err(TrainError::failed)?;
         let (sender, mut receiver) = mpsc::unbounded_channel::<(Side, EpochStats)>();
         let trainer = tokio::task::spawn_blocking({
             let config = config.clone();
@@ -650,7 +665,7 @@ impl Service {
             ticks.tick().await;
             loop {
                 ticks.tick().await;
-                match service.start_retrain(HyperArgs::default()).await {
+                match service.start_retrain(TrainingRequest::default()).await {
                     Ok(run_id) => tracing::info!(run_id, "started periodic retraining"),
                     Err(error) => tracing::info!(%error, "skipped periodic retraining"),
                 }

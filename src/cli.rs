@@ -11,12 +11,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::app::TrainingRequest;
+use crate::config::parse_scale;
 use crate::model::{
     Dataset, EpochStats, ItemSimilarity, Order, RatingScale, Recommender, Scratch, Side,
     Similarity, TrainConfig, mae, ranking_metrics, rmse, similar_items_ranking,
 };
 use crate::model_file::ModelFile;
 use crate::readers::{RatingFormat, read_dataset};
+use crate::store::RunStatus;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,10 +85,6 @@ pub struct DataArgs {
     /// Rating scale as min:max:step (e.g. 0.5:5:0.5); the format's own or inferred when omitted.
     #[arg(long, value_parser = parse_scale)]
     pub scale: Option<RatingScale>,
-}
-
-fn parse_scale(text: &str) -> Result<RatingScale, String> {
-    RatingScale::parse(text).map_err(|e| e.to_string())
 }
 
 impl DataArgs {
@@ -257,33 +255,30 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             crate::demo::Story::synthetic()
         }
     };
-    let service = crate::app::Service::start(store, settings).await?;
-    if service.model().is_none() {
+    let service = crate::app::Service::start(store, settings.options()).await?;
+    if service.serving().current().is_none() {
         eprintln!("training the first model…");
-        let run_id = service.start_retrain(TrainingRequest::default()).await?;
+        let training = service.training();
+        let run_id = training.start_run(&TrainingRequest::default()).await?;
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            let run = service
-                .store
-                .run(run_id)
-                .await?
-                .context("the training run disappeared")?;
-            match run.status.as_str() {
-                "succeeded" => break,
-                "failed" | "cancelled" => {
+            let run = training.run(run_id).await?;
+            match run.status {
+                RunStatus::Succeeded => break,
+                RunStatus::Failed | RunStatus::Cancelled => {
                     bail!("training failed: {}", run.error.unwrap_or_default())
                 }
-                _ => {}
+                RunStatus::Queued | RunStatus::Running => {}
             }
         }
     }
-    let app = crate::http::Application::bind(service.clone())
+    let app = crate::http::Application::bind(service.clone(), &settings)
         .await
         .context("failed to bind the listen address")?;
     let base = format!("http://{}", app.local_addr()?);
     eprintln!("{}", crate::demo::walkthrough(&base, &story));
     app.run_until_stopped().await?;
-    service.store.close().await;
+    service.close().await;
     Ok(())
 }
 
@@ -331,16 +326,16 @@ async fn serve(settings: crate::config::Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
     tracing::info!(database = %store_label(&settings.database_url()), "database ready");
     let retrain_every = settings.retrain_every;
-    let service = crate::app::Service::start(store, settings).await?;
+    let service = crate::app::Service::start(store, settings.options()).await?;
     if let Some(every) = retrain_every {
-        service.spawn_periodic_retraining(every);
+        service.training().spawn_periodic(every);
     }
-    let app = crate::http::Application::bind(service.clone())
+    let app = crate::http::Application::bind(service.clone(), &settings)
         .await
         .context("failed to bind the listen address")?;
     tracing::info!(address = %app.local_addr()?, "listening");
     app.run_until_stopped().await?;
-    service.store.close().await;
+    service.close().await;
     Ok(())
 }
 

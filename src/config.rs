@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::app::TrainingRequest;
+use crate::app::{Options, TrainingRequest};
 use crate::model::RatingScale;
 
 #[derive(Debug, Clone, Args)]
@@ -45,6 +45,15 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// What the application needs of these settings.
+    pub fn options(&self) -> Options {
+        Options {
+            scale: self.scale,
+            training: self.training.clone(),
+            ranking_cache_bytes: self.ranking_cache_mb.saturating_mul(1 << 20),
+        }
+    }
+
     /// The database URL: DATABASE_URL, or the embedded SQLite file.
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {
@@ -94,31 +103,14 @@ pub fn parse_scale(text: &str) -> Result<RatingScale, String> {
     RatingScale::parse(text).map_err(|e| e.to_string())
 }
 
-/// Parses `90s`, `30m`, `6h` or `2d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 90s, 30m, 6h"))?;
-    let seconds = match unit {
-        "s" | "" => number,
-        "m" => number * 60,
-        "h" => number * 3600,
-        "d" => number * 86_400,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {text:?}: use s, m, h or d"
-            ));
-        }
-    };
-    if seconds == 0 {
+/// A positive duration such as `90s`, `30m`, `6h`, `2d` or `1h 30m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}): expected e.g. 90s, 30m, 6h"))?;
+    if duration.is_zero() {
         return Err(format!("duration {text:?} must be positive"));
     }
-    Ok(Duration::from_secs(seconds))
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -129,9 +121,10 @@ mod tests {
     fn durations_parse_with_units() {
         assert_eq!(parse_duration("6h").unwrap(), Duration::from_secs(21_600));
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(
             parse_duration("0s").is_err()
-                && parse_duration("5w").is_err()
+                && parse_duration("5x").is_err()
                 && parse_duration("h").is_err()
         );
     }

@@ -114,10 +114,60 @@ pub struct ModelInfo {
     pub metrics: serde_json::Value,
 }
 
+/// Where a training run is: queued, then running, then one of the three ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    const ALL: [RunStatus; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    fn parse(text: &str) -> Result<Self, sqlx::Error> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown training run status {text:?}").into())
+            })
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainingRun {
     pub id: i64,
-    pub status: String,
+    pub status: RunStatus,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -545,19 +595,19 @@ impl Store {
     pub async fn update_run(
         &self,
         id: i64,
-        status: &str,
+        status: RunStatus,
         progress: &serde_json::Value,
         error: Option<&str>,
         model_version: Option<i64>,
     ) -> Result<(), StoreError> {
         let now = now_millis();
-        let finished = matches!(status, "succeeded" | "failed" | "cancelled").then_some(now);
-        let started = (status == "running").then_some(now);
+        let finished = status.is_finished().then_some(now);
+        let started = (status == RunStatus::Running).then_some(now);
         sqlx::query(
             "UPDATE training_runs SET status = $1, progress = $2, error = $3, model_version = $4, \
              started_at = COALESCE(started_at, $5), finished_at = COALESCE(finished_at, $6) WHERE id = $7",
         )
-        .bind(status.to_string())
+        .bind(status.as_str())
         .bind(progress.to_string())
         .bind(error.map(str::to_string))
         .bind(model_version)
@@ -587,7 +637,7 @@ impl Store {
     fn run_of(row: &AnyRow) -> Result<TrainingRun, sqlx::Error> {
         Ok(TrainingRun {
             id: row.try_get(0)?,
-            status: row.try_get(1)?,
+            status: RunStatus::parse(&row.try_get::<String, _>(1)?)?,
             created_at: row.try_get(2)?,
             started_at: row.try_get(3)?,
             finished_at: row.try_get(4)?,

@@ -1,12 +1,152 @@
-//! The application layer between HTTP and the store and model: live recommendations from the
-//! active model, and training runs that build new model versions in the background.
+//! The application layer, one module per use case, each owning its state: serving the active
+//! model, recommendations from it, the catalogue of ratings and items, and training runs. The HTTP
+//! handlers and the CLI talk to these; only they talk to the store.
 
+mod catalogue;
+mod recommendations;
 pub mod revisions;
-mod service;
+mod serving;
+mod training;
 mod training_request;
 
-pub use service::{
-    PageOrder, Recommendation, RecommendationPage, ServedModel, Service, ServiceError, SimilarItem,
-    Source,
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use catalogue::Catalogue;
+pub use recommendations::{
+    PageOrder, Recommendation, RecommendationPage, Recommendations, SimilarItem, Source,
 };
+pub use serving::{ServedModel, Serving};
+pub use training::Training;
 pub use training_request::{ModelKind, TrainingRequest};
+
+use crate::metrics::Metrics;
+use crate::model::RatingScale;
+use crate::model_file::ModelFileError;
+use crate::store::{Backend, Store, StoreError};
+use revisions::RevisionError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A request that breaks a rule; the message names the field and the value.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Revision(#[from] RevisionError),
+    #[error("stored model is unreadable: {0}")]
+    ModelFile(#[from] ModelFileError),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// What the application needs to know beyond its store.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The scale every rating is on.
+    pub scale: RatingScale,
+    /// Training defaults; a retrain request's fields override them.
+    pub training: TrainingRequest,
+    /// Memory for rankings memoised per (model, user, ratings); 0 turns the cache off.
+    pub ranking_cache_bytes: u64,
+}
+
+/// The running application: its use cases over one store.
+pub struct Service {
+    store: Store,
+    metrics: Arc<Metrics>,
+    serving: Arc<Serving>,
+    catalogue: Arc<Catalogue>,
+    recommendations: Recommendations,
+    training: Arc<Training>,
+}
+
+/// Whether the service can answer: the database reached, and the model it serves.
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    pub status: &'static str,
+    pub database: Backend,
+    pub model_loaded: bool,
+    pub model_version: Option<i64>,
+}
+
+impl Service {
+    /// Opens the service on a migrated store: marks runs a stopped process left behind as failed
+    /// and loads the active model version, if any.
+    pub async fn start(store: Store, options: Options) -> Result<Arc<Self>, ServiceError> {
+        let metrics = Arc::new(Metrics::default());
+        let training_store = store.clone();
+        let serving = Serving::start(store.clone(), metrics.clone()).await?;
+        let training = Training::start(
+            training_store,
+            metrics.clone(),
+            serving.clone(),
+            options.scale,
+            options.training,
+        )
+        .await?;
+        let catalogue = Arc::new(Catalogue::new(
+            store.clone(),
+            metrics.clone(),
+            options.scale,
+        ));
+        let recommendations = Recommendations::new(
+            store.clone(),
+            metrics.clone(),
+            serving.clone(),
+            catalogue.clone(),
+            options.ranking_cache_bytes,
+        );
+        Ok(Arc::new(Self {
+            store,
+            metrics,
+            serving,
+            catalogue,
+            recommendations,
+            training,
+        }))
+    }
+
+    pub fn serving(&self) -> &Serving {
+        &self.serving
+    }
+
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    pub fn recommendations(&self) -> &Recommendations {
+        &self.recommendations
+    }
+
+    pub fn training(&self) -> &Arc<Training> {
+        &self.training
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Unavailable when the database does not answer.
+    pub async fn readiness(&self) -> Result<Readiness, StoreError> {
+        self.store.ping().await?;
+        let model = self.serving.current();
+        Ok(Readiness {
+            status: "ready",
+            database: self.store.backend(),
+            model_loaded: model.is_some(),
+            model_version: model.map(|m| m.version),
+        })
+    }
+
+    /// Closes the store's connections once requests are done.
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+}

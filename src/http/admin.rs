@@ -15,10 +15,11 @@ use subtle::ConstantTimeEq;
 use super::{ApiError, AppJson};
 use crate::app::Service;
 use crate::app::TrainingRequest;
+use crate::config::Secret;
 
 type AppState = State<Arc<Service>>;
 
-pub fn router(service: Arc<Service>) -> Router<Arc<Service>> {
+pub fn router(admin_token: Option<Secret>) -> Router<Arc<Service>> {
     Router::new()
         .route("/retrain", post(retrain))
         .route("/training-runs", get(runs))
@@ -26,16 +27,16 @@ pub fn router(service: Arc<Service>) -> Router<Arc<Service>> {
         .route("/training-runs/{id}/cancel", post(cancel))
         .route("/models", get(models))
         .route("/models/{version}/activate", post(activate))
-        .route_layer(middleware::from_fn_with_state(service, require_admin))
+        .route_layer(middleware::from_fn_with_state(admin_token, require_admin))
 }
 
 /// 403 when no token is configured, 401 without the right one; compared in constant time.
 async fn require_admin(
-    State(service): AppState,
+    State(admin_token): State<Option<Secret>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let Some(expected) = &service.settings.admin_token else {
+    let Some(expected) = &admin_token else {
         return Err(ApiError::AdminDisabled);
     };
     let given = request
@@ -75,32 +76,29 @@ async fn retrain(
             _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
         })?
     };
-    let run_id = service.start_retrain(overrides).await?;
+    let run_id = service.training().start_run(&overrides).await?;
     Ok((StatusCode::ACCEPTED, AppJson(json!({"run_id": run_id}))))
 }
 
 async fn runs(State(service): AppState) -> Result<impl IntoResponse, ApiError> {
-    let runs = service.store.runs(100).await?;
+    let runs = service.training().runs().await?;
     Ok(AppJson(json!({"runs": runs})))
 }
 
 async fn run(State(service): AppState, Path(id): Path<i64>) -> Result<impl IntoResponse, ApiError> {
-    match service.store.run(id).await? {
-        Some(run) => Ok(AppJson(run)),
-        None => Err(ApiError::NotFound(format!("no training run {id}"))),
-    }
+    Ok(AppJson(service.training().run(id).await?))
 }
 
 async fn cancel(
     State(service): AppState,
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let run = service.cancel_run(id).await?;
+    let run = service.training().cancel(id).await?;
     Ok((StatusCode::ACCEPTED, AppJson(run)))
 }
 
 async fn models(State(service): AppState) -> Result<impl IntoResponse, ApiError> {
-    let models = service.store.models().await?;
+    let models = service.serving().versions().await?;
     Ok(AppJson(json!({"models": models})))
 }
 
@@ -108,6 +106,6 @@ async fn activate(
     State(service): AppState,
     Path(version): Path<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
-    service.activate(version).await?;
+    service.serving().activate(version).await?;
     Ok(AppJson(json!({"version": version, "active": true})))
 }

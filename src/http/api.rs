@@ -95,7 +95,7 @@ async fn post_ratings(
     State(service): AppState,
     AppJson(body): AppJson<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let scale = service.settings.scale;
+    let scale = service.catalogue().scale();
     let ratings = match body.get("ratings") {
         Some(Value::Array(list)) => {
             if list.is_empty() || list.len() > MAX_BATCH {
@@ -122,7 +122,7 @@ async fn post_ratings(
         }
         None => vec![parse_rating(&body, "body", scale)?],
     };
-    let counts = service.post_ratings(ratings).await?;
+    let counts = service.catalogue().post_ratings(&ratings).await?;
     Ok(AppJson(counts))
 }
 
@@ -131,7 +131,7 @@ async fn user_ratings(
     Path(user_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("user_id", &user_id)?;
-    let (_, ratings) = service.store.user_ratings(&user_id).await?;
+    let ratings = service.catalogue().user_ratings(&user_id).await?;
     let ratings: Vec<Value> = ratings
         .into_iter()
         .map(|(item_id, rating)| json!({"item_id": item_id, "rating": rating}))
@@ -145,13 +145,11 @@ async fn delete_rating(
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("user_id", &user_id)?;
     check_id("item_id", &item_id)?;
-    if service.store.delete_rating(&user_id, &item_id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound(format!(
-            "user {user_id:?} has no rating for item {item_id:?}"
-        )))
-    }
+    service
+        .catalogue()
+        .delete_rating(&user_id, &item_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,7 +183,7 @@ async fn put_item(
         title: Some(body.title),
         metadata: body.metadata,
     };
-    let created = service.put_item(&item).await?;
+    let created = service.catalogue().put_item(&item).await?;
     Ok((
         if created {
             StatusCode::CREATED
@@ -201,10 +199,7 @@ async fn get_item(
     Path(item_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("item_id", &item_id)?;
-    match service.store.item(&item_id).await? {
-        Some(item) => Ok(AppJson(item)),
-        None => Err(ApiError::NotFound(format!("no item {item_id:?}"))),
-    }
+    Ok(AppJson(service.catalogue().item(&item_id).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,7 +255,8 @@ async fn recommendations(
         .collect();
     Ok(AppJson(
         service
-            .recommendations(&user_id, order, limit, offset, exclude)
+            .recommendations()
+            .page(&user_id, order, limit, offset, exclude)
             .await?,
     ))
 }
@@ -279,28 +275,24 @@ async fn similar_items(
     let Query(query) = query?;
     check_id("item_id", &item_id)?;
     let limit = check_limit(query.limit)?;
-    let items = service.similar_items(&item_id, limit).await?;
+    let items = service
+        .recommendations()
+        .similar_items(&item_id, limit)
+        .await?;
     Ok(AppJson(json!({"item_id": item_id, "items": items})))
 }
 
 async fn ready(State(service): AppState) -> Result<impl IntoResponse, ApiError> {
-    service
-        .store
-        .ping()
+    let readiness = service
+        .readiness()
         .await
         .map_err(|e| ApiError::Unavailable(format!("database unreachable: {e}")))?;
-    let model = service.model();
-    Ok(AppJson(json!({
-        "status": "ready",
-        "database": service.store.backend(),
-        "model_loaded": model.is_some(),
-        "model_version": model.map(|m| m.version),
-    })))
+    Ok(AppJson(readiness))
 }
 
 async fn metrics(State(service): AppState) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        service.metrics.render(),
+        service.metrics().render(),
     )
 }

@@ -22,8 +22,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
-    #[error("the request took longer than {0} s")]
-    Timeout(u64),
+    #[error("the request took longer than {}", humantime::format_duration(*.0))]
+    Timeout(std::time::Duration),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]

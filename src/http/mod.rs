@@ -7,18 +7,21 @@ mod error;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Router, extract::DefaultBodyLimit};
 use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
 use crate::app::Service;
+use crate::config::Settings;
 
 /// Largest accepted request body: 10,000 ratings with long ids fit.
 const BODY_LIMIT: usize = 4 << 20;
@@ -55,22 +58,34 @@ impl<T: serde::Serialize> IntoResponse for AppJson<T> {
     }
 }
 
-pub fn router(service: Arc<Service>) -> Router {
+/// The routes and the layers every request goes through.
+pub fn router(service: Arc<Service>, settings: &Settings) -> Router {
     Router::new()
         .merge(api::router())
-        .nest("/admin", admin::router(service.clone()))
+        .nest("/admin", admin::router(settings.admin_token.clone()))
         .fallback(|| async { ApiError::NotFound("no such route".to_string()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".to_string())
         })
-        .layer(middleware::from_fn_with_state(service.clone(), observe))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            settings.request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            (service.clone(), settings.request_timeout),
+            observe,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TraceLayer::new_for_http())
         .with_state(service)
 }
 
-/// Answers 408 past the configured timeout and records latency per route.
-async fn observe(State(service): State<Arc<Service>>, request: Request, next: Next) -> Response {
+/// Records latency per route, and gives the timeout layer's bare 408 the API's error body.
+async fn observe(
+    State((service, timeout)): State<(Arc<Service>, Duration)>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
     let route = request
@@ -78,12 +93,13 @@ async fn observe(State(service): State<Arc<Service>>, request: Request, next: Ne
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
-    let timeout = service.settings.request_timeout;
-    let response = match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout(timeout.as_secs()).into_response(),
-    };
-    service.metrics.observe(
+    let mut response = next.run(request).await;
+    if response.status() == StatusCode::REQUEST_TIMEOUT
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        response = ApiError::Timeout(timeout).into_response();
+    }
+    service.metrics().observe(
         &method,
         &route,
         response.status().as_u16(),
@@ -99,11 +115,11 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn bind(service: Arc<Service>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(service.settings.bind).await?;
+    pub async fn bind(service: Arc<Service>, settings: &Settings) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(settings.bind).await?;
         Ok(Self {
             listener,
-            router: router(service),
+            router: router(service, settings),
         })
     }
 

@@ -225,3 +225,18 @@ async fn health_and_metrics_answer(app: TestApp) {
     assert!(text.contains("ratings_written_total 1"), "{text}");
 }
 on_both_backends!(health_and_metrics_answer);
+
+/// A request past the configured timeout is answered 408 with the API's error body. Writing
+/// 10,000 ratings takes far longer than the timeout's millisecond (tokio's timer resolution).
+async fn a_request_past_the_timeout_gets_a_json_408(backend: crate::Backend) {
+    let app = crate::spawn_app_timing_out(backend, std::time::Duration::from_millis(1)).await;
+    let ratings: Vec<Value> = (0..10_000)
+        .map(|n| json!({"user_id": format!("u{}", n % 100), "item_id": format!("i{n}"), "rating": 3}))
+        .collect();
+    let (status, body) = app
+        .call("POST", "/ratings", Some(json!({"ratings": ratings})), false)
+        .await;
+    assert_eq!((status, code(&body)), (408, "timeout"), "{body}");
+    assert_eq!(body["error"]["message"], "the request took longer than 1ms");
+}
+on_both_backends!(backend a_request_past_the_timeout_gets_a_json_408);

@@ -143,6 +143,15 @@ pub async fn spawn_app_training(backend: Backend, training: TrainingRequest) -> 
     spawn_app_on(url, database, tune).await
 }
 
+/// An app whose requests time out after `timeout`.
+pub async fn spawn_app_timing_out(backend: Backend, timeout: Duration) -> TestApp {
+    let (url, database) = fresh_database(backend).await;
+    spawn_app_on(url, database, move |settings: &mut Settings| {
+        settings.request_timeout = timeout
+    })
+    .await
+}
+
 fn settings_for(admin_token: Option<&str>) -> impl FnOnce(&mut Settings) {
     let token = admin_token.map(str::to_string);
     move |settings: &mut Settings| settings.admin_token = token.map(|t| t.parse().unwrap())
@@ -169,8 +178,8 @@ async fn spawn_app_on(
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    let service = Service::start(store, settings).await.unwrap();
-    let app = Application::bind(service).await.unwrap();
+    let service = Service::start(store, settings.options()).await.unwrap();
+    let app = Application::bind(service, &settings).await.unwrap();
     let base = format!("http://{}", app.local_addr().unwrap());
     tokio::spawn(app.run_until_stopped());
     TestApp {

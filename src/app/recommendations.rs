@@ -1,0 +1,362 @@
+//! Recommendations from the active model: the user's ratings read as they are now, rankings
+//! memoised per (model, user, revision), the popular fallback, and similar items.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::ServiceError;
+use super::catalogue::Catalogue;
+use super::revisions::Revisions;
+use super::serving::{ServedModel, Serving};
+use crate::metrics::Metrics;
+use crate::model::{Order, Ranked, Recommender, Scratch};
+use crate::store::Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Model,
+    Popular,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Recommendation {
+    pub item_id: String,
+    pub title: Option<String>,
+    /// What the list is ordered by: the relevance under `Order::Score`, else the expected rating
+    /// (popular items: the number of ratings). f32, as the model computes them, so that JSON
+    /// carries the shortest digits that give back the same value.
+    pub score: f32,
+    pub expected_rating: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecommendationPage {
+    pub user_id: String,
+    pub model_version: Option<i64>,
+    pub source: Source,
+    /// The order the list is in; "popularity" for the popular fallback.
+    pub order: PageOrder,
+    pub items: Vec<Recommendation>,
+}
+
+/// The order of a page: one of the model's, or the popular fallback's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PageOrder {
+    Score,
+    ExpectedRating,
+    Popularity,
+}
+
+impl From<Order> for PageOrder {
+    fn from(order: Order) -> Self {
+        match order {
+            Order::Score => PageOrder::Score,
+            Order::ExpectedRating => PageOrder::ExpectedRating,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SimilarItem {
+    pub item_id: String,
+    pub title: Option<String>,
+    pub similarity: f32,
+}
+
+pub struct Recommendations {
+    store: Store,
+    metrics: Arc<Metrics>,
+    serving: Arc<Serving>,
+    catalogue: Arc<Catalogue>,
+    rankings: RankingCache,
+    revisions: Revisions,
+}
+
+/// Revision reads in flight at once; more requests than this share statements.
+const REVISION_STATEMENTS: usize = 2;
+
+/// A user's best items in one order (score desc, item id asc), rated items left out; `complete`
+/// when it holds every candidate rather than the best `RANKING_DEPTH` or more.
+struct RankedItems {
+    entries: Vec<Ranked>,
+    complete: bool,
+}
+
+type Ranking = Arc<RankedItems>;
+
+/// (model version, order, user id, the user's revision).
+type RankingKey = (i64, Order, String, i64);
+
+/// Rankings memoised by (model version, order, user, the user's revision as read at request
+/// time). A ranking depends on nothing else, and the database moves the revision with every change
+/// to the user's ratings, so a hit answers exactly what scoring the current ratings would. Bounded
+/// by bytes.
+type RankingCache = moka::sync::Cache<RankingKey, Ranking>;
+
+/// Entries kept per cached ranking; deeper pages are scored afresh. Small enough that the screened
+/// top-n pass pays (it scores exactly only the items that can reach the list).
+const RANKING_DEPTH: usize = 100;
+
+thread_local! {
+    /// Scoring buffers, reused by each blocking-pool thread from request to request.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+impl Recommendations {
+    pub(super) fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        serving: Arc<Serving>,
+        catalogue: Arc<Catalogue>,
+        cache_bytes: u64,
+    ) -> Self {
+        let rankings = moka::sync::Cache::builder()
+            .max_capacity(cache_bytes)
+            .weigher(|(_, _, user, _): &RankingKey, ranking: &Ranking| {
+                (user.len() + 64 + ranking.entries.len() * std::mem::size_of::<Ranked>())
+                    .try_into()
+                    .unwrap_or(u32::MAX)
+            })
+            .build();
+        Self {
+            revisions: Revisions::start(store.clone(), REVISION_STATEMENTS),
+            store,
+            metrics,
+            serving,
+            catalogue,
+            rankings,
+        }
+    }
+
+    /// The user's top unrated items under the active model in `order` (the model's default order
+    /// if None), from the user's ratings as they are in the store now; the most popular items
+    /// when there is no model or the model knows none of the user's items.
+    pub async fn page(
+        &self,
+        user_id: &str,
+        order: Option<Order>,
+        limit: usize,
+        offset: usize,
+        exclude: HashSet<String>,
+    ) -> Result<RecommendationPage, ServiceError> {
+        let model = self.serving.current();
+        let mut ordered = None;
+        let mut ratings = None;
+        if let Some(served) = &model {
+            let mut scored;
+            let order = order.unwrap_or_else(|| served.recommender.default_order());
+            // A model that did not learn choice ranks by expected rating whatever is asked.
+            let order = match served.recommender.ranking_weight {
+                Some(_) => order,
+                None => Order::ExpectedRating,
+            };
+            // One indexed read tells whether a ranking computed earlier still matches the user's
+            // ratings; only when it does not are they read and the catalogue scored.
+            let revision = self.revisions.get(user_id).await?;
+            let key = (served.version, order, user_id.to_string(), revision);
+            scored = self.cached_page(served, key, limit, offset, &exclude);
+            if scored.is_none() {
+                let (revision, read) = self.store.user_ratings(user_id).await?;
+                let key = (served.version, order, user_id.to_string(), revision);
+                scored = self
+                    .score(served.clone(), key, &read, limit, offset, &exclude)
+                    .await?;
+                ratings = Some(read);
+            }
+            ordered = scored.take().map(|items| (order, items));
+        }
+        let (source, order, mut items) = match ordered {
+            Some((order, items)) => (Source::Model, PageOrder::from(order), items),
+            None => {
+                let ratings = match ratings {
+                    Some(ratings) => ratings,
+                    None => self.store.user_ratings(user_id).await?.1,
+                };
+                let mut skip = exclude;
+                skip.extend(ratings.into_iter().map(|(item, _)| item));
+                let popular = self.store.popular_items(limit, offset, &skip).await?;
+                let items = popular
+                    .into_iter()
+                    .map(|p| Recommendation {
+                        item_id: p.item_id,
+                        title: None,
+                        score: p.ratings as f32,
+                        expected_rating: p.mean_rating as f32,
+                    })
+                    .collect();
+                (Source::Popular, PageOrder::Popularity, items)
+            }
+        };
+        let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
+        let titles = self.catalogue.titles(&ids).await?;
+        for item in &mut items {
+            item.title = titles.get(&item.item_id).cloned();
+        }
+        Ok(RecommendationPage {
+            user_id: user_id.to_string(),
+            model_version: model.map(|m| m.version),
+            source,
+            order,
+            items,
+        })
+    }
+
+    /// The items most like `item_id`: the list of a user whose one rating is its top rating.
+    pub async fn similar_items(
+        &self,
+        item_id: &str,
+        limit: usize,
+    ) -> Result<Vec<SimilarItem>, ServiceError> {
+        let Some(served) = self.serving.current() else {
+            return Err(ServiceError::NotFound(
+                "no model has been trained yet".to_string(),
+            ));
+        };
+        let Some(index) = served.recommender.items.get(item_id) else {
+            return Err(ServiceError::NotFound(format!(
+                "item {item_id:?} is not in the active model"
+            )));
+        };
+        let model = served.clone();
+        let similar = tokio::task::spawn_blocking(move || {
+            model
+                .recommender
+                .similar_items(index, limit)
+                .into_iter()
+                .map(|(i, similarity)| (model.recommender.items.id(i).to_string(), similarity))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?;
+        let ids: Vec<&str> = similar.iter().map(|(id, _)| id.as_str()).collect();
+        let titles = self.catalogue.titles(&ids).await?;
+        Ok(similar
+            .into_iter()
+            .map(|(item_id, similarity)| SimilarItem {
+                title: titles.get(&item_id).cloned(),
+                item_id,
+                similarity,
+            })
+            .collect())
+    }
+
+    /// The page from the ranking cached for this (model, user, revision), if it is deep enough.
+    fn cached_page(
+        &self,
+        served: &ServedModel,
+        key: RankingKey,
+        limit: usize,
+        offset: usize,
+        exclude: &HashSet<String>,
+    ) -> Option<Vec<Recommendation>> {
+        let ranking = self.rankings.get(&key);
+        self.metrics.count_ranking_lookup(ranking.is_some());
+        let ranking = ranking?;
+        let excluded = excluded_indices(&served.recommender, exclude);
+        (ranking.complete || offset + limit + excluded.len() <= ranking.entries.len())
+            .then(|| page(&served.recommender, &ranking, &excluded, limit, offset))
+    }
+
+    /// Scores the catalogue in the key's order for the user's ratings (read at the key's
+    /// revision) on the blocking pool, caches the ranking and returns the page. None if the model
+    /// knows none of the rated items.
+    async fn score(
+        &self,
+        served: Arc<ServedModel>,
+        key: RankingKey,
+        ratings: &[(String, f64)],
+        limit: usize,
+        offset: usize,
+        exclude: &HashSet<String>,
+    ) -> Result<Option<Vec<Recommendation>>, ServiceError> {
+        let model = &served.recommender;
+        let mut rated: Vec<(u32, u8)> = ratings
+            .iter()
+            .filter_map(|(item, value)| {
+                let index = model.items.get(item)?;
+                model
+                    .scale
+                    .class_of(*value as f32)
+                    .ok()
+                    .map(|class| (index, class))
+            })
+            .collect();
+        if rated.is_empty() {
+            return Ok(None);
+        }
+        rated.sort_unstable();
+        let excluded = excluded_indices(model, exclude);
+        let depth = RANKING_DEPTH.max(offset + limit + excluded.len());
+        let user = model.users.get(&key.2);
+        let scoring = served.clone();
+        let order = key.1;
+        let entries = tokio::task::spawn_blocking(move || {
+            rank(&scoring.recommender, order, user, &rated, depth)
+        })
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?;
+        let ranking = Arc::new(RankedItems {
+            complete: entries.len() < depth,
+            entries,
+        });
+        self.rankings.insert(key, ranking.clone());
+        Ok(Some(page(model, &ranking, &excluded, limit, offset)))
+    }
+}
+
+fn excluded_indices(model: &Recommender, exclude: &HashSet<String>) -> HashSet<u32> {
+    exclude
+        .iter()
+        .filter_map(|id| model.items.get(id))
+        .collect()
+}
+
+/// Entries `offset..offset + limit` of a ranking once `excluded` items are dropped.
+fn page(
+    model: &Recommender,
+    ranking: &RankedItems,
+    excluded: &HashSet<u32>,
+    limit: usize,
+    offset: usize,
+) -> Vec<Recommendation> {
+    ranking
+        .entries
+        .iter()
+        .filter(|r| !excluded.contains(&r.item))
+        .skip(offset)
+        .take(limit)
+        .map(|r| Recommendation {
+            item_id: model.items.id(r.item).to_string(),
+            title: None,
+            score: r.score,
+            expected_rating: r.expected_rating,
+        })
+        .collect()
+}
+
+/// Scores every item for a user with these ratings and returns the best `depth`, best first, ties
+/// by item id, rated items left out.
+fn rank(
+    model: &Recommender,
+    order: Order,
+    user: Option<u32>,
+    rated: &[(u32, u8)],
+    depth: usize,
+) -> Vec<Ranked> {
+    let (items, classes): (Vec<u32>, Vec<u8>) = rated.iter().copied().unzip();
+    SCRATCH.with(|scratch| {
+        model.top_n(
+            order,
+            user,
+            &items,
+            &classes,
+            depth,
+            |a, b| model.items.id(a).cmp(model.items.id(b)),
+            &mut scratch.borrow_mut(),
+        )
+    })
+}

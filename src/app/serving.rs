@@ -1,0 +1,154 @@
+//! Serving the active model: the slot every request reads its model from, installing stored
+//! versions into it (at start, on activation, on another process's announcement), and the
+//! versions on record.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+
+use super::ServiceError;
+use crate::metrics::Metrics;
+use crate::model::Recommender;
+use crate::model_file::ModelFile;
+use crate::store::{ModelAnnouncements, ModelInfo, Store};
+
+/// A model version being served.
+pub struct ServedModel {
+    pub version: i64,
+    pub recommender: Recommender,
+}
+
+pub struct Serving {
+    store: Store,
+    metrics: Arc<Metrics>,
+    slot: ArcSwapOption<ServedModel>,
+}
+
+impl Serving {
+    /// Serves the store's active version, if any, and from then on whichever version another
+    /// process sharing the database activates.
+    pub(super) async fn start(
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, ServiceError> {
+        let serving = Arc::new(Self {
+            store,
+            metrics,
+            slot: ArcSwapOption::empty(),
+        });
+        // Subscribed before the active model is read, so no activation elsewhere falls between.
+        if let Some(announcements) = serving.store.model_announcements().await? {
+            tokio::spawn(follow(Arc::downgrade(&serving), announcements));
+        }
+        if let Some((version, blob)) = serving.store.active_model().await? {
+            match serving.install(version, blob).await {
+                Ok(()) => tracing::info!(version, "loaded the active model"),
+                Err(error) => {
+                    tracing::error!(version, %error, "cannot load the active model; serving popular items")
+                }
+            }
+        }
+        Ok(serving)
+    }
+
+    /// The model requests are served from now; requests keep the one they started with.
+    pub fn current(&self) -> Option<Arc<ServedModel>> {
+        self.slot.load_full()
+    }
+
+    /// Every stored model version, newest first.
+    pub async fn versions(&self) -> Result<Vec<ModelInfo>, ServiceError> {
+        Ok(self.store.models().await?)
+    }
+
+    /// Makes a stored model version the active one (also a rollback).
+    pub async fn activate(&self, version: i64) -> Result<(), ServiceError> {
+        self.install_stored(version).await?;
+        self.store.activate_model(version).await?;
+        self.announce(version).await;
+        tracing::info!(version, "activated model");
+        Ok(())
+    }
+
+    /// Serves a freshly trained, stored version and makes it the active one everywhere.
+    pub(super) async fn publish(
+        &self,
+        version: i64,
+        recommender: Recommender,
+    ) -> Result<(), ServiceError> {
+        self.store.activate_model(version).await?;
+        self.put(version, recommender);
+        self.announce(version).await;
+        Ok(())
+    }
+
+    /// Installs the active version unless it is already served.
+    async fn load_active(&self) -> Result<(), ServiceError> {
+        let Some(version) = self.store.active_version().await? else {
+            return Ok(());
+        };
+        if self
+            .current()
+            .is_some_and(|served| served.version == version)
+        {
+            return Ok(());
+        }
+        self.install_stored(version).await?;
+        tracing::info!(version, "now serving the model another process activated");
+        Ok(())
+    }
+
+    /// Reads a stored model version and installs it.
+    async fn install_stored(&self, version: i64) -> Result<(), ServiceError> {
+        let blob = self
+            .store
+            .model_blob(version)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no model version {version}")))?;
+        self.install(version, blob).await
+    }
+
+    /// Decodes a model blob off the async threads and swaps it in.
+    async fn install(&self, version: i64, blob: Vec<u8>) -> Result<(), ServiceError> {
+        let file = tokio::task::spawn_blocking(move || ModelFile::from_bytes(&blob))
+            .await
+            .map_err(|e| ServiceError::Task(e.to_string()))??;
+        self.put(version, file.recommender);
+        Ok(())
+    }
+
+    fn put(&self, version: i64, recommender: Recommender) {
+        self.slot.store(Some(Arc::new(ServedModel {
+            version,
+            recommender,
+        })));
+        self.metrics.set_model_version(version);
+    }
+
+    /// Tells the other processes sharing the database to serve `version`, which is active
+    /// already; if that fails they still load it when they start.
+    async fn announce(&self, version: i64) {
+        if let Err(error) = self.store.announce_model(version).await {
+            tracing::warn!(version, %error, "cannot announce the active model to other processes");
+        }
+    }
+}
+
+/// Re-reads the active version after each announcement, for as long as the service lives.
+async fn follow(serving: Weak<Serving>, mut announcements: ModelAnnouncements) {
+    loop {
+        let heard = announcements.next().await;
+        let Some(serving) = serving.upgrade() else {
+            return;
+        };
+        let followed = match heard {
+            Ok(()) => serving.load_active().await,
+            Err(error) => Err(error.into()),
+        };
+        if let Err(error) = followed {
+            tracing::warn!(%error, "cannot follow the active model; retrying in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}

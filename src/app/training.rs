@@ -1,0 +1,379 @@
+//! Training runs: one at a time per database, on the blocking pool, with their lifecycle and
+//! per-epoch progress on record; a finished run's model is stored and served.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::ServiceError;
+use super::serving::Serving;
+use super::training_request::TrainingRequest;
+use crate::metrics::Metrics;
+use crate::model::{Dataset, EpochStats, ModelError, RatingScale, Recommender, Side};
+use crate::model_file::ModelFile;
+use crate::store::{RunStatus, Store, TrainingRun};
+
+/// Runs listed by `runs`, newest first.
+const LISTED_RUNS: i64 = 100;
+
+pub struct Training {
+    store: Store,
+    metrics: Arc<Metrics>,
+    serving: Arc<Serving>,
+    scale: RatingScale,
+    /// What a run is trained with where its request says nothing (the server's flags).
+    defaults: TrainingRequest,
+    active: Mutex<Option<ActiveRun>>,
+}
+
+struct ActiveRun {
+    id: i64,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Training {
+    /// Marks runs a stopped process left behind as failed.
+    pub(super) async fn start(
+        store: Store,
+        metrics: Arc<Metrics>,
+        serving: Arc<Serving>,
+        scale: RatingScale,
+        defaults: TrainingRequest,
+    ) -> Result<Arc<Self>, ServiceError> {
+        let abandoned = store.fail_abandoned_runs().await?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "marked training runs of a previous process as failed"
+            );
+        }
+        Ok(Arc::new(Self {
+            store,
+            metrics,
+            serving,
+            scale,
+            defaults,
+            active: Mutex::new(None),
+        }))
+    }
+
+    /// Starts a training run in the background with `overrides` over the server's defaults;
+    /// invalid if the result breaks a rule, a conflict while another run is going.
+    pub async fn start_run(
+        self: &Arc<Self>,
+        overrides: &TrainingRequest,
+    ) -> Result<i64, ServiceError> {
+        let request = self.defaults.overlay(overrides);
+        request
+            .check()
+            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        {
+            let mut active = self.active.lock().expect("training lock");
+            if let Some(run) = active.as_ref() {
+                return Err(ServiceError::Conflict(format!(
+                    "training run {} is still going",
+                    run.id
+                )));
+            }
+            // Claim the slot before the first await so two requests cannot both start a run.
+            *active = Some(ActiveRun {
+                id: 0,
+                cancel: cancel.clone(),
+            });
+        }
+        let release = |error: ServiceError| {
+            *self.active.lock().expect("training lock") = None;
+            Err(error)
+        };
+        // Processes sharing a PostgreSQL database train one at a time.
+        let lock = match self.store.try_training_lock().await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                return release(ServiceError::Conflict(
+                    "another process sharing the database is training".to_string(),
+                ));
+            }
+            Err(error) => return release(error.into()),
+        };
+        let params = serde_json::to_value(&request).expect("a request serialises");
+        let run_id = match self.store.create_run(&params).await {
+            Ok(id) => id,
+            Err(error) => return release(error.into()),
+        };
+        if let Some(run) = self.active.lock().expect("training lock").as_mut() {
+            run.id = run_id;
+        }
+        let training = self.clone();
+        tokio::spawn(async move {
+            let progress = Arc::new(Mutex::new(Progress::default()));
+            let outcome = match training
+                .store
+                .update_run(
+                    run_id,
+                    RunStatus::Running,
+                    &serde_json::json!({}),
+                    None,
+                    None,
+                )
+                .await
+            {
+                Ok(()) => {
+                    training
+                        .train(run_id, request, cancel, progress.clone())
+                        .await
+                }
+                Err(error) => Err(TrainError::failed(error)),
+            };
+            // Free before the run is recorded as ended, so that whoever sees it ended can start
+            // the next one here or in another process.
+            *training.active.lock().expect("training lock") = None;
+            drop(lock);
+            training.metrics.set_training_progress(0, 0);
+            training.finish(run_id, outcome, &progress).await;
+        });
+        Ok(run_id)
+    }
+
+    /// Asks a running training run to stop at the end of its current epoch.
+    pub async fn cancel(&self, run_id: i64) -> Result<TrainingRun, ServiceError> {
+        let run = self.run(run_id).await?;
+        let active = self.active.lock().expect("training lock");
+        match active.as_ref() {
+            Some(active) if active.id == run_id => {
+                active.cancel.store(true, Ordering::Relaxed);
+                Ok(run)
+            }
+            _ => Err(ServiceError::Conflict(format!(
+                "training run {run_id} is {} and cannot be cancelled",
+                run.status
+            ))),
+        }
+    }
+
+    pub async fn run(&self, run_id: i64) -> Result<TrainingRun, ServiceError> {
+        self.store
+            .run(run_id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("no training run {run_id}")))
+    }
+
+    /// The latest runs, newest first.
+    pub async fn runs(&self) -> Result<Vec<TrainingRun>, ServiceError> {
+        Ok(self.store.runs(LISTED_RUNS).await?)
+    }
+
+    /// Retrains every `every` with the server's defaults, skipping a tick while a run is going.
+    pub fn spawn_periodic(self: &Arc<Self>, every: std::time::Duration) {
+        let training = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                match training.start_run(&TrainingRequest::default()).await {
+                    Ok(run_id) => tracing::info!(run_id, "started periodic retraining"),
+                    Err(error) => tracing::info!(%error, "skipped periodic retraining"),
+                }
+            }
+        });
+    }
+
+    /// Records how the run ended.
+    async fn finish(
+        &self,
+        run_id: i64,
+        outcome: Result<i64, TrainError>,
+        progress: &Mutex<Progress>,
+    ) {
+        let progress = progress.lock().expect("progress lock").to_json();
+        let recorded = match outcome {
+            Ok(version) => {
+                tracing::info!(run_id, version, "training run succeeded; new model active");
+                self.store
+                    .update_run(run_id, RunStatus::Succeeded, &progress, None, Some(version))
+                    .await
+            }
+            Err(TrainError::Cancelled) => {
+                self.store
+                    .update_run(run_id, RunStatus::Cancelled, &progress, None, None)
+                    .await
+            }
+            Err(TrainError::Failed(message)) => {
+                tracing::warn!(run_id, %message, "training run failed");
+                self.store
+                    .update_run(run_id, RunStatus::Failed, &progress, Some(&message), None)
+                    .await
+            }
+        };
+        if let Err(error) = recorded {
+            tracing::error!(run_id, %error, "cannot record how the training run ended");
+        }
+    }
+
+    /// Snapshot → train on the blocking pool (progress streamed to the run record) → store the
+    /// model version → serve it.
+    async fn train(
+        &self,
+        run_id: i64,
+        request: TrainingRequest,
+        cancel: Arc<AtomicBool>,
+        progress: Arc<Mutex<Progress>>,
+    ) -> Result<i64, TrainError> {
+        let rows = self.store.all_ratings().await.map_err(TrainError::failed)?;
+        let scale = self.scale;
+        // Hashing every id into the data set's maps is CPU work proportional to the ratings.
+        let data = tokio::task::spawn_blocking(move || {
+            Dataset::from_rows(
+                scale,
+                rows.iter()
+                    .map(|(u, i, r)| (u.as_str(), i.as_str(), *r as f32)),
+            )
+        })
+        .await
+        .map_err(TrainError::failed)?
+        .map_err(TrainError::failed)?;
+        if data.ratings.is_empty() {
+            return Err(TrainError::Failed(
+                "there are no ratings to train on".to_string(),
+            ));
+        }
+        let config = request
+            .config(data.ratings.len(), data.users.len())
+            .map_err(TrainError::failed)?;
+        let (sender, mut receiver) = mpsc::unbounded_channel::<(Side, EpochStats)>();
+        let trainer = tokio::task::spawn_blocking({
+            let config = config.clone();
+            move || {
+                let trained = Recommender::train(&data, &config, |side, stats| {
+                    let _ = sender.send((side, stats.clone()));
+                    if cancel.load(Ordering::Relaxed) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })?;
+                let metrics = ModelMetrics {
+                    valid_rmse: trained.valid_rmse,
+                    best_epoch: trained.user_fit.best_epoch,
+                    n_train: data.ratings.len(),
+                    users: data.users.len(),
+                    items: data.items.len(),
+                };
+                let metrics = serde_json::to_value(metrics).expect("metrics serialise");
+                let file = ModelFile {
+                    recommender: trained.recommender,
+                    config,
+                    metrics: metrics.clone(),
+                };
+                let blob = file.to_bytes().map_err(|e| ModelError::InvalidParameter {
+                    name: "model",
+                    value: e.to_string(),
+                    rule: "must serialise",
+                })?;
+                Ok::<_, ModelError>((file.recommender, metrics, blob))
+            }
+        });
+        while let Some((side, stats)) = receiver.recv().await {
+            let snapshot = {
+                let mut progress = progress.lock().expect("progress lock");
+                progress.record(side, &stats);
+                progress.to_json()
+            };
+            self.metrics
+                .set_training_progress(stats.epoch, stats.epochs);
+            if let Err(error) = self
+                .store
+                .update_run(run_id, RunStatus::Running, &snapshot, None, None)
+                .await
+            {
+                tracing::warn!(run_id, %error, "cannot record training progress");
+            }
+        }
+        let (recommender, metrics, blob) = match trainer.await {
+            Ok(Ok(done)) => done,
+            Ok(Err(ModelError::Cancelled)) => return Err(TrainError::Cancelled),
+            Ok(Err(error)) => return Err(TrainError::failed(error)),
+            Err(join) => {
+                return Err(TrainError::Failed(format!(
+                    "training thread failed: {join}"
+                )));
+            }
+        };
+        let params = serde_json::to_value(&config).expect("a configuration serialises");
+        let version = self
+            .store
+            .insert_model(&params, &metrics, blob)
+            .await
+            .map_err(TrainError::failed)?;
+        self.serving
+            .publish(version, recommender)
+            .await
+            .map_err(TrainError::failed)?;
+        Ok(version)
+    }
+}
+
+enum TrainError {
+    Cancelled,
+    Failed(String),
+}
+
+impl TrainError {
+    fn failed(error: impl std::fmt::Display) -> Self {
+        Self::Failed(error.to_string())
+    }
+}
+
+/// What a stored model version records of its training.
+#[derive(Serialize)]
+struct ModelMetrics {
+    valid_rmse: Option<f64>,
+    best_epoch: usize,
+    n_train: usize,
+    users: usize,
+    items: usize,
+}
+
+/// One epoch of one RBM in a run's `progress`.
+#[derive(Serialize)]
+struct EpochRecord {
+    epoch: usize,
+    train_rmse: f64,
+    valid_rmse: Option<f64>,
+}
+
+/// Per-epoch history of a run, as stored in its `progress`.
+#[derive(Default, Serialize)]
+struct Progress {
+    /// The RBM being trained now.
+    rbm: Option<Side>,
+    epoch: usize,
+    epochs: usize,
+    user: Vec<EpochRecord>,
+    item: Vec<EpochRecord>,
+}
+
+impl Progress {
+    fn record(&mut self, side: Side, stats: &EpochStats) {
+        self.rbm = Some(side);
+        self.epoch = stats.epoch;
+        self.epochs = stats.epochs;
+        let record = EpochRecord {
+            epoch: stats.epoch,
+            train_rmse: stats.train_rmse,
+            valid_rmse: stats.valid_rmse,
+        };
+        match side {
+            Side::User => self.user.push(record),
+            Side::Item => self.item.push(record),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("progress serialises")
+    }
+}

@@ -133,6 +133,14 @@ impl Service {
         &self.metrics
     }
 
+    /// The metrics in the OpenMetrics text format, with the gauges read at scrape time brought up
+    /// to date.
+    pub fn metrics_text(&self) -> String {
+        self.metrics
+            .set_ranking_cache_bytes(self.recommendations.cache_bytes());
+        self.metrics.render()
+    }
+
     /// Unavailable when the database does not answer.
     pub async fn readiness(&self) -> Result<Readiness, StoreError> {
         self.store.ping().await?;

@@ -107,6 +107,13 @@ thread_local! {
 }
 
 impl Recommendations {
+    /// Memory the ranking cache holds, as its weigher counts it (after applying the inserts
+    /// the cache has not yet counted).
+    pub(super) fn cache_bytes(&self) -> u64 {
+        self.rankings.run_pending_tasks();
+        self.rankings.weighted_size()
+    }
+
     pub(super) fn new(
         store: Store,
         metrics: Arc<Metrics>,
@@ -123,7 +130,7 @@ impl Recommendations {
             })
             .build();
         Self {
-            revisions: Revisions::start(store.clone(), REVISION_STATEMENTS),
+            revisions: Revisions::start(store.clone(), REVISION_STATEMENTS, metrics.clone()),
             store,
             metrics,
             serving,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// Users read by one statement at most.
@@ -37,9 +38,9 @@ pub struct Revisions {
 impl Revisions {
     /// Starts the reader task on the current tokio runtime, with up to `in_flight` statements
     /// running at once. It stops when the last handle is dropped.
-    pub fn start(store: Store, in_flight: usize) -> Self {
+    pub fn start(store: Store, in_flight: usize, metrics: Arc<Metrics>) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
-        tokio::spawn(read_batches(store, waiting, in_flight.max(1)));
+        tokio::spawn(read_batches(store, waiting, in_flight.max(1), metrics));
         Self { queue }
     }
 
@@ -61,6 +62,7 @@ async fn read_batches(
     store: Store,
     mut waiting: mpsc::Receiver<(String, Reply)>,
     in_flight: usize,
+    metrics: Arc<Metrics>,
 ) {
     let statements = Arc::new(Semaphore::new(in_flight));
     while let Some(first) = waiting.recv().await {
@@ -77,6 +79,7 @@ async fn read_batches(
                 Err(_) => break,
             }
         }
+        metrics.observe_revision_batch(batch.len());
         let store = store.clone();
         tokio::spawn(async move {
             let users: Vec<&str> = batch.iter().map(|(user, _)| user.as_str()).collect();

@@ -76,9 +76,10 @@ impl Serving {
         &self,
         version: i64,
         recommender: Recommender,
+        bytes: usize,
     ) -> Result<(), ServiceError> {
         self.store.activate_model(version).await?;
-        self.put(version, recommender);
+        self.put(version, recommender, bytes);
         self.announce(version).await;
         Ok(())
     }
@@ -111,19 +112,20 @@ impl Serving {
 
     /// Decodes a model blob off the async threads and swaps it in.
     async fn install(&self, version: i64, blob: Vec<u8>) -> Result<(), ServiceError> {
+        let bytes = blob.len();
         let file = tokio::task::spawn_blocking(move || ModelFile::from_bytes(&blob))
             .await
             .map_err(|e| ServiceError::Task(e.to_string()))??;
-        self.put(version, file.recommender);
+        self.put(version, file.recommender, bytes);
         Ok(())
     }
 
-    fn put(&self, version: i64, recommender: Recommender) {
+    fn put(&self, version: i64, recommender: Recommender, bytes: usize) {
         self.slot.store(Some(Arc::new(ServedModel {
             version,
             recommender,
         })));
-        self.metrics.set_model_version(version);
+        self.metrics.set_model(version, bytes);
     }
 
     /// Tells the other processes sharing the database to serve `version`, which is active

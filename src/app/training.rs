@@ -132,7 +132,7 @@ impl Training {
             // the next one here or in another process.
             *training.active.lock().expect("training lock") = None;
             drop(lock);
-            training.metrics.set_training_progress(0, 0);
+            training.metrics.training_stopped();
             training.finish(run_id, outcome, &progress).await;
         });
         Ok(run_id)
@@ -283,8 +283,7 @@ impl Training {
                 progress.record(side, &stats);
                 progress.to_json()
             };
-            self.metrics
-                .set_training_progress(stats.epoch, stats.epochs);
+            self.metrics.record_epoch(side, &stats);
             if let Err(error) = self
                 .store
                 .update_run(run_id, RunStatus::Running, &snapshot, None, None)
@@ -304,13 +303,14 @@ impl Training {
             }
         };
         let params = serde_json::to_value(&config).expect("a configuration serialises");
+        let bytes = blob.len();
         let version = self
             .store
             .insert_model(&params, &metrics, blob)
             .await
             .map_err(TrainError::failed)?;
         self.serving
-            .publish(version, recommender)
+            .publish(version, recommender, bytes)
             .await
             .map_err(TrainError::failed)?;
         Ok(version)

@@ -292,7 +292,7 @@ async fn ready(State(service): AppState) -> Result<impl IntoResponse, ApiError> 
 
 async fn metrics(State(service): AppState) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        service.metrics().render(),
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        service.metrics_text(),
     )
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequest, MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Router, extract::DefaultBodyLimit};
@@ -22,6 +22,7 @@ pub use error::ApiError;
 
 use crate::app::Service;
 use crate::config::Settings;
+use crate::metrics::RequestLabels;
 
 /// Largest accepted request body: 10,000 ratings with long ids fit.
 const BODY_LIMIT: usize = 4 << 20;
@@ -87,25 +88,42 @@ async fn observe(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = static_method(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
+        .and_then(|matched| ROUTES.iter().find(|(_, path)| *path == matched.as_str()))
+        .map_or("unmatched", |(_, path)| *path);
     let mut response = next.run(request).await;
     if response.status() == StatusCode::REQUEST_TIMEOUT
         && !response.headers().contains_key(header::CONTENT_TYPE)
     {
         response = ApiError::Timeout(timeout).into_response();
     }
-    service.metrics().observe(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    let labels = RequestLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    service.metrics().observe(&labels, started.elapsed());
     response
+}
+
+/// The method's name as a static string, so that labelling a request allocates nothing.
+fn static_method(method: &Method) -> &'static str {
+    [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+    ]
+    .iter()
+    .zip(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"])
+    .find_map(|(known, name)| (known == method).then_some(name))
+    .unwrap_or("other")
 }
 
 /// A bound listener and its router, ready to serve.

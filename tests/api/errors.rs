@@ -218,11 +218,30 @@ async fn health_and_metrics_answer(app: TestApp) {
     let text = app.metrics().await;
     assert!(
         text.contains(
-            "http_request_duration_seconds_bucket{method=\"POST\",route=\"/ratings\",status=\"200\""
+            "http_request_duration_seconds_count{method=\"POST\",route=\"/ratings\",status=\"200\"} 1"
         ),
         "{text}"
     );
     assert!(text.contains("ratings_written_total 1"), "{text}");
+
+    // What an operator watches: training, the model's size, the ranking cache, revision reads.
+    crate::seed(&app, 30, 9).await;
+    app.retrain(crate::fast_training()).await;
+    app.recommendations("u1", "").await;
+    app.recommendations("u1", "").await;
+    let text = app.metrics().await;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert_eq!(value("ranking_cache_hits_total"), 1.0);
+    assert_eq!(value("ranking_cache_misses_total"), 1.0);
+    assert!(value("ranking_cache_bytes") > 0.0);
+    assert_eq!(value("revision_batch_users_count"), 2.0);
+    assert!(value("model_bytes") > 1000.0);
+    assert!(value("training_train_rmse{rbm=\"user\"}") > 0.0);
+    assert_eq!(value("training_epoch"), 0.0, "no run is going");
 }
 on_both_backends!(health_and_metrics_answer);
 

@@ -512,7 +512,7 @@ async fn coalesced_revision_reads_answer_each_user(backend: crate::Backend) {
         "{expected:?}"
     );
 
-    let revisions = Revisions::start(store.clone(), 2);
+    let revisions = Revisions::start(store.clone(), 2, Default::default());
     let lookups: Vec<_> = (0..400)
         .map(|n| {
             let index = n % asked.len();

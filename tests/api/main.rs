@@ -236,6 +236,10 @@ impl TestApp {
     /// The Prometheus text of GET /metrics.
     pub async fn metrics(&self) -> String {
         let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(
+            response.headers()["content-type"],
+            rbm_recommender::metrics::CONTENT_TYPE
+        );
         response.text().await.unwrap()
     }
 

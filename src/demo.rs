@@ -2,6 +2,10 @@
 //! synthetic catalogue with planted taste groups (or imports `--from PATH`), trains a model, serves,
 //! and prints curl commands that show recommendations changing as ratings are posted.
 
+use rand::{RngExt, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::model::DEFAULT_SEED;
 use crate::store::{self, NewRating, Store};
 
 /// Taste groups: a genre, and words its titles are made of.
@@ -46,13 +50,8 @@ pub fn catalogue() -> Vec<(String, String)> {
 
 /// Users `user000`… in group u % 4 rate items of their group 4 to 5 stars and others 0.5 to 2.5.
 pub fn ratings() -> Vec<NewRating> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move |bound: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % bound as u64) as usize
-    };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(DEFAULT_SEED);
+    let mut next = move |bound: usize| rng.random_range(0..bound);
     let mut rows = Vec::with_capacity(USERS * RATINGS_PER_USER);
     for user in 0..USERS {
         let mut seen = [false; 60];

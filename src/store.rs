@@ -257,6 +257,7 @@ impl Store {
         self.backend
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
@@ -265,6 +266,7 @@ impl Store {
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -276,6 +278,7 @@ impl Store {
 
     /// Writes ratings in one transaction (all or nothing), creating unknown items. When a
     /// (user, item) pair repeats, the last one wins.
+    #[tracing::instrument(level = "debug", skip_all, fields(ratings = ratings.len()))]
     pub async fn upsert_ratings(&self, ratings: &[NewRating]) -> Result<UpsertCounts, StoreError> {
         let mut tx = self.pool.begin().await?;
         let counts = upsert_ratings_in(&mut tx, ratings).await?;
@@ -289,6 +292,7 @@ impl Store {
 
     /// The revisions of `users`: numbers that change whenever any of a user's ratings changes
     /// (triggers in migration 0003 maintain them). Users who never rated anything are absent.
+    #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
     pub async fn user_revisions(&self, users: &[&str]) -> Result<HashMap<String, i64>, StoreError> {
         let mut unique: Vec<&str> = users.to_vec();
         unique.sort_unstable();
@@ -317,6 +321,7 @@ impl Store {
     /// agree. The ratings come back as one aggregated row: per-row decoding through the Any driver
     /// dominated the cost of a recommendation. Ids cannot contain control characters, so unit
     /// (0x1f) and record (0x1e) separators split the text unambiguously.
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
     pub async fn user_ratings(
         &self,
         user_id: &str,
@@ -353,6 +358,7 @@ impl Store {
     }
 
     /// Deletes one rating; false if there was none.
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id, item_id = %item_id))]
     pub async fn delete_rating(&self, user_id: &str, item_id: &str) -> Result<bool, StoreError> {
         let result = sqlx::query("DELETE FROM ratings WHERE user_id = $1 AND item_id = $2")
             .bind(user_id.to_string())
@@ -363,6 +369,7 @@ impl Store {
     }
 
     /// Creates or replaces an item's title and metadata; true if it was created.
+    #[tracing::instrument(level = "debug", skip_all, fields(item_id = %item.item_id))]
     pub async fn put_item(&self, item: &Item) -> Result<bool, StoreError> {
         let metadata = item.metadata.as_ref().map(|m| m.to_string());
         let mut tx = self.pool.begin().await?;
@@ -385,6 +392,7 @@ impl Store {
         Ok(!existed)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(item_id = %item_id))]
     pub async fn item(&self, item_id: &str) -> Result<Option<Item>, StoreError> {
         let row = sqlx::query("SELECT item_id, title, metadata FROM items WHERE item_id = $1")
             .bind(item_id.to_string())
@@ -402,6 +410,7 @@ impl Store {
     }
 
     /// Titles of the given items (missing items and items without a title are absent).
+    #[tracing::instrument(level = "debug", skip_all, fields(items = item_ids.len()))]
     pub async fn titles(&self, item_ids: &[&str]) -> Result<HashMap<String, String>, StoreError> {
         if item_ids.is_empty() {
             return Ok(HashMap::new());
@@ -421,6 +430,7 @@ impl Store {
     }
 
     /// Items by number of ratings (ties by id), skipping `exclude`, from position `offset`.
+    #[tracing::instrument(level = "debug", skip_all, fields(limit = limit, offset = offset))]
     pub async fn popular_items(
         &self,
         limit: usize,
@@ -450,6 +460,7 @@ impl Store {
     }
 
     /// Every rating, read by one statement (a consistent snapshot on both backends).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn all_ratings(&self) -> Result<Vec<(String, String, f64)>, StoreError> {
         let rows = sqlx::query("SELECT user_id, item_id, rating FROM ratings")
             .fetch_all(&self.pool)
@@ -459,6 +470,7 @@ impl Store {
             .collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn insert_model(
         &self,
         params: &serde_json::Value,
@@ -478,6 +490,7 @@ impl Store {
     }
 
     /// Makes `version` the active model; false if there is no such version.
+    #[tracing::instrument(level = "debug", skip_all, fields(version = version))]
     pub async fn activate_model(&self, version: i64) -> Result<bool, StoreError> {
         let result = sqlx::query("UPDATE models SET activated_at = $1 WHERE version = $2")
             .bind(now_millis())
@@ -491,6 +504,7 @@ impl Store {
                           ORDER BY activated_at DESC, version DESC LIMIT 1";
 
     /// The active model's version.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn active_version(&self) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(Self::ACTIVE).fetch_optional(&self.pool).await?;
         row.map(|row| Ok(row.try_get(0)?)).transpose()
@@ -498,6 +512,7 @@ impl Store {
 
     /// Tells every process sharing the database that `version` is now active (PostgreSQL; a
     /// SQLite file has one process).
+    #[tracing::instrument(level = "debug", skip_all, fields(version = version))]
     pub async fn announce_model(&self, version: i64) -> Result<(), StoreError> {
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_notify($1, $2)")
@@ -510,6 +525,7 @@ impl Store {
     }
 
     /// Subscribes to `announce_model` (PostgreSQL only; None on SQLite).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn model_announcements(&self) -> Result<Option<ModelAnnouncements>, StoreError> {
         if self.backend != Backend::Postgres {
             return Ok(None);
@@ -520,6 +536,7 @@ impl Store {
     }
 
     /// The training lock if no other process holds it.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn try_training_lock(&self) -> Result<Option<TrainingLock>, StoreError> {
         if self.backend != Backend::Postgres {
             return Ok(Some(TrainingLock { _session: None }));
@@ -537,6 +554,7 @@ impl Store {
     }
 
     /// The active model's version and blob.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn active_model(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
         let sql = format!(
             "SELECT version, blob FROM models WHERE version = ({})",
@@ -549,6 +567,7 @@ impl Store {
             .transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(version = version))]
     pub async fn model_blob(&self, version: i64) -> Result<Option<Vec<u8>>, StoreError> {
         let row = sqlx::query("SELECT blob FROM models WHERE version = $1")
             .bind(version)
@@ -557,6 +576,7 @@ impl Store {
         row.map(|row| Ok(row.try_get(0)?)).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn models(&self) -> Result<Vec<ModelInfo>, StoreError> {
         let sql = format!(
             "SELECT version, created_at, params, metrics, \
@@ -580,6 +600,7 @@ impl Store {
             .collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn create_run(&self, params: &serde_json::Value) -> Result<i64, StoreError> {
         let row = sqlx::query(
             "INSERT INTO training_runs (status, created_at, params, progress) VALUES ('queued', $1, $2, '{}') RETURNING id",
@@ -592,6 +613,7 @@ impl Store {
     }
 
     /// Records a run's status and progress; `finished` also stamps finished_at.
+    #[tracing::instrument(level = "debug", skip_all, fields(id = id, status = %status))]
     pub async fn update_run(
         &self,
         id: i64,
@@ -620,6 +642,7 @@ impl Store {
     }
 
     /// Runs left queued or running by a process that stopped are marked failed.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn fail_abandoned_runs(&self) -> Result<u64, StoreError> {
         let result = sqlx::query(
             "UPDATE training_runs SET status = 'failed', error = 'the server stopped during training', \
@@ -648,6 +671,7 @@ impl Store {
         })
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(id = id))]
     pub async fn run(&self, id: i64) -> Result<Option<TrainingRun>, StoreError> {
         let sql = format!(
             "SELECT {} FROM training_runs WHERE id = $1",
@@ -660,6 +684,7 @@ impl Store {
         Ok(row.as_ref().map(Self::run_of).transpose()?)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn runs(&self, limit: i64) -> Result<Vec<TrainingRun>, StoreError> {
         let sql = format!(
             "SELECT {} FROM training_runs ORDER BY id DESC LIMIT $1",

@@ -46,6 +46,15 @@ pub enum ServiceError {
     Task(String),
 }
 
+/// Starts CPU-bound work on tokio's blocking pool inside the caller's span, so that what it logs
+/// carries the request's (or the training run's) fields.
+fn spawn_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
+}
+
 /// What the application needs to know beyond its store.
 #[derive(Debug, Clone)]
 pub struct Options {

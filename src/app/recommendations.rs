@@ -229,7 +229,7 @@ impl Recommendations {
             )));
         };
         let model = served.clone();
-        let similar = tokio::task::spawn_blocking(move || {
+        let similar = super::spawn_blocking(move || {
             model
                 .recommender
                 .similar_items(index, limit)
@@ -301,11 +301,10 @@ impl Recommendations {
         let user = model.users.get(&key.2);
         let scoring = served.clone();
         let order = key.1;
-        let entries = tokio::task::spawn_blocking(move || {
-            rank(&scoring.recommender, order, user, &rated, depth)
-        })
-        .await
-        .map_err(|e| ServiceError::Task(e.to_string()))?;
+        let entries =
+            super::spawn_blocking(move || rank(&scoring.recommender, order, user, &rated, depth))
+                .await
+                .map_err(|e| ServiceError::Task(e.to_string()))?;
         let ranking = Arc::new(RankedItems {
             complete: entries.len() < depth,
             entries,

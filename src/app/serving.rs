@@ -113,7 +113,7 @@ impl Serving {
     /// Decodes a model blob off the async threads and swaps it in.
     async fn install(&self, version: i64, blob: Vec<u8>) -> Result<(), ServiceError> {
         let bytes = blob.len();
-        let file = tokio::task::spawn_blocking(move || ModelFile::from_bytes(&blob))
+        let file = super::spawn_blocking(move || ModelFile::from_bytes(&blob))
             .await
             .map_err(|e| ServiceError::Task(e.to_string()))??;
         self.put(version, file.recommender, bytes);

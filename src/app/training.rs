@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::ServiceError;
 use super::serving::Serving;
@@ -108,7 +109,7 @@ impl Training {
             run.id = run_id;
         }
         let training = self.clone();
-        tokio::spawn(async move {
+        let run = async move {
             let progress = Arc::new(Mutex::new(Progress::default()));
             let outcome = match training
                 .store
@@ -134,7 +135,8 @@ impl Training {
             drop(lock);
             training.metrics.training_stopped();
             training.finish(run_id, outcome, &progress).await;
-        });
+        };
+        tokio::spawn(run.instrument(tracing::info_span!("training_run", run_id)));
         Ok(run_id)
     }
 
@@ -226,7 +228,7 @@ impl Training {
         let rows = self.store.all_ratings().await.map_err(TrainError::failed)?;
         let scale = self.scale;
         // Hashing every id into the data set's maps is CPU work proportional to the ratings.
-        let data = tokio::task::spawn_blocking(move || {
+        let data = super::spawn_blocking(move || {
             Dataset::from_rows(
                 scale,
                 rows.iter()
@@ -245,7 +247,7 @@ impl Training {
             .config(data.ratings.len(), data.users.len())
             .map_err(TrainError::failed)?;
         let (sender, mut receiver) = mpsc::unbounded_channel::<(Side, EpochStats)>();
-        let trainer = tokio::task::spawn_blocking({
+        let trainer = super::spawn_blocking({
             let config = config.clone();
             move || {
                 let trained = Recommender::train(&data, &config, |side, stats| {

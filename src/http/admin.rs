@@ -54,6 +54,7 @@ async fn require_admin(
 
 /// An optional JSON body of hyperparameters over the server's defaults, checked before the run
 /// starts.
+#[tracing::instrument(level = "debug", skip_all)]
 async fn retrain(
     State(service): AppState,
     headers: HeaderMap,
@@ -89,6 +90,7 @@ async fn run(State(service): AppState, Path(id): Path<i64>) -> Result<impl IntoR
     Ok(AppJson(service.training().run(id).await?))
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(run_id = id))]
 async fn cancel(
     State(service): AppState,
     Path(id): Path<i64>,
@@ -102,6 +104,7 @@ async fn models(State(service): AppState) -> Result<impl IntoResponse, ApiError>
     Ok(AppJson(json!({"models": models})))
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(version = version))]
 async fn activate(
     State(service): AppState,
     Path(version): Path<i64>,

@@ -91,6 +91,7 @@ fn parse_rating(value: &Value, path: &str, scale: RatingScale) -> Result<NewRati
 }
 
 /// One rating `{user_id, item_id, rating}` or `{"ratings": [...]}` of up to 10,000, all or nothing.
+#[tracing::instrument(level = "debug", skip_all)]
 async fn post_ratings(
     State(service): AppState,
     AppJson(body): AppJson<Value>,
@@ -126,6 +127,7 @@ async fn post_ratings(
     Ok(AppJson(counts))
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
 async fn user_ratings(
     State(service): AppState,
     Path(user_id): Path<String>,
@@ -139,6 +141,7 @@ async fn user_ratings(
     Ok(AppJson(json!({"user_id": user_id, "ratings": ratings})))
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id, item_id = %item_id))]
 async fn delete_rating(
     State(service): AppState,
     Path((user_id, item_id)): Path<(String, String)>,
@@ -160,6 +163,7 @@ struct ItemBody {
     metadata: Option<Value>,
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(item_id = %item_id))]
 async fn put_item(
     State(service): AppState,
     Path(item_id): Path<String>,
@@ -194,6 +198,7 @@ async fn put_item(
     ))
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(item_id = %item_id))]
 async fn get_item(
     State(service): AppState,
     Path(item_id): Path<String>,
@@ -222,6 +227,7 @@ fn check_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     Ok(limit)
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
 async fn recommendations(
     State(service): AppState,
     Path(user_id): Path<String>,
@@ -267,6 +273,7 @@ struct LimitQuery {
     limit: Option<usize>,
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(item_id = %item_id))]
 async fn similar_items(
     State(service): AppState,
     Path(item_id): Path<String>,

@@ -259,3 +259,23 @@ async fn a_request_past_the_timeout_gets_a_json_408(backend: crate::Backend) {
     assert_eq!(body["error"]["message"], "the request took longer than 1ms");
 }
 on_both_backends!(backend a_request_past_the_timeout_gets_a_json_408);
+
+/// Every response carries a request id, the client's own when it sent one, so that the log lines
+/// of a request can be found from what the client got.
+async fn responses_carry_the_request_id(app: TestApp) {
+    let response = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let fresh = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(fresh.len(), 36, "a UUID: {fresh}");
+    let response = app
+        .client
+        .get(app.url("/users/u/recommendations"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-me-42");
+}
+on_both_backends!(responses_carry_the_request_id);

@@ -443,11 +443,11 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let known = data.user_matrix();
 
     let predictions = if args.include_test_items {
-        crate::model::predict(&model.user_rbm, &known, &test, scale, true)
+        crate::model::predict(&model.user_rbm(), &known, &test, scale, true)
     } else {
         model.predict(&known, &test)
     };
-    let user_only = crate::model::predict(&model.user_rbm, &known, &test, scale, false);
+    let user_only = crate::model::predict(&model.user_rbm(), &known, &test, scale, false);
     let ranking_in = |order: Order| {
         ranking_metrics(&known, &test, scale, 10, |user, out| {
             let (items, classes) = known.row(user as usize);
@@ -476,7 +476,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     });
 
     // The comparison costs a D×D matrix and, for fold-in, D catalogue passes: bounded here.
-    let compare_similar = model.items.len() <= SIMILAR_ITEMS_MAX_CATALOGUE;
+    let compare_similar = model.items().len() <= SIMILAR_ITEMS_MAX_CATALOGUE;
     let similar: serde_json::Map<String, serde_json::Value> = Similarity::ALL
         .into_iter()
         .filter(|_| compare_similar)
@@ -506,7 +506,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         "popularity_recall_at_10": popularity.recall,
         "popularity_ndcg_at_10": popularity.ndcg,
         "order": served_order,
-        "ranking_weight": model.ranking_weight,
+        "ranking_weight": model.ranking_weight(),
         "expected_rating_precision_at_10": by_expected.precision,
         "expected_rating_recall_at_10": by_expected.recall,
         "expected_rating_ndcg_at_10": by_expected.ndcg,
@@ -514,7 +514,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         "similar_items_by": Similarity::SERVED,
         "similar_items": compare_similar.then_some(similar),
         "rmse_user_based": rmse(&user_only, &test, scale),
-        "blend_weight": model.blend_weight,
+        "blend_weight": model.blend_weight(),
         "valid_rmse": trained.valid_rmse,
         "epochs": epochs,
         "best_epoch": trained.user_fit.best_epoch,
@@ -528,8 +528,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         "params": config,
     });
     if let Some(item_fit) = &trained.item_fit {
-        let mut item_only_model = model.clone();
-        item_only_model.blend_weight = 0.0;
+        let item_only_model = model.clone().with_blend_weight(0.0);
         let item_only = item_only_model.predict(&known, &test);
         report["rmse_item_based"] = json!(rmse(&item_only, &test, scale));
         report["best_epoch_item_based"] = json!(item_fit.best_epoch);
@@ -574,7 +573,7 @@ fn recommend(args: RecommendArgs) -> anyhow::Result<()> {
     let order = args.order.map_or(model.default_order(), Order::from);
     let top = model.top_n(
         order,
-        model.users.get(&args.user),
+        model.users().get(&args.user),
         items,
         classes,
         args.limit,
@@ -585,7 +584,7 @@ fn recommend(args: RecommendArgs) -> anyhow::Result<()> {
         .iter()
         .map(|r| {
             json!({
-                "item_id": model.items.id(r.item),
+                "item_id": model.items().id(r.item),
                 "score": r.score,
                 "expected_rating": r.expected_rating,
             })
@@ -601,20 +600,11 @@ fn recommend(args: RecommendArgs) -> anyhow::Result<()> {
 /// Every user's ratings from `data` in the model's item indices and classes, sorted by item, by
 /// the data set's user index; items the model never saw, and values off its scale, are skipped.
 fn rows_in_model(model: &Recommender, data: &Dataset) -> Vec<(Vec<u32>, Vec<u8>)> {
-    let mut rows: Vec<Vec<(u32, u8)>> = vec![Vec::new(); data.users.len()];
+    let mut rows: Vec<Vec<(&str, f32)>> = vec![Vec::new(); data.users.len()];
     for r in &data.ratings {
-        let item = model.items.get(data.items.id(r.item));
-        let class = model.scale.class_of(data.scale.value_of(r.class));
-        if let (Some(item), Ok(class)) = (item, class) {
-            rows[r.user as usize].push((item, class));
-        }
+        rows[r.user as usize].push((data.items.id(r.item), data.scale.value_of(r.class)));
     }
-    rows.into_iter()
-        .map(|mut row| {
-            row.sort_unstable();
-            row.into_iter().unzip()
-        })
-        .collect()
+    rows.into_iter().map(|row| model.rated(row)).collect()
 }
 
 /// Microseconds at the 50th and 99th percentiles of `model`'s uncached top-10 in `order` over
@@ -662,7 +652,7 @@ fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
         let (p50, p99) = top10_latency(&model, order, args.users, |n| {
             let user = (n * 7919) % rows.len();
             let (items, classes) = &rows[user];
-            let in_model = model.users.get(data.users.id(user as u32));
+            let in_model = model.users().get(data.users.id(user as u32));
             (items, classes, in_model)
         });
         orders.insert(
@@ -678,9 +668,9 @@ fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
         json!({
             "model": path,
             "users": rows.len(),
-            "items": model.items.len(),
-            "hidden": model.user_rbm.hidden(),
-            "hidden_item_based": model.item_side.as_ref().map(|s| s.rbm.hidden()),
+            "items": model.items().len(),
+            "hidden": model.user_rbm().hidden(),
+            "hidden_item_based": model.item_side().as_ref().map(|s| s.rbm.hidden()),
             "default_order": model.default_order(),
             "uncached": orders,
         })

@@ -62,18 +62,18 @@ impl ModelFile {
                 tensors.push((format!("{prefix}Dimp"), tensor_bytes(implicit)));
             }
         };
-        push_rbm("", &r.user_rbm);
-        if let Some(side) = &r.item_side {
+        push_rbm("", &r.user_rbm());
+        if let Some(side) = &r.item_side() {
             push_rbm("item.", &side.rbm);
             tensors.push(("item.hidden".to_string(), tensor_bytes(&side.item_hidden)));
         }
         let metadata: HashMap<String, String> = [
             ("format_version", FORMAT_VERSION.to_string()),
-            ("scale", to_json(&r.scale)),
-            ("users", to_json(&r.users)),
-            ("items", to_json(&r.items)),
-            ("blend_weight", r.blend_weight.to_string()),
-            ("ranking_weight", to_json(&r.ranking_weight)),
+            ("scale", to_json(&r.scale())),
+            ("users", to_json(&r.users())),
+            ("items", to_json(&r.items())),
+            ("blend_weight", r.blend_weight().to_string()),
+            ("ranking_weight", to_json(&r.ranking_weight())),
             ("params", to_json(&self.config)),
             ("metrics", self.metrics.to_string()),
         ]

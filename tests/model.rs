@@ -7,9 +7,9 @@ use std::ops::ControlFlow;
 
 use ndarray::{Array1, Array2, Array3};
 use rbm_recommender::model::{
-    Dataset, ItemSimilarity, Order, RatingScale, Rbm, RbmParams, Recommender, Scratch, Similarity,
-    TrainConfig, cd_weight_gradient, choice_scores, joint_cd_weight_gradient, ranking_metrics,
-    rmse,
+    Dataset, ItemSide, ItemSimilarity, Order, RatingScale, Rbm, RbmParams, Recommender, Scratch,
+    Similarity, TrainConfig, cd_weight_gradient, choice_scores, joint_cd_weight_gradient,
+    ranking_metrics, rmse,
 };
 use rbm_recommender::model_file::ModelFile;
 
@@ -589,7 +589,7 @@ fn train_user_rbm(tune: impl Fn(&mut RbmParams)) -> Recommender {
 fn same_seed_and_threads_give_identical_weights() {
     let train = |seed: u64| train_user_rbm(|p| p.seed = seed);
     assert_eq!(train(5), train(5));
-    assert_ne!(train(5).user_rbm, train(6).user_rbm);
+    assert_ne!(train(5).user_rbm(), train(6).user_rbm());
 }
 
 #[test]
@@ -635,13 +635,13 @@ fn a_stored_item_side_with_another_class_count_is_refused_at_load() {
     let mut config = small_config();
     config.user.epochs = 2;
     config.item.as_mut().unwrap().epochs = 2;
-    let mut model = Recommender::train(&data, &config, |_, _| ControlFlow::Continue(()))
+    let model = Recommender::train(&data, &config, |_, _| ControlFlow::Continue(()))
         .unwrap()
         .recommender;
     // The item side's W and b cut from K = 5 classes to 4: scoring would index past them.
-    let side = model.item_side.as_mut().unwrap();
+    let side = model.item_side().unwrap();
     let cut = |k: usize| ndarray::Slice::from(0..k);
-    side.rbm = Rbm::from_parts(
+    let rbm = Rbm::from_parts(
         side.rbm
             .weights()
             .slice_axis(ndarray::Axis(1), cut(4))
@@ -654,6 +654,18 @@ fn a_stored_item_side_with_another_class_count_is_refused_at_load() {
         None,
     )
     .unwrap();
+    let model = Recommender::new(
+        model.scale(),
+        model.users().clone(),
+        model.items().clone(),
+        model.user_rbm().clone(),
+        Some(ItemSide {
+            rbm,
+            item_hidden: side.item_hidden.clone(),
+        }),
+        model.blend_weight(),
+        model.ranking_weight(),
+    );
     let file = ModelFile {
         recommender: model,
         config,
@@ -681,7 +693,7 @@ fn full_ranking(
     n: usize,
     tie: impl Fn(u32, u32) -> std::cmp::Ordering,
 ) -> Vec<(u32, u32, u32)> {
-    let d = model.items.len();
+    let d = model.items().len();
     let (mut scores, mut expected) = (vec![0.0; d], vec![0.0; d]);
     let scratch = &mut Scratch::default();
     model.scores(
@@ -747,7 +759,7 @@ fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
 
     // Items 1..=6 copy item 0's weights, and a strong bias towards 5 stars puts the seven on top,
     // so their scores tie exactly and only `tie` orders them.
-    let mut rbm = trained.user_rbm.clone();
+    let mut rbm = trained.user_rbm().clone();
     let (mut weights, mut bias) = (rbm.weights().clone(), rbm.visible_bias().clone());
     bias.row_mut(0)
         .assign(&ndarray::arr1(&[-30.0, -30.0, -30.0, -30.0, 30.0]));
@@ -759,9 +771,9 @@ fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
     }
     rbm = Rbm::from_parts(weights, bias, rbm.hidden_bias().clone(), None).unwrap();
     let tied = Recommender::new(
-        trained.scale,
-        trained.users.clone(),
-        trained.items.clone(),
+        trained.scale(),
+        trained.users().clone(),
+        trained.items().clone(),
         rbm,
         None,
         1.0,
@@ -806,8 +818,14 @@ fn item_similarities_equal_their_definitions() {
     })
     .unwrap()
     .recommender;
-    let (d, k, m) = model.user_rbm.weights().dim();
-    let item_hidden = model.item_side.as_ref().unwrap().item_hidden.t().to_owned();
+    let (d, k, m) = model.user_rbm().weights().dim();
+    let item_hidden = model
+        .item_side()
+        .as_ref()
+        .unwrap()
+        .item_hidden
+        .t()
+        .to_owned();
     let target = 7u32;
     let mut scratch = Scratch::default();
     for kind in Similarity::ALL {
@@ -830,13 +848,13 @@ fn item_similarities_equal_their_definitions() {
                 scores.iter().map(|&s| f64::from(s)).collect()
             }
             Similarity::RatingWeights => {
-                let weights = model.user_rbm.weights().as_slice().unwrap();
+                let weights = model.user_rbm().weights().as_slice().unwrap();
                 (0..d)
                     .map(|i| cosine(weights, k * m, target as usize, i))
                     .collect()
             }
             Similarity::ChoiceWeights => {
-                let implicit = model.user_rbm.implicit().unwrap().as_slice().unwrap();
+                let implicit = model.user_rbm().implicit().unwrap().as_slice().unwrap();
                 (0..d)
                     .map(|i| cosine(implicit, m, target as usize, i))
                     .collect()
@@ -886,16 +904,16 @@ fn new_users_fold_in_without_retraining() {
     let liked: Vec<u32> = (0..30)
         .filter(|i| i % 3 == 0)
         .take(6)
-        .map(|i| trained.items.get(&format!("i{i}")).unwrap())
+        .map(|i| trained.items().get(&format!("i{i}")).unwrap())
         .collect();
     let mut rated: Vec<(u32, u8)> = liked.iter().map(|&i| (i, 4)).collect();
     rated.sort_unstable();
     let (items, classes): (Vec<u32>, Vec<u8>) = rated.into_iter().unzip();
-    let mut scores = vec![0.0; trained.items.len()];
+    let mut scores = vec![0.0; trained.items().len()];
     trained.expected_ratings(None, &items, &classes, &mut Scratch::default(), &mut scores);
     let best = rbm_recommender::model::top_n(&scores, 3, |i| items.contains(&i));
     for i in best {
-        let id: usize = trained.items.id(i)[1..].parse().unwrap();
+        let id: usize = trained.items().id(i)[1..].parse().unwrap();
         assert_eq!(id % 3, 0, "recommended {id} to a group-0 fan");
     }
 }

@@ -157,7 +157,7 @@ impl Recommendations {
             let mut scored;
             let order = order.unwrap_or_else(|| served.recommender.default_order());
             // A model that did not learn choice ranks by expected rating whatever is asked.
-            let order = match served.recommender.ranking_weight {
+            let order = match served.recommender.ranking_weight() {
                 Some(_) => order,
                 None => Order::ExpectedRating,
             };
@@ -223,7 +223,7 @@ impl Recommendations {
                 "no model has been trained yet".to_string(),
             ));
         };
-        let Some(index) = served.recommender.items.get(item_id) else {
+        let Some(index) = served.recommender.items().get(item_id) else {
             return Err(ServiceError::NotFound(format!(
                 "item {item_id:?} is not in the active model"
             )));
@@ -234,7 +234,7 @@ impl Recommendations {
                 .recommender
                 .similar_items(index, limit)
                 .into_iter()
-                .map(|(i, similarity)| (model.recommender.items.id(i).to_string(), similarity))
+                .map(|(i, similarity)| (model.recommender.items().id(i).to_string(), similarity))
                 .collect::<Vec<_>>()
         })
         .await
@@ -281,30 +281,24 @@ impl Recommendations {
         exclude: &HashSet<String>,
     ) -> Result<Option<Vec<Recommendation>>, ServiceError> {
         let model = &served.recommender;
-        let mut rated: Vec<(u32, u8)> = ratings
-            .iter()
-            .filter_map(|(item, value)| {
-                let index = model.items.get(item)?;
-                model
-                    .scale
-                    .class_of(*value as f32)
-                    .ok()
-                    .map(|class| (index, class))
-            })
-            .collect();
-        if rated.is_empty() {
+        let (items, classes) = model.rated(
+            ratings
+                .iter()
+                .map(|(item, value)| (item.as_str(), *value as f32)),
+        );
+        if items.is_empty() {
             return Ok(None);
         }
-        rated.sort_unstable();
         let excluded = excluded_indices(model, exclude);
         let depth = RANKING_DEPTH.max(offset + limit + excluded.len());
-        let user = model.users.get(&key.2);
+        let user = model.users().get(&key.2);
         let scoring = served.clone();
         let order = key.1;
-        let entries =
-            super::spawn_blocking(move || rank(&scoring.recommender, order, user, &rated, depth))
-                .await
-                .map_err(|e| ServiceError::Task(e.to_string()))?;
+        let entries = super::spawn_blocking(move || {
+            rank(&scoring.recommender, order, user, &items, &classes, depth)
+        })
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?;
         let ranking = Arc::new(RankedItems {
             complete: entries.len() < depth,
             entries,
@@ -317,7 +311,7 @@ impl Recommendations {
 fn excluded_indices(model: &Recommender, exclude: &HashSet<String>) -> HashSet<u32> {
     exclude
         .iter()
-        .filter_map(|id| model.items.get(id))
+        .filter_map(|id| model.items().get(id))
         .collect()
 }
 
@@ -336,7 +330,7 @@ fn page(
         .skip(offset)
         .take(limit)
         .map(|r| Recommendation {
-            item_id: model.items.id(r.item).to_string(),
+            item_id: model.items().id(r.item).to_string(),
             title: None,
             score: r.score,
             expected_rating: r.expected_rating,
@@ -350,18 +344,18 @@ fn rank(
     model: &Recommender,
     order: Order,
     user: Option<u32>,
-    rated: &[(u32, u8)],
+    items: &[u32],
+    classes: &[u8],
     depth: usize,
 ) -> Vec<Ranked> {
-    let (items, classes): (Vec<u32>, Vec<u8>) = rated.iter().copied().unzip();
     SCRATCH.with(|scratch| {
         model.top_n(
             order,
             user,
-            &items,
-            &classes,
+            items,
+            classes,
             depth,
-            |a, b| model.items.id(a).cmp(model.items.id(b)),
+            |a, b| model.items().id(a).cmp(model.items().id(b)),
             &mut scratch.borrow_mut(),
         )
     })

@@ -33,17 +33,19 @@ pub struct ItemSide {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// A trained model, ready to score. Its fields are private because `catalog` and `item_rows` are
+/// derived from the RBMs at construction: they cannot go stale.
 pub struct Recommender {
-    pub scale: RatingScale,
-    pub users: IdMap,
-    pub items: IdMap,
-    pub user_rbm: Rbm,
-    pub item_side: Option<ItemSide>,
+    scale: RatingScale,
+    users: IdMap,
+    items: IdMap,
+    user_rbm: Rbm,
+    item_side: Option<ItemSide>,
     /// Weight of the user-based prediction in the blend (1 without an item side).
-    pub blend_weight: f32,
+    blend_weight: f32,
     /// For a joint user-based RBM, β of the ranking score log p(rated | ĥ) + β·E[rating]; fitted
     /// on the validation slice. None: the model ranks by expected rating alone.
-    pub ranking_weight: Option<f32>,
+    ranking_weight: Option<f32>,
     catalog: CatalogWeights,
     /// The item side's ĥ item-major, `[items][M]`, for scoring a few items exactly.
     item_rows: Option<Array2<f32>>,
@@ -206,6 +208,61 @@ impl Recommender {
             catalog,
             item_rows,
         }
+    }
+
+    pub fn scale(&self) -> RatingScale {
+        self.scale
+    }
+
+    /// The users the item-based RBM was trained on (its visible units).
+    pub fn users(&self) -> &IdMap {
+        &self.users
+    }
+
+    /// The catalogue: every item the model can score.
+    pub fn items(&self) -> &IdMap {
+        &self.items
+    }
+
+    pub fn user_rbm(&self) -> &Rbm {
+        &self.user_rbm
+    }
+
+    pub fn item_side(&self) -> Option<&ItemSide> {
+        self.item_side.as_ref()
+    }
+
+    /// Weight of the user-based prediction in the blend (1 without an item side).
+    pub fn blend_weight(&self) -> f32 {
+        self.blend_weight
+    }
+
+    /// β of the ranking score under a joint user-based RBM; None: ranks by expected rating.
+    pub fn ranking_weight(&self) -> Option<f32> {
+        self.ranking_weight
+    }
+
+    /// This model with another blend weight (0: the item-based RBM alone).
+    pub fn with_blend_weight(mut self, blend_weight: f32) -> Self {
+        self.blend_weight = blend_weight;
+        self
+    }
+
+    /// A user's ratings, given by external item id, in the model's item indices and rating
+    /// classes, sorted by item: what the scoring methods take. Items the model never saw and
+    /// values off its scale are left out.
+    pub fn rated<'a>(
+        &self,
+        ratings: impl IntoIterator<Item = (&'a str, f32)>,
+    ) -> (Vec<u32>, Vec<u8>) {
+        let mut rated: Vec<(u32, u8)> = ratings
+            .into_iter()
+            .filter_map(|(item, value)| {
+                Some((self.items.get(item)?, self.scale.class_of(value).ok()?))
+            })
+            .collect();
+        rated.sort_unstable();
+        rated.into_iter().unzip()
     }
 
     /// The item-based RBM's ĥ of every item, item-major `[items][M]`.

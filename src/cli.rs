@@ -443,11 +443,11 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let known = data.user_matrix();
 
     let predictions = if args.include_test_items {
-        crate::model::predict(&model.user_rbm(), &known, &test, scale, true)
+        crate::model::predict(model.user_rbm(), &known, &test, scale, true)
     } else {
         model.predict(&known, &test)
     };
-    let user_only = crate::model::predict(&model.user_rbm(), &known, &test, scale, false);
+    let user_only = crate::model::predict(model.user_rbm(), &known, &test, scale, false);
     let ranking_in = |order: Order| {
         ranking_metrics(&known, &test, scale, 10, |user, out| {
             let (items, classes) = known.row(user as usize);

@@ -62,7 +62,7 @@ impl ModelFile {
                 tensors.push((format!("{prefix}Dimp"), tensor_bytes(implicit)));
             }
         };
-        push_rbm("", &r.user_rbm());
+        push_rbm("", r.user_rbm());
         if let Some(side) = &r.item_side() {
             push_rbm("item.", &side.rbm);
             tensors.push(("item.hidden".to_string(), tensor_bytes(&side.item_hidden)));

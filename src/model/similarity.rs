@@ -50,7 +50,7 @@ pub struct ItemSimilarity {
 impl ItemSimilarity {
     /// `kind` for `model`; None if the model lacks what it is computed from.
     pub fn new(model: &Recommender, kind: Similarity) -> Option<Self> {
-        let (rbm, item_rows) = (&model.user_rbm(), model.item_rows());
+        let (rbm, item_rows) = (model.user_rbm(), model.item_rows());
         let norms = match kind {
             Similarity::FoldIn => Vec::new(),
             _ => {
@@ -67,7 +67,7 @@ impl ItemSimilarity {
     /// How alike each item is to `item`, into `out` (one per item of `model`, the one this was
     /// built for).
     pub fn to_item(&self, model: &Recommender, item: u32, scratch: &mut Scratch, out: &mut [f32]) {
-        match item_vectors(self.kind, &model.user_rbm(), model.item_rows()) {
+        match item_vectors(self.kind, model.user_rbm(), model.item_rows()) {
             None => {
                 let (items, classes) = model.loved_alone(item);
                 let mut expected = vec![0.0f32; out.len()];

@@ -41,17 +41,9 @@ impl Catalogue {
         self.scale
     }
 
-    /// Inserts or replaces ratings, all or none; each must be on the scale.
+    /// Inserts or replaces ratings, all or none. The request type that produced them has checked
+    /// each against `scale()` (naming the offending one), so it is not done again here.
     pub async fn post_ratings(&self, ratings: &[NewRating]) -> Result<UpsertCounts, ServiceError> {
-        if let Some(off) = ratings
-            .iter()
-            .find(|r| self.scale.class_of(r.rating as f32).is_err())
-        {
-            return Err(ServiceError::Invalid(format!(
-                "rating: {} is not on the scale {}",
-                off.rating, self.scale
-            )));
-        }
         let counts = self.store.upsert_ratings(ratings).await?;
         self.metrics
             .add_ratings_written(counts.inserted + counts.updated);

@@ -90,10 +90,9 @@ impl Service {
     /// and loads the active model version, if any.
     pub async fn start(store: Store, options: Options) -> Result<Arc<Self>, ServiceError> {
         let metrics = Arc::new(Metrics::default());
-        let training_store = store.clone();
         let serving = Serving::start(store.clone(), metrics.clone()).await?;
         let training = Training::start(
-            training_store,
+            store.clone(),
             metrics.clone(),
             serving.clone(),
             options.scale,

@@ -124,8 +124,17 @@ pub fn detect_format(path: &Path) -> Result<RatingFormat, ReadError> {
 pub struct RatingReader<R> {
     path: PathBuf,
     format: RatingFormat,
-    lines: std::io::Lines<R>,
+    records: Records<R>,
     line: usize,
+    /// The format has a header line and it has not been read yet.
+    header_pending: bool,
+}
+
+/// Where the fields come from: CSV (quoted fields may hold commas and newlines) through the csv
+/// crate, the MovieLens `::` and tab layouts a line at a time.
+enum Records<R> {
+    Csv(csv::Reader<R>, csv::StringRecord),
+    Lines(std::io::Lines<R>, String),
 }
 
 impl RatingReader<BufReader<File>> {
@@ -144,11 +153,26 @@ impl RatingReader<BufReader<File>> {
 
 impl<R: BufRead> RatingReader<R> {
     pub fn new(path: &Path, format: RatingFormat, reader: R) -> Self {
+        let records = match format {
+            RatingFormat::MlCsv | RatingFormat::Csv => Records::Csv(
+                csv::ReaderBuilder::new()
+                    // The header is checked as a record, so that its errors name its line.
+                    .has_headers(false)
+                    .flexible(true)
+                    .trim(csv::Trim::All)
+                    .from_reader(reader),
+                csv::StringRecord::new(),
+            ),
+            RatingFormat::Ml100k | RatingFormat::MlDat => {
+                Records::Lines(reader.lines(), String::new())
+            }
+        };
         Self {
             path: path.to_path_buf(),
             format,
-            lines: reader.lines(),
+            records,
             line: 0,
+            header_pending: format.has_header(),
         }
     }
 
@@ -160,14 +184,7 @@ impl<R: BufRead> RatingReader<R> {
         }
     }
 
-    fn parse(&self, text: &str) -> Result<RawRating, ReadError> {
-        let fields: Vec<String> = match self.format {
-            RatingFormat::Ml100k => text.split('\t').map(str::to_string).collect(),
-            RatingFormat::MlDat => text.split("::").map(str::to_string).collect(),
-            RatingFormat::MlCsv | RatingFormat::Csv => {
-                split_csv_line(text).map_err(|m| self.malformed(m))?
-            }
-        };
+    fn parse(&self, fields: &[&str]) -> Result<RawRating, ReadError> {
         let (expected, optional_timestamp) = match self.format {
             RatingFormat::Ml100k => (4, false),
             _ => (3, true),
@@ -208,18 +225,73 @@ impl<R: BufRead> RatingReader<R> {
         })
     }
 
-    fn check_header(&self, text: &str) -> Result<(), ReadError> {
-        let fields = split_csv_line(text).map_err(|m| self.malformed(m))?;
-        if fields.len() < 3
-            || fields
-                .get(2)
-                .is_some_and(|f| f.trim().parse::<f32>().is_ok())
-        {
+    fn check_header(&self, fields: &[&str]) -> Result<(), ReadError> {
+        if fields.len() < 3 || fields[2].parse::<f32>().is_ok() {
             return Err(self.malformed(
                 "expected a header line naming the columns user,item,rating[,timestamp]",
             ));
         }
         Ok(())
+    }
+
+    /// Moves to the next non-empty record, with `self.line` at its first line.
+    fn advance(&mut self) -> Option<Result<(), ReadError>> {
+        loop {
+            match &mut self.records {
+                Records::Csv(reader, record) => match reader.read_record(record) {
+                    Ok(false) => return None,
+                    Ok(true) => {
+                        self.line = record
+                            .position()
+                            .map_or(self.line + 1, |p| p.line() as usize);
+                        if record.iter().all(str::is_empty) {
+                            continue;
+                        }
+                    }
+                    Err(error) => {
+                        self.line = error
+                            .position()
+                            .map_or(self.line + 1, |p| p.line() as usize);
+                        let message = match error.kind() {
+                            csv::ErrorKind::Utf8 { .. } => "not valid UTF-8".to_string(),
+                            _ => error.to_string(),
+                        };
+                        return Some(Err(self.malformed(message)));
+                    }
+                },
+                Records::Lines(lines, text) => {
+                    *text = match lines.next()? {
+                        Ok(text) => text,
+                        Err(source) => {
+                            return Some(Err(ReadError::Io {
+                                path: self.path.clone(),
+                                source,
+                            }));
+                        }
+                    };
+                    self.line += 1;
+                    if text.trim().is_empty() {
+                        continue;
+                    }
+                }
+            }
+            return Some(Ok(()));
+        }
+    }
+
+    /// The fields of the current record.
+    fn fields(&self) -> Vec<&str> {
+        match &self.records {
+            Records::Csv(_, record) => record.iter().collect(),
+            Records::Lines(_, text) => {
+                let separator = if self.format == RatingFormat::Ml100k {
+                    "\t"
+                } else {
+                    "::"
+                };
+                text.trim_end_matches('\r').split(separator).collect()
+            }
+        }
     }
 }
 
@@ -228,54 +300,21 @@ impl<R: BufRead> Iterator for RatingReader<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let text = match self.lines.next()? {
-                Ok(text) => text,
-                Err(source) => {
-                    return Some(Err(ReadError::Io {
-                        path: self.path.clone(),
-                        source,
-                    }));
-                }
-            };
-            self.line += 1;
-            let text = text.trim_end_matches('\r');
-            if self.line == 1 && self.format.has_header() {
-                if let Err(e) = self.check_header(text.trim_start_matches('\u{feff}')) {
-                    return Some(Err(e));
-                }
-                continue;
+            if let Err(error) = self.advance()? {
+                return Some(Err(error));
             }
-            if text.trim().is_empty() {
-                continue;
+            let header = std::mem::take(&mut self.header_pending);
+            let mut fields = self.fields();
+            if header {
+                fields[0] = fields[0].trim_start_matches('\u{feff}');
+                match self.check_header(&fields) {
+                    Ok(()) => continue,
+                    Err(error) => return Some(Err(error)),
+                }
             }
-            return Some(self.parse(text));
+            return Some(self.parse(&fields));
         }
     }
-}
-
-/// Splits one CSV line, honouring double quotes ("" inside quotes is a quote).
-pub fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(ch) = chars.next() {
-        match (ch, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
-            }
-            ('"', true) => quoted = false,
-            ('"', false) if field.is_empty() => quoted = true,
-            (',', false) => fields.push(std::mem::take(&mut field)),
-            (ch, _) => field.push(ch),
-        }
-    }
-    if quoted {
-        return Err("unterminated quoted field".to_string());
-    }
-    fields.push(field);
-    Ok(fields)
 }
 
 /// Reads a whole ratings file (or MovieLens folder) into a data set. The scale is `scale` if given,
@@ -363,58 +402,70 @@ pub fn read_titles(path: &Path, layout: TitleLayout) -> Result<Vec<(String, Stri
         path: path.to_path_buf(),
         source,
     };
-    let mut reader = BufReader::new(File::open(path).map_err(io)?);
-    let mut buffer = Vec::new();
-    let mut titles = Vec::new();
-    let mut line = 0;
+    let reader = BufReader::new(File::open(path).map_err(io)?);
+    if layout == TitleLayout::Csv {
+        return read_csv_titles(path, reader);
+    }
+    let (separator, title_field) = match layout {
+        TitleLayout::Pipe => ("|", 1),
+        TitleLayout::DoubleColon => ("::", 1),
+        // id,year,title: the title may hold commas, and is not quoted.
+        TitleLayout::Netflix => (",", 2),
+        TitleLayout::Csv => unreachable!("read as CSV above"),
+    };
+    let mut reader = reader;
+    let (mut buffer, mut titles, mut line) = (Vec::new(), Vec::new(), 0);
     while let Some(text) = next_line(&mut reader, &mut buffer).map_err(io)? {
         line += 1;
-        if text.trim().is_empty() || (layout == TitleLayout::Csv && line == 1) {
+        if text.trim().is_empty() {
             continue;
         }
-        let malformed = |message: &str| ReadError::Malformed {
-            path: path.to_path_buf(),
-            line,
-            message: message.to_string(),
-        };
-        let (id, title) = match layout {
-            TitleLayout::Pipe => {
-                let mut fields = text.splitn(3, '|');
-                (
-                    fields.next().unwrap_or_default().to_string(),
-                    fields.next().map(str::to_string),
-                )
-            }
-            TitleLayout::DoubleColon => {
-                let mut fields = text.splitn(3, "::");
-                (
-                    fields.next().unwrap_or_default().to_string(),
-                    fields.next().map(str::to_string),
-                )
-            }
-            TitleLayout::Csv => {
-                let fields = split_csv_line(&text).map_err(|m| malformed(&m))?;
-                (
-                    fields.first().cloned().unwrap_or_default(),
-                    fields.get(1).cloned(),
-                )
-            }
-            TitleLayout::Netflix => {
-                let mut fields = text.splitn(3, ',');
-                (
-                    fields.next().unwrap_or_default().to_string(),
-                    fields.nth(1).map(str::to_string),
-                )
-            }
-        };
-        match title {
-            Some(title) if !id.trim().is_empty() => {
-                titles.push((id.trim().to_string(), title.trim().to_string()))
-            }
-            _ => return Err(malformed("expected an id and a title")),
-        }
+        let mut fields = text.splitn(3, separator);
+        let id = fields.next().unwrap_or_default();
+        let title = fields.nth(title_field - 1);
+        titles.push(title_pair(path, line, id, title)?);
     }
     Ok(titles)
+}
+
+/// ml-latest `movies.csv`: movieId,title,genres with a header; titles with commas are quoted.
+fn read_csv_titles(
+    path: &Path,
+    reader: impl std::io::Read,
+) -> Result<Vec<(String, String)>, ReadError> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
+    let mut titles = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|error| ReadError::Malformed {
+            path: path.to_path_buf(),
+            line: error.position().map_or(0, |p| p.line() as usize),
+            message: error.to_string(),
+        })?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        if record.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        titles.push(title_pair(path, line, &record[0], record.get(1))?);
+    }
+    Ok(titles)
+}
+
+fn title_pair(
+    path: &Path,
+    line: usize,
+    id: &str,
+    title: Option<&str>,
+) -> Result<(String, String), ReadError> {
+    match title {
+        Some(title) if !id.trim().is_empty() => {
+            Ok((id.trim().to_string(), title.trim().to_string()))
+        }
+        _ => Err(ReadError::Malformed {
+            path: path.to_path_buf(),
+            line,
+            message: "expected an id and a title".to_string(),
+        }),
+    }
 }
 
 /// The Netflix Prize layout: `training_set/mv_*.txt`, each a `MovieID:` line followed by

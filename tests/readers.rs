@@ -45,6 +45,14 @@ fn each_format_is_detected_and_parsed() {
     }
     let data = read_dataset(&dir.path().join("mine.csv"), None, None).unwrap();
     assert!(data.items.get("The Matrix, 1999").is_some());
+    let path = fixture(
+        &dir,
+        "quotes.csv",
+        "\u{feff}user,item,rating\n\"a\",\"say \"\"hi\"\"\nthere\",4\n\nb,x,2\n",
+    );
+    let data = read_dataset(&path, None, None).unwrap();
+    assert_eq!(data.ratings.len(), 2);
+    assert!(data.items.get("say \"hi\"\nthere").is_some());
 }
 
 #[test]
@@ -97,7 +105,14 @@ fn bad_lines_fail_with_file_and_line_number() {
             "quoted.csv",
             "user,item,rating\na,\"open,4\n",
             2,
-            "unterminated quoted field",
+            "expected 3 or 4 fields, found 2",
+        ),
+        (
+            // A quoted newline is part of its field: the bad rating is on line 4, not 3.
+            "multiline.csv",
+            "user,item,rating\na,\"two\nlines\",4\nb,c,lots\n",
+            4,
+            "rating \"lots\" is not a number",
         ),
     ];
     for (name, text, line, message) in cases {

@@ -13,8 +13,8 @@ use serde_json::json;
 use crate::app::TrainingRequest;
 use crate::config::parse_scale;
 use crate::model::{
-    Dataset, EpochStats, ItemSimilarity, Order, RatingScale, Recommender, Scratch, Side,
-    Similarity, TrainConfig, mae, ranking_metrics, rmse, similar_items_ranking,
+    self, Dataset, Entry, EpochStats, ItemSimilarity, Order, RatingScale, Recommender, Scratch,
+    Side, Similarity, TrainConfig, mae, ranking_metrics, rmse, similar_items_ranking,
 };
 use crate::model_file::ModelFile;
 use crate::readers::{RatingFormat, read_dataset};
@@ -333,7 +333,7 @@ async fn serve(settings: crate::config::Settings) -> anyhow::Result<()> {
     let app = crate::http::Application::bind(service.clone(), &settings)
         .await
         .context("failed to bind the listen address")?;
-    tracing::info!(address = %app.local_addr()?, "listening");
+    tracing::info!(address = %app.local_addr()?, simd = model::isa().name(), "listening");
     app.run_until_stopped().await?;
     service.close().await;
     Ok(())
@@ -435,6 +435,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     };
     let mut test = split.test.clone();
     test.sort_by_key(|r| (r.user, r.item));
+    let entries: Vec<Entry> = test.iter().map(|r| r.entry()).collect();
     let data = &split.train;
     let config = args.hyper.config(data.ratings.len(), data.users.len())?;
     let trained = train_with_progress(data, &config)?;
@@ -443,13 +444,13 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let known = data.user_matrix();
 
     let predictions = if args.include_test_items {
-        crate::model::predict(model.user_rbm(), &known, &test, scale, true)
+        crate::model::predict(model.user_rbm(), &known, &entries, scale, true)
     } else {
         model.predict(&known, &test)
     };
-    let user_only = crate::model::predict(model.user_rbm(), &known, &test, scale, false);
+    let user_only = crate::model::predict(model.user_rbm(), &known, &entries, scale, false);
     let ranking_in = |order: Order| {
-        ranking_metrics(&known, &test, scale, 10, |user, out| {
+        ranking_metrics(&known, &entries, scale, 10, |user, out| {
             let (items, classes) = known.row(user as usize);
             let mut expected = vec![0.0f32; out.len()];
             let mut scratch = Scratch::default();
@@ -471,7 +472,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         Order::Score => ranking_in(Order::ExpectedRating),
     };
     let popularity_scores: Vec<f32> = known.col_counts().iter().map(|&c| c as f32).collect();
-    let popularity = ranking_metrics(&known, &test, scale, 10, |_, out| {
+    let popularity = ranking_metrics(&known, &entries, scale, 10, |_, out| {
         out.copy_from_slice(&popularity_scores)
     });
 
@@ -482,7 +483,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         .filter(|_| compare_similar)
         .filter_map(|kind| {
             let similarity = ItemSimilarity::new(model, kind)?;
-            let metrics = similar_items_ranking(&known, &test, scale, 10, |item, out| {
+            let metrics = similar_items_ranking(&known, &entries, scale, 10, |item, out| {
                 similarity.to_item(model, item, &mut Scratch::default(), out)
             });
             Some((
@@ -497,8 +498,9 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let train_seconds =
         trained.user_fit.train_seconds + trained.item_fit.as_ref().map_or(0.0, |f| f.train_seconds);
     let mut report = json!({
-        "rmse": rmse(&predictions, &test, scale),
-        "mae": mae(&predictions, &test, scale),
+        "simd": model::isa().name(),
+        "rmse": rmse(&predictions, &entries, scale),
+        "mae": mae(&predictions, &entries, scale),
         "precision_at_10": ranking.precision,
         "recall_at_10": ranking.recall,
         "ndcg_at_10": ranking.ndcg,
@@ -513,7 +515,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         "ranking_users": ranking.users,
         "similar_items_by": Similarity::SERVED,
         "similar_items": compare_similar.then_some(similar),
-        "rmse_user_based": rmse(&user_only, &test, scale),
+        "rmse_user_based": rmse(&user_only, &entries, scale),
         "blend_weight": model.blend_weight(),
         "valid_rmse": trained.valid_rmse,
         "epochs": epochs,
@@ -530,7 +532,7 @@ fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(item_fit) = &trained.item_fit {
         let item_only_model = model.clone().with_blend_weight(0.0);
         let item_only = item_only_model.predict(&known, &test);
-        report["rmse_item_based"] = json!(rmse(&item_only, &test, scale));
+        report["rmse_item_based"] = json!(rmse(&item_only, &entries, scale));
         report["best_epoch_item_based"] = json!(item_fit.best_epoch);
     }
     println!("{report}");
@@ -728,6 +730,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "hidden": args.hidden,
             "k": data.scale.classes(),
             "cd_steps": args.cd_steps,
+            "simd": model::isa().name(),
             "threads": if params.threads == 0 { rayon::current_num_threads() } else { params.threads },
             "epochs": fit.history.len(),
             "seconds_per_epoch": seconds_per_epoch,

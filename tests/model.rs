@@ -7,8 +7,8 @@ use std::ops::ControlFlow;
 
 use ndarray::{Array1, Array2, Array3};
 use rbm_recommender::model::{
-    Dataset, ItemSide, ItemSimilarity, Order, RatingScale, Rbm, RbmParams, Recommender, Scratch,
-    Similarity, TrainConfig, cd_weight_gradient, choice_scores, joint_cd_weight_gradient,
+    Dataset, Entry, ItemSide, ItemSimilarity, Order, RatingScale, Rbm, RbmParams, Recommender,
+    Scratch, Similarity, TrainConfig, cd_weight_gradient, choice_scores, joint_cd_weight_gradient,
     ranking_metrics, rmse,
 };
 use rbm_recommender::model_file::ModelFile;
@@ -475,6 +475,7 @@ fn the_joint_rbm_ranks_what_users_pick_above_popular_and_highly_rated_items() {
     let known = split.train.user_matrix();
     let mut test = split.test.clone();
     test.sort_by_key(|r| (r.user, r.item));
+    let test: Vec<Entry> = test.iter().map(|r| r.entry()).collect();
     let scale = split.train.scale;
     let precision = |order: Order| {
         ranking_metrics(&known, &test, scale, 10, |user, out| {
@@ -551,9 +552,10 @@ fn trained_rbm_beats_the_item_mean_on_planted_tastes() {
     let known = split.train.user_matrix();
     let mut test = split.test.clone();
     test.sort_by_key(|r| (r.user, r.item));
+    let entries: Vec<Entry> = test.iter().map(|r| r.entry()).collect();
     let model_rmse = rmse(
         &trained.recommender.predict(&known, &test),
-        &test,
+        &entries,
         split.train.scale,
     );
 
@@ -566,7 +568,7 @@ fn trained_rbm_beats_the_item_mean_on_planted_tastes() {
         .iter()
         .map(|r| (sums[r.item as usize].0 / sums[r.item as usize].1 as f64) as f32)
         .collect();
-    let baseline = rmse(&item_mean, &test, split.train.scale);
+    let baseline = rmse(&item_mean, &entries, split.train.scale);
     assert!(
         model_rmse < 0.75 * baseline,
         "RBM {model_rmse:.3} vs item mean {baseline:.3}"

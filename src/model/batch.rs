@@ -13,7 +13,9 @@ use rayon::prelude::*;
 
 use super::SparseRatings;
 use super::kernels;
-use super::rbm::{MAX_CLASSES, Rbm};
+use super::rbm::Rbm;
+use super::scale::MAX_CLASSES;
+use super::simd;
 
 /// Item ranges the hidden passes are split into, whatever the number of threads: enough to keep
 /// a few cores busy, few enough that their B×M sums stay cheap to clear and combine.
@@ -86,6 +88,7 @@ fn stream(seed: u64, step: u64, index: u64) -> Xoshiro256PlusPlus {
     )
 }
 
+#[inline(always)]
 fn sample_bernoulli(probabilities: &[f32], rng: &mut Xoshiro256PlusPlus, out: &mut [f32]) {
     for (h, &p) in out.iter_mut().zip(probabilities) {
         *h = if rng.random::<f32>() < p { 1.0 } else { 0.0 };
@@ -94,6 +97,7 @@ fn sample_bernoulli(probabilities: &[f32], rng: &mut Xoshiro256PlusPlus, out: &m
 
 /// v_i ~ p(v_i | h) into `sampled` for each of item i's `entries`, h being each case's row of
 /// `hidden`.
+#[inline(always)]
 fn sample_item(
     rbm: &Rbm,
     item: usize,
@@ -203,95 +207,99 @@ impl MiniBatch {
         }
     }
 
-    /// Adds, for every rating of the batch, W[i][k] (and Dimp[i] for the conditional RBM) to the
-    /// hidden input of the case that gave it, with k the rated class, or, given `(seed, step)`,
-    /// first draws v_i ~ p(v_i | h) for the item's entries from `hidden_sample` and takes the
-    /// drawn class. The items are split into PARTS ranges of about equal entries, run in
-    /// parallel; each range sums into its own B×M slice of `partials` in ascending item order.
-    /// So each row of W is read once per pass, while it is in cache for the visible draw, and the
-    /// sums do not depend on the number of threads.
-    fn accumulate(&mut self, rbm: &Rbm, resample: Option<(u64, u64)>) {
-        let (k, m, cases) = (self.k, self.m, self.rows.len());
-        let (items, item_start, part_start) = (&self.items, &self.item_start, &self.part_start);
-        let mut parts = Vec::with_capacity(PARTS);
-        let mut rest = self.entries.as_mut_slice();
-        for bounds in part_start.windows(2) {
-            let groups = bounds[0]..bounds[1];
-            let (part, tail) = rest.split_at_mut(item_start[groups.end] - item_start[groups.start]);
-            parts.push((groups, part));
-            rest = tail;
-        }
-        let hidden = &self.hidden_sample;
-        self.partials.par_chunks_mut(cases * m).zip(parts).for_each(
-            |(partial, (groups, entries))| {
-                partial.fill(0.0);
-                let mut rest = entries;
-                for g in groups {
-                    let item = items[g] as usize;
-                    let (entries, tail) = rest.split_at_mut(item_start[g + 1] - item_start[g]);
-                    rest = tail;
-                    if let Some((seed, step)) = resample {
-                        sample_item(
-                            rbm,
-                            item,
-                            entries,
-                            hidden,
-                            k,
-                            stream(seed, step, item as u64 | 1 << 63),
-                        );
-                    }
-                    for e in entries.iter() {
-                        let class = if resample.is_some() {
-                            e.sampled
-                        } else {
-                            e.class
-                        };
-                        let input = &mut partial[e.slot as usize * m..(e.slot as usize + 1) * m];
-                        kernels::add_assign(input, rbm.weight_row(item, class as usize));
-                        if let Some(implicit) = &rbm.implicit {
-                            kernels::add_assign(
-                                input,
-                                implicit.row(item).as_slice().expect("contiguous"),
+    simd::multiversion! {
+        /// Adds, for every rating of the batch, W[i][k] (and Dimp[i] for the conditional RBM) to the
+        /// hidden input of the case that gave it, with k the rated class, or, given `(seed, step)`,
+        /// first draws v_i ~ p(v_i | h) for the item's entries from `hidden_sample` and takes the
+        /// drawn class. The items are split into PARTS ranges of about equal entries, run in
+        /// parallel; each range sums into its own B×M slice of `partials` in ascending item order.
+        /// So each row of W is read once per pass, while it is in cache for the visible draw, and the
+        /// sums do not depend on the number of threads.
+        fn accumulate / accumulate_avx2(&mut self, rbm: &Rbm, resample: Option<(u64, u64)>) {
+            let (k, m, cases) = (self.k, self.m, self.rows.len());
+            let (items, item_start, part_start) = (&self.items, &self.item_start, &self.part_start);
+            let mut parts = Vec::with_capacity(PARTS);
+            let mut rest = self.entries.as_mut_slice();
+            for bounds in part_start.windows(2) {
+                let groups = bounds[0]..bounds[1];
+                let (part, tail) = rest.split_at_mut(item_start[groups.end] - item_start[groups.start]);
+                parts.push((groups, part));
+                rest = tail;
+            }
+            let hidden = &self.hidden_sample;
+            self.partials.par_chunks_mut(cases * m).zip(parts).for_each(
+                |(partial, (groups, entries))| {
+                    partial.fill(0.0);
+                    let mut rest = entries;
+                    for g in groups {
+                        let item = items[g] as usize;
+                        let (entries, tail) = rest.split_at_mut(item_start[g + 1] - item_start[g]);
+                        rest = tail;
+                        if let Some((seed, step)) = resample {
+                            sample_item(
+                                rbm,
+                                item,
+                                entries,
+                                hidden,
+                                k,
+                                stream(seed, step, item as u64 | 1 << 63),
                             );
                         }
+                        for e in entries.iter() {
+                            let class = if resample.is_some() {
+                                e.sampled
+                            } else {
+                                e.class
+                            };
+                            let input = &mut partial[e.slot as usize * m..(e.slot as usize + 1) * m];
+                            kernels::add_assign(input, rbm.weight_row(item, class as usize));
+                            if let Some(implicit) = &rbm.implicit {
+                                kernels::add_assign(
+                                    input,
+                                    implicit.row(item).as_slice().expect("contiguous"),
+                                );
+                            }
+                        }
                     }
-                }
-            },
-        );
+                },
+            );
+        }
     }
 
-    /// p(h | v) of every case from `partials` (c plus the parts' sums, in part order) into
-    /// `positive` (from the data) or `negative` (from the last sample), and, given
-    /// `(seed, step, t)`, a binary sample of it into `hidden_sample`.
-    fn hidden_probabilities(
-        &mut self,
-        rbm: &Rbm,
-        visible: Visible,
-        sample: Option<(u64, u64, u64)>,
-    ) {
-        let (m, cases) = (self.m, self.rows.len());
-        let probabilities = match visible {
-            Visible::Data => &mut self.positive,
-            Visible::Sampled => &mut self.negative,
-        };
-        let partials = &self.partials;
-        let hidden_bias = rbm.hidden_bias.as_slice().expect("contiguous");
-        probabilities
-            .par_chunks_mut(m)
-            .zip(self.hidden_sample.par_chunks_mut(m))
-            .enumerate()
-            .with_min_len(8)
-            .for_each(|(slot, (p, h))| {
-                p.copy_from_slice(hidden_bias);
-                for part in partials.chunks(cases * m) {
-                    kernels::add_assign(p, &part[slot * m..(slot + 1) * m]);
-                }
-                p.iter_mut().for_each(|x| *x = kernels::sigmoid(*x));
-                if let Some((seed, step, t)) = sample {
-                    let index = (t << 40) | slot as u64;
-                    sample_bernoulli(p, &mut stream(seed, step, index), h);
-                }
-            });
+    simd::multiversion! {
+        /// p(h | v) of every case from `partials` (c plus the parts' sums, in part order) into
+        /// `positive` (from the data) or `negative` (from the last sample), and, given
+        /// `(seed, step, t)`, a binary sample of it into `hidden_sample`.
+        fn hidden_probabilities / hidden_probabilities_avx2(
+            &mut self,
+            rbm: &Rbm,
+            visible: Visible,
+            sample: Option<(u64, u64, u64)>,
+        ) {
+            let (m, cases) = (self.m, self.rows.len());
+            let probabilities = match visible {
+                Visible::Data => &mut self.positive,
+                Visible::Sampled => &mut self.negative,
+            };
+            let partials = &self.partials;
+            let hidden_bias = rbm.hidden_bias.as_slice().expect("contiguous");
+            probabilities
+                .par_chunks_mut(m)
+                .zip(self.hidden_sample.par_chunks_mut(m))
+                .enumerate()
+                .with_min_len(8)
+                .for_each(|(slot, (p, h))| {
+                    p.copy_from_slice(hidden_bias);
+                    for part in partials.chunks(cases * m) {
+                        kernels::add_assign(p, &part[slot * m..(slot + 1) * m]);
+                    }
+                    p.iter_mut().for_each(|x| *x = kernels::sigmoid(*x));
+                    if let Some((seed, step, t)) = sample {
+                        let index = (t << 40) | slot as u64;
+                        sample_bernoulli(p, &mut stream(seed, step, index), h);
+                    }
+                });
+        }
     }
 
     /// Lays the cases `rows` of `train` out in item-major entry groups; `items` then lists the
@@ -357,6 +365,7 @@ impl MiniBatch {
 
     /// The gradient of item i's K rows of W, Σ over the batch of v[i][k]·p(h|v) − v_T[i][k]·p(h|v_T)
     /// with the halves scaled by `scale`, into `out` (K·M), from one pass over the item's entries.
+    #[inline(always)]
     pub fn item_weight_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
         let m = self.m;
         out.fill(0.0);
@@ -377,6 +386,7 @@ impl MiniBatch {
     }
 
     /// Σ v[i][k] − v_T[i][k] over the batch, the halves scaled by `scale`.
+    #[inline(always)]
     pub fn visible_bias_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
         out.fill(0.0);
         for e in self.group(item) {
@@ -398,6 +408,7 @@ impl MiniBatch {
     }
 
     /// Σ over the cases that rated item i of p(h|v) − p(h|v_T), the halves scaled by `scale` (the gradient of Dimp[i]).
+    #[inline(always)]
     pub fn implicit_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
         let m = self.m;
         out.fill(0.0);

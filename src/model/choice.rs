@@ -21,8 +21,10 @@ use rayon::prelude::*;
 
 use super::evaluate::ranking_metrics;
 use super::kernels;
-use super::rbm::{MAX_CLASSES, Rbm, log_sigmoid};
-use super::{Rating, RatingScale, SparseRatings};
+use super::rbm::{Rbm, log_sigmoid};
+use super::scale::MAX_CLASSES;
+use super::simd;
+use super::{Entry, RatingScale, SparseRatings};
 
 /// Items per parallel task of the draw.
 const DRAW_TASK: usize = 32;
@@ -118,13 +120,13 @@ const VALIDATION_CASES: usize = 1000;
 pub(crate) fn validation_ndcg(
     rbm: &Rbm,
     train: &SparseRatings,
-    valid: &[Rating],
+    valid: &[Entry],
     scale: RatingScale,
 ) -> f64 {
     let stride = train.n_rows().div_ceil(VALIDATION_CASES).max(1) as u32;
-    let sample: Vec<Rating> = valid
+    let sample: Vec<Entry> = valid
         .iter()
-        .filter(|r| r.user % stride == 0)
+        .filter(|r| r.row % stride == 0)
         .copied()
         .collect();
     let (d, m) = (rbm.visible(), rbm.hidden());
@@ -153,92 +155,94 @@ impl ChoiceBatch {
         }
     }
 
-    /// Draws every item's state for every case from a binary sample of `positive` (p(h | v) of
-    /// the batch's cases, B×M), then p(h | drawn states) into the negative phase. Each random
-    /// draw is seeded by (seed, step, case or item), so the result does not depend on threads.
-    pub fn run(&mut self, rbm: &Rbm, positive: &[f32], seed: u64, step: u64) {
-        let (k, m, d) = (self.k, self.m, rbm.visible());
-        let cases = positive.len() / m;
-        self.cases = cases;
-        self.hidden_sample.resize(cases * m, 0.0);
-        self.hidden_sample
-            .par_chunks_mut(m)
-            .zip(positive.par_chunks(m))
-            .enumerate()
-            .for_each(|(slot, (h, p))| {
-                let mut rng = stream(seed, step, slot as u64);
-                for (h, &p) in h.iter_mut().zip(p) {
-                    *h = if rng.random::<f32>() < p { 1.0 } else { 0.0 };
-                }
-            });
-        let hidden = &self.hidden_sample;
-        let tasks: Vec<Vec<Drawn>> = (0..d.div_ceil(DRAW_TASK))
-            .into_par_iter()
-            .map(|task| {
-                let mut out = Vec::new();
-                for item in task * DRAW_TASK..((task + 1) * DRAW_TASK).min(d) {
-                    draw_item(
-                        rbm,
-                        item,
-                        hidden,
-                        m,
-                        k,
-                        stream(seed, step, 1 << 62 | item as u64),
-                        &mut out,
-                    );
-                }
-                out
-            })
-            .collect();
-        self.drawn.clear();
-        for task in tasks {
-            self.drawn.extend(task);
+    simd::multiversion! {
+        /// Draws every item's state for every case from a binary sample of `positive` (p(h | v) of
+        /// the batch's cases, B×M), then p(h | drawn states) into the negative phase. Each random
+        /// draw is seeded by (seed, step, case or item), so the result does not depend on threads.
+        pub fn run / run_avx2(&mut self, rbm: &Rbm, positive: &[f32], seed: u64, step: u64) {
+            let (k, m, d) = (self.k, self.m, rbm.visible());
+            let cases = positive.len() / m;
+            self.cases = cases;
+            self.hidden_sample.resize(cases * m, 0.0);
+            self.hidden_sample
+                .par_chunks_mut(m)
+                .zip(positive.par_chunks(m))
+                .enumerate()
+                .for_each(|(slot, (h, p))| {
+                    let mut rng = stream(seed, step, slot as u64);
+                    for (h, &p) in h.iter_mut().zip(p) {
+                        *h = if rng.random::<f32>() < p { 1.0 } else { 0.0 };
+                    }
+                });
+            let hidden = &self.hidden_sample;
+            let tasks: Vec<Vec<Drawn>> = (0..d.div_ceil(DRAW_TASK))
+                .into_par_iter()
+                .map(|task| {
+                    let mut out = Vec::new();
+                    for item in task * DRAW_TASK..((task + 1) * DRAW_TASK).min(d) {
+                        draw_item(
+                            rbm,
+                            item,
+                            hidden,
+                            m,
+                            k,
+                            stream(seed, step, 1 << 62 | item as u64),
+                            &mut out,
+                        );
+                    }
+                    out
+                })
+                .collect();
+            self.drawn.clear();
+            for task in tasks {
+                self.drawn.extend(task);
+            }
+            self.item_start.iter_mut().for_each(|s| *s = 0);
+            for e in &self.drawn {
+                self.item_start[e.item as usize + 1] += 1;
+            }
+            for i in 0..d {
+                self.item_start[i + 1] += self.item_start[i];
+            }
+            // Case-major positions by a counting sort that keeps item order within a case.
+            self.case_start.clear();
+            self.case_start.resize(cases + 1, 0);
+            for e in &self.drawn {
+                self.case_start[e.slot as usize + 1] += 1;
+            }
+            for c in 0..cases {
+                self.case_start[c + 1] += self.case_start[c];
+            }
+            let mut next = self.case_start.clone();
+            self.by_case.resize(self.drawn.len(), 0);
+            for (n, e) in self.drawn.iter().enumerate() {
+                let at = &mut next[e.slot as usize];
+                self.by_case[*at] = n as u32;
+                *at += 1;
+            }
+            self.negative.resize(cases * m, 0.0);
+            let (drawn, by_case, case_start) = (&self.drawn, &self.by_case, &self.case_start);
+            let hidden_bias = rbm.hidden_bias().as_slice().expect("contiguous");
+            self.negative
+                .par_chunks_mut(m)
+                .enumerate()
+                .for_each(|(slot, out)| {
+                    out.copy_from_slice(hidden_bias);
+                    let implicit = rbm.implicit().expect("a joint RBM is conditional");
+                    for &n in &by_case[case_start[slot]..case_start[slot + 1]] {
+                        let e = drawn[n as usize];
+                        kernels::add_assign(out, rbm.weight_row(e.item as usize, e.class as usize));
+                        kernels::add_assign(
+                            out,
+                            implicit
+                                .row(e.item as usize)
+                                .as_slice()
+                                .expect("contiguous"),
+                        );
+                    }
+                    out.iter_mut().for_each(|x| *x = kernels::sigmoid(*x));
+                });
         }
-        self.item_start.iter_mut().for_each(|s| *s = 0);
-        for e in &self.drawn {
-            self.item_start[e.item as usize + 1] += 1;
-        }
-        for i in 0..d {
-            self.item_start[i + 1] += self.item_start[i];
-        }
-        // Case-major positions by a counting sort that keeps item order within a case.
-        self.case_start.clear();
-        self.case_start.resize(cases + 1, 0);
-        for e in &self.drawn {
-            self.case_start[e.slot as usize + 1] += 1;
-        }
-        for c in 0..cases {
-            self.case_start[c + 1] += self.case_start[c];
-        }
-        let mut next = self.case_start.clone();
-        self.by_case.resize(self.drawn.len(), 0);
-        for (n, e) in self.drawn.iter().enumerate() {
-            let at = &mut next[e.slot as usize];
-            self.by_case[*at] = n as u32;
-            *at += 1;
-        }
-        self.negative.resize(cases * m, 0.0);
-        let (drawn, by_case, case_start) = (&self.drawn, &self.by_case, &self.case_start);
-        let hidden_bias = rbm.hidden_bias().as_slice().expect("contiguous");
-        self.negative
-            .par_chunks_mut(m)
-            .enumerate()
-            .for_each(|(slot, out)| {
-                out.copy_from_slice(hidden_bias);
-                let implicit = rbm.implicit().expect("a joint RBM is conditional");
-                for &n in &by_case[case_start[slot]..case_start[slot + 1]] {
-                    let e = drawn[n as usize];
-                    kernels::add_assign(out, rbm.weight_row(e.item as usize, e.class as usize));
-                    kernels::add_assign(
-                        out,
-                        implicit
-                            .row(e.item as usize)
-                            .as_slice()
-                            .expect("contiguous"),
-                    );
-                }
-                out.iter_mut().for_each(|x| *x = kernels::sigmoid(*x));
-            });
     }
 
     fn drawn_of(&self, item: usize) -> &[Drawn] {
@@ -247,6 +251,7 @@ impl ChoiceBatch {
 
     /// Subtracts scale·Σ_{cases that drew item i in class k} p(h | drawn) from `out[k]` (K·M): the
     /// negative half of ∂/∂W[i]; the positive half is the data term the rating batch has.
+    #[inline(always)]
     pub fn sub_weight_negative(&self, item: usize, scale: f32, out: &mut [f32]) {
         let m = self.m;
         for e in self.drawn_of(item) {
@@ -261,6 +266,7 @@ impl ChoiceBatch {
     }
 
     /// Subtracts scale·Σ over cases that drew item i of p(h | drawn) from `out` (M).
+    #[inline(always)]
     pub fn sub_implicit_negative(&self, item: usize, scale: f32, out: &mut [f32]) {
         let m = self.m;
         for e in self.drawn_of(item) {
@@ -277,6 +283,7 @@ impl ChoiceBatch {
     }
 
     /// Subtracts scale·Σ_cases p(h | drawn) from `out` (M).
+    #[inline(always)]
     pub fn sub_hidden_bias_negative(&self, scale: f32, out: &mut [f32]) {
         for n in self.negative.chunks(self.m) {
             kernels::axpy(out, -scale, n);
@@ -286,6 +293,7 @@ impl ChoiceBatch {
 
 /// Draws item i's state for every case from the K rated-state logits and the "not rated" logit 0,
 /// CASES cases at a time so that the exponentials run in vector lanes, appending the rated ones.
+#[inline(always)]
 fn draw_item(
     rbm: &Rbm,
     item: usize,

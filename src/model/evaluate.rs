@@ -5,44 +5,47 @@ use serde::{Deserialize, Serialize};
 
 use super::kernels;
 use super::rbm::Rbm;
-use super::{Rating, RatingScale, SparseRatings};
+use super::simd;
+use super::{Entry, RatingScale, SparseRatings};
 
-/// Groups of consecutive queries with the same row (queries must be sorted by row).
-pub(crate) fn row_groups(queries: &[Rating]) -> Vec<&[Rating]> {
-    queries.chunk_by(|a, b| a.user == b.user).collect()
+/// Groups of consecutive entries with the same row (entries must be sorted by row).
+pub(crate) fn row_groups(entries: &[Entry]) -> Vec<&[Entry]> {
+    entries.chunk_by(|a, b| a.row == b.row).collect()
 }
 
-/// Mean-field predictions (ratings on the scale) for (row, column) queries sorted by row: ĥ from the
-/// row's ratings in `known`, then E[value] under p(v_col | ĥ). With `include_queries` a conditional
-/// RBM also counts the queried columns as rated (the paper's variant; never the headline number).
-pub fn predict(
-    rbm: &Rbm,
-    known: &SparseRatings,
-    queries: &[Rating],
-    scale: RatingScale,
-    include_queries: bool,
-) -> Vec<f32> {
-    row_groups(queries)
-        .par_iter()
-        .flat_map_iter(|group| {
-            let (items, classes) = known.row(group[0].user as usize);
-            let mut hidden = vec![0.0f32; rbm.hidden()];
-            if include_queries {
-                let mut implicit: Vec<u32> = items.to_vec();
-                implicit.extend(group.iter().map(|q| q.item));
-                rbm.hidden_probabilities(items, classes, &implicit, &mut hidden);
-            } else {
-                rbm.hidden_probabilities(items, classes, items, &mut hidden);
-            }
-            group
-                .iter()
-                .map(move |q| scale.value_at(rbm.expected_class(q.item as usize, &hidden)))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+simd::multiversion! {
+    /// Mean-field predictions (ratings on the scale) for (row, column) queries sorted by row: ĥ from the
+    /// row's ratings in `known`, then E[value] under p(v_col | ĥ). With `include_queries` a conditional
+    /// RBM also counts the queried columns as rated (the paper's variant; never the headline number).
+    pub fn predict / predict_avx2(
+        rbm: &Rbm,
+        known: &SparseRatings,
+        queries: &[Entry],
+        scale: RatingScale,
+        include_queries: bool,
+    ) -> Vec<f32> {
+        row_groups(queries)
+            .par_iter()
+            .flat_map_iter(|group| {
+                let (items, classes) = known.row(group[0].row as usize);
+                let mut hidden = vec![0.0f32; rbm.hidden()];
+                if include_queries {
+                    let mut implicit: Vec<u32> = items.to_vec();
+                    implicit.extend(group.iter().map(|q| q.col));
+                    rbm.hidden_probabilities(items, classes, &implicit, &mut hidden);
+                } else {
+                    rbm.hidden_probabilities(items, classes, items, &mut hidden);
+                }
+                group
+                    .iter()
+                    .map(move |q| scale.value_at(rbm.expected_class(q.col as usize, &hidden)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
 }
 
-pub fn rmse(predictions: &[f32], truth: &[Rating], scale: RatingScale) -> f64 {
+pub fn rmse(predictions: &[f32], truth: &[Entry], scale: RatingScale) -> f64 {
     let sum: f64 = predictions
         .iter()
         .zip(truth)
@@ -51,7 +54,7 @@ pub fn rmse(predictions: &[f32], truth: &[Rating], scale: RatingScale) -> f64 {
     (sum / truth.len().max(1) as f64).sqrt()
 }
 
-pub fn mae(predictions: &[f32], truth: &[Rating], scale: RatingScale) -> f64 {
+pub fn mae(predictions: &[f32], truth: &[Entry], scale: RatingScale) -> f64 {
     let sum: f64 = predictions
         .iter()
         .zip(truth)
@@ -103,30 +106,31 @@ pub fn best_n<T>(
     candidates
 }
 
-/// For each test user: rank every item not rated in `train` with `score`, take the top `n`; relevant
-/// items are the user's test items rated at or above the scale's relevance threshold.
+/// For each row of `test` (a user): rank every column (item) not rated in `train` with `score`,
+/// take the top `n`; relevant items are the user's test items rated at or above the scale's
+/// relevance threshold.
 pub fn ranking_metrics(
     train: &SparseRatings,
-    test: &[Rating],
+    test: &[Entry],
     scale: RatingScale,
     n: usize,
     score: impl Fn(u32, &mut [f32]) + Sync,
 ) -> RankingMetrics {
     let threshold = scale.relevance_threshold() - 1e-4;
     let mut sorted = test.to_vec();
-    sorted.sort_by_key(|r| (r.user, r.item));
+    sorted.sort_by_key(|r| (r.row, r.col));
     let per_user: Vec<(f64, f64, f64)> = row_groups(&sorted)
         .par_iter()
         .filter_map(|group| {
             let relevant: Vec<u32> = group
                 .iter()
                 .filter(|r| scale.value_of(r.class) >= threshold)
-                .map(|r| r.item)
+                .map(|r| r.col)
                 .collect();
             if relevant.is_empty() {
                 return None;
             }
-            let user = group[0].user;
+            let user = group[0].row;
             let mut scores = vec![0.0f32; train.n_cols()];
             score(user, &mut scores);
             let rated = train.row(user as usize).0;
@@ -162,7 +166,7 @@ pub fn ranking_metrics(
 /// is to item j; it is called once per item.
 pub fn similar_items_ranking(
     train: &SparseRatings,
-    test: &[Rating],
+    test: &[Entry],
     scale: RatingScale,
     n: usize,
     similarities: impl Fn(u32, &mut [f32]) + Sync,
@@ -205,19 +209,19 @@ mod tests {
         // One user, items 0..4; item 3 and 4 are relevant test items, item 0 is a training item.
         let train = SparseRatings::from_triples(1, 5, [(0u32, 0u32, 4u8)].into_iter());
         let test = [
-            Rating {
-                user: 0,
-                item: 3,
+            Entry {
+                row: 0,
+                col: 3,
                 class: 4,
             },
-            Rating {
-                user: 0,
-                item: 4,
+            Entry {
+                row: 0,
+                col: 4,
                 class: 3,
             },
-            Rating {
-                user: 0,
-                item: 1,
+            Entry {
+                row: 0,
+                col: 1,
                 class: 0,
             },
         ];
@@ -234,9 +238,9 @@ mod tests {
         // Item 0 is loved (5 stars) and item 1 disliked (1 star): item 3 is like item 0 and item 2
         // like item 1, so item 3 tops the list and the relevant test item 3 is a hit at rank 1.
         let train = SparseRatings::from_triples(1, 4, [(0u32, 0u32, 4u8), (0, 1, 0)].into_iter());
-        let test = [Rating {
-            user: 0,
-            item: 3,
+        let test = [Entry {
+            row: 0,
+            col: 3,
             class: 4,
         }];
         let like = |j: u32, out: &mut [f32]| {

@@ -1,45 +1,42 @@
-//! The few vector loops everything hot is made of. The crate is built for x86-64-v3 (AVX2, FMA;
-//! see .cargo/config.toml); the dot product uses intrinsics there because LLVM does not vectorise
-//! a float reduction on its own, and plain code elsewhere. Reductions combine lanes in a fixed order,
-//! so a model trained with a given seed and thread count is the same on every machine of one arch.
+//! The few vector loops everything hot is made of. On x86-64 each has an AVX2 + FMA version with
+//! intrinsics, taken when [`simd::avx2`] says the CPU has them (LLVM does not vectorise a float
+//! reduction on its own), and a plain one otherwise. Reductions combine lanes in a fixed order, so a
+//! model trained with a given seed and thread count is the same on every machine that takes the same
+//! path; the two paths agree to rounding (the plain one does not fuse multiply-adds).
+
+use super::simd;
 
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        // SAFETY: the crate is compiled with AVX2 and FMA enabled (cfg above); loads are unaligned
-        // and stay within the slices, whose lengths are equal.
-        unsafe { dot_avx2(a, b) }
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx2() {
+        // SAFETY: avx2() found AVX2 and FMA on this CPU.
+        return unsafe { dot_avx2(a, b) };
     }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
-    {
-        let mut acc = [0.0f32; 8];
-        for (l, (x, y)) in a.iter().zip(b).enumerate() {
-            acc[l % 8] += x * y;
-        }
-        acc.iter().sum()
-    }
+    dot_plain(a, b)
 }
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
 #[inline(always)]
+fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (l, (x, y)) in a.iter().zip(b).enumerate() {
+        acc[l % 8] += x * y;
+    }
+    acc.iter().sum()
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA. Inlined into code compiled with them (`simd::multiversion!`),
+/// this is a few vector instructions; elsewhere it is one call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: every load reads below n, within both slices.
     unsafe {
         let mut acc0 = _mm256_setzero_ps();
         let mut acc1 = _mm256_setzero_ps();
@@ -57,17 +54,24 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
             acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
             i += 8;
         }
-        let acc = _mm256_add_ps(acc0, acc1);
-        let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        let single = _mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1));
-        let mut sum = _mm_cvtss_f32(single);
+        let mut sum = horizontal_sum(_mm256_add_ps(acc0, acc1));
         while i < n {
             sum += *pa.add(i) * *pb.add(i);
             i += 1;
         }
         sum
     }
+}
+
+/// The sum of a vector's lanes, in a fixed order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn horizontal_sum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    _mm_cvtss_f32(_mm_add_ss(quarter, _mm_shuffle_ps(quarter, quarter, 1)))
 }
 
 /// `outs[e][k] = bias[k] + rows[k]·xs[e]` for the K rows of `rows` (K·n floats, n = xs[e].len()):
@@ -86,46 +90,52 @@ pub fn row_dots_each<const E: usize>(
     assert!(xs.iter().all(|x| x.len() == n));
     assert!(outs.iter().all(|o| o.len() == bias.len()));
     assert_eq!(rows.len(), n * bias.len());
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ))]
-    {
-        let mut outs = outs;
-        for (group, bias) in bias.chunks(ROWS_PER_PASS).enumerate() {
-            let first = group * ROWS_PER_PASS;
-            let rows = &rows[first * n..(first + bias.len()) * n];
-            // SAFETY: AVX2 and FMA are enabled (cfg above); `rows` holds bias.len() rows of n
-            // floats and every x holds n, and the tail uses masked loads.
-            let sums = unsafe {
-                match bias.len() {
-                    1 => widen(dots_avx2::<1, E>(rows, xs)),
-                    2 => widen(dots_avx2::<2, E>(rows, xs)),
-                    3 => widen(dots_avx2::<3, E>(rows, xs)),
-                    4 => widen(dots_avx2::<4, E>(rows, xs)),
-                    _ => widen(dots_avx2::<ROWS_PER_PASS, E>(rows, xs)),
-                }
-            };
-            for (out, sums) in outs.iter_mut().zip(sums) {
-                for ((o, s), b) in out[first..first + bias.len()]
-                    .iter_mut()
-                    .zip(sums)
-                    .zip(bias)
-                {
-                    *o = b + s;
-                }
-            }
-        }
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx2() {
+        // SAFETY: avx2() found AVX2 and FMA on this CPU, and the lengths are checked above.
+        unsafe { row_dots_each_avx2(rows, xs, bias, outs) };
+        return;
     }
-    #[cfg(not(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    )))]
     for (x, out) in xs.iter().zip(outs) {
         for ((o, row), b) in out.iter_mut().zip(rows.chunks_exact(n)).zip(bias) {
-            *o = b + dot(row, x);
+            *o = b + dot_plain(row, x);
+        }
+    }
+}
+
+/// `row_dots_each` with the lengths checked, ROWS_PER_PASS rows at a time.
+///
+/// # Safety
+/// As for `dots_avx2`, for bias.len() rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn row_dots_each_avx2<const E: usize>(
+    rows: &[f32],
+    xs: [&[f32]; E],
+    bias: &[f32],
+    outs: [&mut [f32]; E],
+) {
+    let n = xs[0].len();
+    for (group, bias) in bias.chunks(ROWS_PER_PASS).enumerate() {
+        let first = group * ROWS_PER_PASS;
+        let rows = &rows[first * n..(first + bias.len()) * n];
+        let mut sums = [[0.0f32; ROWS_PER_PASS]; E];
+        // SAFETY: the caller's contract; `rows` holds bias.len() rows of n floats.
+        unsafe {
+            match bias.len() {
+                1 => dots_avx2::<1, E>(rows, xs, &mut sums),
+                2 => dots_avx2::<2, E>(rows, xs, &mut sums),
+                3 => dots_avx2::<3, E>(rows, xs, &mut sums),
+                4 => dots_avx2::<4, E>(rows, xs, &mut sums),
+                _ => dots_avx2::<ROWS_PER_PASS, E>(rows, xs, &mut sums),
+            }
+        }
+        for e in 0..E {
+            let out = &mut outs[e][first..first + bias.len()];
+            for r in 0..bias.len() {
+                out[r] = bias[r] + sums[e][r];
+            }
         }
     }
 }
@@ -134,81 +144,81 @@ pub fn row_dots_each<const E: usize>(
 /// registers.
 const ROWS_PER_PASS: usize = 5;
 
-/// Pads R sums per vector to ROWS_PER_PASS.
-#[inline(always)]
-fn widen<const R: usize, const E: usize>(sums: [[f32; R]; E]) -> [[f32; ROWS_PER_PASS]; E] {
-    sums.map(|s| {
-        let mut wide = [0.0; ROWS_PER_PASS];
-        wide[..R].copy_from_slice(&s);
-        wide
-    })
-}
-
-/// `acc[e][r] += w(r) · x[e]` lane by lane, each row's lanes loaded once for all E vectors.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[inline(always)]
-fn accumulate<const R: usize, const E: usize>(
-    acc: &mut [[std::arch::x86_64::__m256; R]; E],
-    x: [std::arch::x86_64::__m256; E],
-    w: impl Fn(usize) -> std::arch::x86_64::__m256,
-) {
-    for r in 0..R {
-        let w = w(r);
-        for (acc, x) in acc.iter_mut().zip(x) {
-            // SAFETY: FMA is enabled (cfg above).
-            acc[r] = unsafe { std::arch::x86_64::_mm256_fmadd_ps(w, x, acc[r]) };
-        }
-    }
-}
-
-/// `sums[e][r] = rows[r]·xs[e]` for R rows of n = xs[e].len() floats. Each sum is reduced on its own
-/// in a fixed order, so it does not depend on R, E or the other rows.
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma"
-))]
-#[inline(always)]
+/// `sums[e][r] = rows[r]·xs[e]` for R rows of n = xs[e].len() floats, r < R. Each sum is reduced on
+/// its own in a fixed order, so it does not depend on R, E or the other rows. Written without
+/// closures: a closure is compiled with the target features of the function it is written in, but
+/// the generic code that calls it (`array::from_fn`, `map`) is not, and a call between the two
+/// cannot be inlined.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA, every `xs[e]` must hold n floats and `rows` R rows of n floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::needless_range_loop)] // the (e, r) indices are the accumulator grid's coordinates
 unsafe fn dots_avx2<const R: usize, const E: usize>(
     rows: &[f32],
     xs: [&[f32]; E],
-) -> [[f32; R]; E] {
+    sums: &mut [[f32; ROWS_PER_PASS]; E],
+) {
     use std::arch::x86_64::*;
     let n = xs[0].len();
     let full = n / 8 * 8;
     let tail = (n - full) as i32;
+    let mask = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(tail),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    let (rows, mut x) = (rows.as_ptr(), [_mm256_setzero_ps(); E]);
+    let mut acc = [[_mm256_setzero_ps(); R]; E];
+    let mut c = 0;
+    // SAFETY: the loads read below `full` (or, masked, below n) in every row and vector.
     unsafe {
-        let mask = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), mask);
-        let row = |r: usize| rows.as_ptr().add(r * n);
-        let mut acc = [[_mm256_setzero_ps(); R]; E];
-        let mut c = 0;
         while c < full {
-            let x = std::array::from_fn(|e| _mm256_loadu_ps(xs[e].as_ptr().add(c)));
-            accumulate(&mut acc, x, |r| _mm256_loadu_ps(row(r).add(c)));
+            for e in 0..E {
+                x[e] = _mm256_loadu_ps(xs[e].as_ptr().add(c));
+            }
+            for r in 0..R {
+                let w = _mm256_loadu_ps(rows.add(r * n + c));
+                for e in 0..E {
+                    acc[e][r] = _mm256_fmadd_ps(w, x[e], acc[e][r]);
+                }
+            }
             c += 8;
         }
         if tail > 0 {
-            let x = std::array::from_fn(|e| _mm256_maskload_ps(xs[e].as_ptr().add(full), mask));
-            accumulate(&mut acc, x, |r| _mm256_maskload_ps(row(r).add(full), mask));
-        }
-        acc.map(|acc| {
-            let mut sums = [0.0f32; R];
-            for (first, sums) in (0..R).step_by(4).zip(sums.chunks_mut(4)) {
-                let a = |r: usize| acc.get(first + r).copied().unwrap_or(_mm256_setzero_ps());
-                // Lane sums of four accumulators in one vector: [s0 s1 s2 s3].
-                let h = _mm256_hadd_ps(_mm256_hadd_ps(a(0), a(1)), _mm256_hadd_ps(a(2), a(3)));
-                let h = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-                let mut lanes = [0.0f32; 4];
-                _mm_storeu_ps(lanes.as_mut_ptr(), h);
-                sums.copy_from_slice(&lanes[..sums.len()]);
+            for e in 0..E {
+                x[e] = _mm256_maskload_ps(xs[e].as_ptr().add(full), mask);
             }
-            sums
-        })
+            for r in 0..R {
+                let w = _mm256_maskload_ps(rows.add(r * n + full), mask);
+                for e in 0..E {
+                    acc[e][r] = _mm256_fmadd_ps(w, x[e], acc[e][r]);
+                }
+            }
+        }
+    }
+    for e in 0..E {
+        // Four accumulators' lane sums in one vector, [s0 s1 s2 s3], then the fifth on its own.
+        let mut four = [_mm256_setzero_ps(); 4];
+        four[..R.min(4)].copy_from_slice(&acc[e][..R.min(4)]);
+        let h = _mm256_hadd_ps(
+            _mm256_hadd_ps(four[0], four[1]),
+            _mm256_hadd_ps(four[2], four[3]),
+        );
+        let h = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        let mut lanes = [0.0f32; 4];
+        // SAFETY: `lanes` holds four floats.
+        unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), h) };
+        sums[e][..4].copy_from_slice(&lanes);
+        if R > 4 {
+            let h = _mm256_hadd_ps(
+                _mm256_hadd_ps(acc[e][R - 1], _mm256_setzero_ps()),
+                _mm256_setzero_ps(),
+            );
+            let h = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            sums[e][4] = _mm_cvtss_f32(h);
+        }
     }
 }
 
@@ -231,57 +241,27 @@ pub const LANES: usize = 8;
 
 /// How the catalogue kernels read weights: f32, or the bits of an f16 (u16) for the screening pass.
 pub trait Weight: Copy + Send + Sync {
-    fn to_f32(self) -> f32;
+    /// Whether the values are f16 bits, which the vector kernel widens with F16C as it loads them.
+    const HALF: bool;
 
-    /// LANES consecutive weights as f32.
-    ///
-    /// # Safety
-    /// `p` must point to LANES readable values; AVX2 and F16C must be available.
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
-    unsafe fn load_lanes(p: *const Self) -> std::arch::x86_64::__m256;
+    fn to_f32(self) -> f32;
 }
 
 impl Weight for f32 {
+    const HALF: bool = false;
+
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
     }
-
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
-    #[inline(always)]
-    unsafe fn load_lanes(p: *const Self) -> std::arch::x86_64::__m256 {
-        // SAFETY: the caller guarantees LANES readable floats at p.
-        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
-    }
 }
 
 impl Weight for u16 {
+    const HALF: bool = true;
+
     #[inline(always)]
     fn to_f32(self) -> f32 {
         half::f16::from_bits(self).to_f32()
-    }
-
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
-    #[inline(always)]
-    unsafe fn load_lanes(p: *const Self) -> std::arch::x86_64::__m256 {
-        use std::arch::x86_64::*;
-        // SAFETY: the caller guarantees LANES readable halves (16 bytes) at p.
-        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())) }
     }
 }
 
@@ -306,51 +286,16 @@ pub fn lane_logits<T: Weight>(
             && bias.len() == out.len()
             && weights.len() == blocks * hidden.len() * block
     );
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
-    {
-        macro_rules! dispatch {
-            ($blocks:literal; $($k:literal)*) => {
-                match classes {
-                    $($k => {
-                        // SAFETY: AVX2, FMA and F16C are enabled (cfg above), and the lengths
-                        // are checked above.
-                        unsafe { lane_logits_avx2::<T, $blocks, $k>(weights, hidden, bias, out) }
-                        return;
-                    })*
-                    _ => {}
-                }
-            };
-        }
-        if blocks == 2 {
-            dispatch!(2; 1 2 3 4 5 6);
-        }
-        if blocks == 1 {
-            dispatch!(1; 1 2 3 4 5 6 7 8 9 10);
-        }
-        if blocks > 1 {
-            let span = hidden.len() * block;
-            for (n, out) in out.chunks_mut(block).enumerate() {
-                let weights = &weights[n * span..(n + 1) * span];
-                lane_logits(
-                    weights,
-                    hidden,
-                    &bias[n * block..(n + 1) * block],
-                    classes,
-                    out,
-                );
-            }
-            return;
-        }
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx2() && classes <= 10 {
+        // SAFETY: avx2() found AVX2, FMA and F16C on this CPU; the lengths are checked above.
+        unsafe { lane_logits_avx2(weights, hidden, bias, classes, out) };
+        return;
     }
     lane_logits_plain(weights, hidden, bias, classes, out);
 }
 
-/// `lane_logits` for any shape, in plain code (sums kept in memory).
+/// `lane_logits` for any shape, in plain code (sums kept in memory, multiply-adds not fused).
 fn lane_logits_plain<T: Weight>(
     weights: &[T],
     hidden: &[f32],
@@ -364,20 +309,56 @@ fn lane_logits_plain<T: Weight>(
         let weights = &weights[n * hidden.len() * block..(n + 1) * hidden.len() * block];
         for (&h, w) in hidden.iter().zip(weights.chunks_exact(block)) {
             for (o, w) in out.iter_mut().zip(w) {
-                *o = h.mul_add(w.to_f32(), *o);
+                *o += h * w.to_f32();
             }
         }
     }
 }
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
-#[inline(always)]
-unsafe fn lane_logits_avx2<T: Weight, const B: usize, const K: usize>(
+/// `lane_logits` for K ≤ 10 with the sums in registers.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C, and the lengths must be as `lane_logits` checks them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn lane_logits_avx2<T: Weight>(
+    weights: &[T],
+    hidden: &[f32],
+    bias: &[f32],
+    classes: usize,
+    out: &mut [f32],
+) {
+    macro_rules! by_classes {
+        ($blocks:literal, $weights:expr, $bias:expr, $out:expr; $($k:literal)*) => {
+            match classes {
+                // SAFETY: the caller's contract, for these blocks.
+                $($k => unsafe { lane_sums::<T, $blocks, $k>($weights, hidden, $bias, $out) },)*
+                _ => unreachable!("classes ≤ 10"),
+            }
+        };
+    }
+    let block = classes * LANES;
+    if out.len() == 2 * block && classes <= 6 {
+        by_classes!(2, weights, bias, out; 1 2 3 4 5 6);
+    } else {
+        let span = hidden.len() * block;
+        for (n, out) in out.chunks_mut(block).enumerate() {
+            let weights = &weights[n * span..(n + 1) * span];
+            let bias = &bias[n * block..(n + 1) * block];
+            by_classes!(1, weights, bias, out; 1 2 3 4 5 6 7 8 9 10);
+        }
+    }
+}
+
+/// The sums of `lane_logits` for B blocks of K classes.
+///
+/// # Safety
+/// As for `lane_logits_avx2`, with B blocks of K classes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn lane_sums<T: Weight, const B: usize, const K: usize>(
     weights: &[T],
     hidden: &[f32],
     bias: &[f32],
@@ -398,7 +379,13 @@ unsafe fn lane_logits_avx2<T: Weight, const B: usize, const K: usize>(
             let h = _mm256_set1_ps(h);
             for (acc, p) in acc.iter_mut().zip(p.iter_mut()) {
                 for (c, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(h, T::load_lanes(p.add(c * LANES)), *acc);
+                    let w = p.add(c * LANES);
+                    let w = if T::HALF {
+                        _mm256_cvtph_ps(_mm_loadu_si128(w.cast::<__m128i>()))
+                    } else {
+                        _mm256_loadu_ps(w.cast::<f32>())
+                    };
+                    *acc = _mm256_fmadd_ps(h, w, *acc);
                 }
                 *p = p.add(K * LANES);
             }
@@ -463,13 +450,21 @@ pub fn softmax_in_place(logits: &mut [f32]) {
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let n = nearest_integer(x * std::f32::consts::LOG2_E);
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (0.166_666_67 + r * (0.041_666_5 + r * (0.008_333_6 + r * 0.001_394_5)))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `v.round_ties_even()` for |v| < 2²²: adding and taking off 1.5·2²³ leaves no bits below the
+/// units place, in two instructions on any x86-64 (round_ties_even is a libm call without SSE4.1).
+#[inline(always)]
+fn nearest_integer(v: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    (v + SHIFT) - SHIFT
 }
 
 /// For logits laid out class-major (`logits[k * d + i]`, K classes of d items), writes each item's
@@ -627,6 +622,93 @@ mod tests {
         assert!((z.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(z[0] > z[1] && z[1] > z[2]);
         assert!((softplus(800.0) - 800.0).abs() < 1e-9 && softplus(-800.0) >= 0.0);
+    }
+
+    #[test]
+    fn nearest_integer_rounds_ties_to_even() {
+        for i in -4_000_000..=4_000_000 {
+            let v = i as f32 * 0.25;
+            assert_eq!(nearest_integer(v), v.round_ties_even(), "v={v}");
+        }
+        for v in [127.9999, -126.50001, 0.49999997, -0.5, 2_097_151.5] {
+            assert_eq!(nearest_integer(v), v.round_ties_even(), "v={v}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn cpu_has_avx2() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    /// The AVX2 kernels against the plain ones on the same inputs, called directly, whatever path
+    /// `simd::avx2` chose for the process. They differ by the rounding of fused multiply-adds and
+    /// the order of the sums only.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_kernels_agree_with_the_plain_ones() {
+        assert!(
+            cpu_has_avx2(),
+            "this test needs a CPU with AVX2, FMA and F16C (every x86 server since 2013)"
+        );
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * (1.0 + a.abs().max(b.abs()));
+        for n in [0, 1, 7, 8, 9, 16, 17, 100, 203] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            // SAFETY: the CPU has AVX2 and FMA (asserted above).
+            let fast = unsafe { dot_avx2(&a, &b) };
+            assert!(close(fast, dot_plain(&a, &b)), "dot n={n}");
+        }
+        for n in [1, 7, 8, 13, 100] {
+            for k in [1, 2, 3, 4, 5, 6, 10, 11] {
+                let rows: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.29).sin()).collect();
+                let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.13).cos()).collect();
+                let y: Vec<f32> = (0..n).map(|i| (i as f32 * 0.71).sin()).collect();
+                let bias: Vec<f32> = (0..k).map(|r| r as f32 - 1.5).collect();
+                let (mut fast_x, mut fast_y) = (vec![0.0f32; k], vec![0.0f32; k]);
+                // SAFETY: the CPU has AVX2 and FMA; k rows of n floats, x and y of n.
+                unsafe { row_dots_each_avx2(&rows, [&x, &y], &bias, [&mut fast_x, &mut fast_y]) };
+                for r in 0..k {
+                    let row = &rows[r * n..(r + 1) * n];
+                    assert!(
+                        close(fast_x[r], bias[r] + dot_plain(row, &x)),
+                        "n={n} k={k}"
+                    );
+                    assert!(
+                        close(fast_y[r], bias[r] + dot_plain(row, &y)),
+                        "n={n} k={k}"
+                    );
+                }
+            }
+        }
+        let m = 13;
+        for k in 1..=10 {
+            for blocks in [1, 2] {
+                let len = blocks * m * k * LANES;
+                let weights: Vec<f32> = (0..len).map(|i| (i as f32 * 0.31).sin()).collect();
+                let halves: Vec<u16> = weights
+                    .iter()
+                    .map(|&w| half::f16::from_f32(w).to_bits())
+                    .collect();
+                let hidden: Vec<f32> = (0..m).map(|j| (j as f32 * 0.7).cos().abs()).collect();
+                let bias: Vec<f32> = (0..blocks * k * LANES).map(|i| i as f32 * 0.01).collect();
+                let mut plain = vec![0.0f32; bias.len()];
+                let mut fast = vec![0.0f32; bias.len()];
+                lane_logits_plain(&weights, &hidden, &bias, k, &mut plain);
+                // SAFETY: the CPU has AVX2, FMA and F16C; shapes as lane_logits checks them.
+                unsafe { lane_logits_avx2(&weights, &hidden, &bias, k, &mut fast) };
+                for (p, f) in plain.iter().zip(&fast) {
+                    assert!(close(*p, *f), "lane_logits k={k} blocks={blocks}");
+                }
+                lane_logits_plain(&halves, &hidden, &bias, k, &mut plain);
+                // SAFETY: as above.
+                unsafe { lane_logits_avx2(&halves, &hidden, &bias, k, &mut fast) };
+                for (p, f) in plain.iter().zip(&fast) {
+                    assert!(close(*p, *f), "f16 lane_logits k={k} blocks={blocks}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! no HTTP types; the readers, the CLI and the service sit around it.
 
 mod batch;
+mod catalog;
 mod choice;
 mod evaluate;
 mod kernels;
@@ -11,6 +12,7 @@ mod ratings;
 mod rbm;
 mod recommender;
 mod scale;
+mod simd;
 mod similarity;
 mod train;
 
@@ -20,10 +22,11 @@ pub use evaluate::{
 };
 pub use optimizer::OptimizerKind;
 pub use params::{DEFAULT_SEED, RbmParams, TrainConfig, ValidRbmParams};
-pub use ratings::{Dataset, IdMap, Rating, SparseRatings, Split};
+pub use ratings::{Dataset, Entry, IdMap, Rating, SparseRatings, Split};
 pub use rbm::Rbm;
 pub use recommender::{ItemSide, Order, Ranked, Recommender, Scratch, Side, Trained};
 pub use scale::RatingScale;
+pub use simd::{Isa, isa};
 pub use similarity::{ItemSimilarity, Similarity};
 pub use train::{EpochStats, Fit, cd_weight_gradient, joint_cd_weight_gradient};
 

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::kernels;
+use super::simd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -62,105 +63,109 @@ impl TensorState {
         }
     }
 
-    /// Applies step number `step` (1-based) to `values`. `touched(row)` says whether the row has a
-    /// gradient; `gradient(row, out)` writes the batch-averaged log-likelihood gradient (an ascent
-    /// direction) of a touched row into `out`. With momentum, untouched rows stay lazy.
-    pub fn step(
-        &mut self,
-        values: &mut [f32],
-        step: u64,
-        touched: impl Fn(usize) -> bool + Sync,
-        gradient: impl Fn(usize, &mut [f32]) + Sync,
-    ) {
-        let (rule, row_len, decay) = (self.rule, self.row_len, self.decay);
-        let scratch = || vec![0.0f32; row_len];
-        match rule.kind {
-            OptimizerKind::Momentum => {
-                let catch_up = &self.catch_up;
-                // Tasks of several rows, so that each row's update can prefetch the next one's.
-                const TASK: usize = 64;
-                values
-                    .par_chunks_mut(row_len * TASK)
-                    .zip(self.first.par_chunks_mut(row_len * TASK))
-                    .zip(self.last_step.par_chunks_mut(TASK))
-                    .enumerate()
-                    .for_each_init(scratch, |grad, (task, ((ws, vs), lasts))| {
-                        let first_row = task * TASK;
-                        let mut rows = (0..lasts.len())
-                            .filter(|r| touched(first_row + r))
-                            .peekable();
-                        while let Some(r) = rows.next() {
-                            if let Some(&next) = rows.peek() {
-                                kernels::prefetch(&ws[next * row_len..(next + 1) * row_len]);
-                                kernels::prefetch(&vs[next * row_len..(next + 1) * row_len]);
+    simd::multiversion! {
+        /// Applies step number `step` (1-based) to `values`. `touched(row)` says whether the row has a
+        /// gradient; `gradient(row, out)` writes the batch-averaged log-likelihood gradient (an ascent
+        /// direction) of a touched row into `out`. With momentum, untouched rows stay lazy.
+        pub fn step / step_avx2(
+            &mut self,
+            values: &mut [f32],
+            step: u64,
+            touched: impl Fn(usize) -> bool + Sync,
+            gradient: impl Fn(usize, &mut [f32]) + Sync,
+        ) {
+            let (rule, row_len, decay) = (self.rule, self.row_len, self.decay);
+            let scratch = || vec![0.0f32; row_len];
+            match rule.kind {
+                OptimizerKind::Momentum => {
+                    let catch_up = &self.catch_up;
+                    // Tasks of several rows, so that each row's update can prefetch the next one's.
+                    const TASK: usize = 64;
+                    values
+                        .par_chunks_mut(row_len * TASK)
+                        .zip(self.first.par_chunks_mut(row_len * TASK))
+                        .zip(self.last_step.par_chunks_mut(TASK))
+                        .enumerate()
+                        .for_each_init(scratch, |grad, (task, ((ws, vs), lasts))| {
+                            let first_row = task * TASK;
+                            let mut rows = (0..lasts.len())
+                                .filter(|r| touched(first_row + r))
+                                .peekable();
+                            while let Some(r) = rows.next() {
+                                if let Some(&next) = rows.peek() {
+                                    kernels::prefetch(&ws[next * row_len..(next + 1) * row_len]);
+                                    kernels::prefetch(&vs[next * row_len..(next + 1) * row_len]);
+                                }
+                                let row = first_row + r;
+                                let w = &mut ws[r * row_len..(r + 1) * row_len];
+                                let v = &mut vs[r * row_len..(r + 1) * row_len];
+                                gradient(row, grad);
+                                catch_up.apply(w, v, step - 1 - lasts[r]);
+                                for ((w, v), g) in w.iter_mut().zip(v.iter_mut()).zip(grad.iter()) {
+                                    *v = rule.momentum * *v + rule.learning_rate * (g - decay * *w);
+                                    *w += *v;
+                                }
+                                lasts[r] = step;
                             }
-                            let row = first_row + r;
-                            let w = &mut ws[r * row_len..(r + 1) * row_len];
-                            let v = &mut vs[r * row_len..(r + 1) * row_len];
-                            gradient(row, grad);
-                            catch_up.apply(w, v, step - 1 - lasts[r]);
-                            for ((w, v), g) in w.iter_mut().zip(v.iter_mut()).zip(grad.iter()) {
-                                *v = rule.momentum * *v + rule.learning_rate * (g - decay * *w);
-                                *w += *v;
+                        });
+                }
+                OptimizerKind::Adam => {
+                    let correction1 = (1.0 - ADAM_BETA1.powf(step as f64)) as f32;
+                    let correction2 = (1.0 - ADAM_BETA2.powf(step as f64)) as f32;
+                    values
+                        .par_chunks_mut(row_len)
+                        .zip(self.first.par_chunks_mut(row_len))
+                        .zip(self.second.par_chunks_mut(row_len))
+                        .enumerate()
+                        .for_each_init(scratch, |grad, (row, ((w, m), s))| {
+                            if touched(row) {
+                                gradient(row, grad);
+                            } else {
+                                grad.fill(0.0);
                             }
-                            lasts[r] = step;
-                        }
-                    });
-            }
-            OptimizerKind::Adam => {
-                let correction1 = (1.0 - ADAM_BETA1.powf(step as f64)) as f32;
-                let correction2 = (1.0 - ADAM_BETA2.powf(step as f64)) as f32;
-                values
-                    .par_chunks_mut(row_len)
-                    .zip(self.first.par_chunks_mut(row_len))
-                    .zip(self.second.par_chunks_mut(row_len))
-                    .enumerate()
-                    .for_each_init(scratch, |grad, (row, ((w, m), s))| {
-                        if touched(row) {
-                            gradient(row, grad);
-                        } else {
-                            grad.fill(0.0);
-                        }
-                        for (((w, m), s), g) in w
-                            .iter_mut()
-                            .zip(m.iter_mut())
-                            .zip(s.iter_mut())
-                            .zip(grad.iter())
-                        {
-                            // Adam minimises, so it takes the negated ascent direction plus L2 decay.
-                            let d = -g + decay * *w;
-                            *m = ADAM_BETA1 as f32 * *m + (1.0 - ADAM_BETA1 as f32) * d;
-                            *s = ADAM_BETA2 as f32 * *s + (1.0 - ADAM_BETA2 as f32) * d * d;
-                            *w -= rule.learning_rate * (*m / correction1)
-                                / ((*s / correction2).sqrt() + ADAM_EPSILON);
-                        }
-                    });
+                            for (((w, m), s), g) in w
+                                .iter_mut()
+                                .zip(m.iter_mut())
+                                .zip(s.iter_mut())
+                                .zip(grad.iter())
+                            {
+                                // Adam minimises, so it takes the negated ascent direction plus L2 decay.
+                                let d = -g + decay * *w;
+                                *m = ADAM_BETA1 as f32 * *m + (1.0 - ADAM_BETA1 as f32) * d;
+                                *s = ADAM_BETA2 as f32 * *s + (1.0 - ADAM_BETA2 as f32) * d * d;
+                                *w -= rule.learning_rate * (*m / correction1)
+                                    / ((*s / correction2).sqrt() + ADAM_EPSILON);
+                            }
+                        });
+                }
             }
         }
     }
 
-    /// Brings the rows `touched` selects up to date after `step` steps, so that they can be read
-    /// as the dense update has them (momentum's lazy rows; Adam is always current).
-    pub fn catch_up(
-        &mut self,
-        values: &mut [f32],
-        step: u64,
-        touched: impl Fn(usize) -> bool + Sync,
-    ) {
-        if self.rule.kind != OptimizerKind::Momentum {
-            return;
+    simd::multiversion! {
+        /// Brings the rows `touched` selects up to date after `step` steps, so that they can be read
+        /// as the dense update has them (momentum's lazy rows; Adam is always current).
+        pub fn catch_up / catch_up_avx2(
+            &mut self,
+            values: &mut [f32],
+            step: u64,
+            touched: impl Fn(usize) -> bool + Sync,
+        ) {
+            if self.rule.kind != OptimizerKind::Momentum {
+                return;
+            }
+            let catch_up = &self.catch_up;
+            values
+                .par_chunks_mut(self.row_len)
+                .zip(self.first.par_chunks_mut(self.row_len))
+                .zip(self.last_step.par_iter_mut())
+                .enumerate()
+                .filter(|(row, _)| touched(*row))
+                .for_each(|(_, ((w, v), last))| {
+                    catch_up.apply(w, v, step - *last);
+                    *last = step;
+                });
         }
-        let catch_up = &self.catch_up;
-        values
-            .par_chunks_mut(self.row_len)
-            .zip(self.first.par_chunks_mut(self.row_len))
-            .zip(self.last_step.par_iter_mut())
-            .enumerate()
-            .filter(|(row, _)| touched(*row))
-            .for_each(|(_, ((w, v), last))| {
-                catch_up.apply(w, v, step - *last);
-                *last = step;
-            });
     }
 
     /// Brings every row up to date after `step` steps.
@@ -225,6 +230,7 @@ impl Propagator {
         result
     }
 
+    #[inline(always)]
     fn apply(&self, w: &mut [f32], v: &mut [f32], steps: u64) {
         if steps == 0 {
             return;

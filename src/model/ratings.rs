@@ -70,6 +70,35 @@ pub struct Rating {
     pub class: u8,
 }
 
+impl Rating {
+    /// The rating as an entry of the user-major matrix (`Dataset::user_matrix`).
+    pub fn entry(self) -> Entry {
+        Entry {
+            row: self.user,
+            col: self.item,
+            class: self.class,
+        }
+    }
+
+    /// The rating as an entry of the item-major matrix, the item-based RBM's.
+    pub fn transposed(self) -> Entry {
+        Entry {
+            row: self.item,
+            col: self.user,
+            class: self.class,
+        }
+    }
+}
+
+/// One entry of a `SparseRatings` matrix: what training, prediction and the metrics work on,
+/// whichever side (users or items) the rows are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub row: u32,
+    pub col: u32,
+    pub class: u8,
+}
+
 /// Rows of (column, class) pairs in CSR form. User-major for the user-based RBM (rows are users,
 /// columns items); its transpose is item-major for the item-based RBM.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -8,12 +8,14 @@ use ndarray::Array2;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::catalog::CatalogWeights;
 use super::evaluate::{best_n, predict, ranking_metrics, rmse};
 use super::kernels;
 use super::params::{RbmParams, TrainConfig};
-use super::rbm::{CatalogWeights, Rbm};
+use super::rbm::Rbm;
+use super::simd;
 use super::train::{EpochStats, Fit};
-use super::{Dataset, IdMap, ModelError, Rating, RatingScale, SparseRatings};
+use super::{Dataset, Entry, IdMap, ModelError, Rating, RatingScale, SparseRatings};
 
 /// Which of the two RBMs an epoch report comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +97,7 @@ impl Recommender {
         } else {
             (data.clone(), Vec::new())
         };
+        let valid: Vec<Entry> = valid.into_iter().map(Rating::entry).collect();
         let scale = data.scale;
         let user_matrix = train.user_matrix();
         let cancelled = std::sync::atomic::AtomicBool::new(false);
@@ -110,7 +113,7 @@ impl Recommender {
             return Err(ModelError::Cancelled);
         }
         let item_matrix = item_params.as_ref().map(|_| user_matrix.transpose());
-        let (valid_t, valid_order) = transpose_ratings(&valid);
+        let (valid_t, valid_order) = transpose(&valid);
         let item_fit = match (&item_params, &item_matrix) {
             (Some(params), Some(item_matrix)) => {
                 let fit = params.fit(item_matrix, scale, &valid_t, |s| report(Side::Item, s))?;
@@ -281,16 +284,16 @@ impl Recommender {
 
     /// The β, from RANKING_WEIGHTS, whose score ranks the validation slice's relevant items best
     /// (NDCG@10 over up to VALIDATION_USERS users, ĥ from `known`).
-    fn fit_ranking_weight(&self, known: &SparseRatings, valid: &[Rating]) -> f32 {
+    fn fit_ranking_weight(&self, known: &SparseRatings, valid: &[Entry]) -> f32 {
         let stride = known.n_rows().div_ceil(VALIDATION_USERS).max(1) as u32;
-        let sample: Vec<Rating> = valid
+        let sample: Vec<Entry> = valid
             .iter()
-            .filter(|r| r.user % stride == 0)
+            .filter(|r| r.row % stride == 0)
             .copied()
             .collect();
         let d = self.items.len();
         // Per sampled user, log p(rated) and the expected rating of every item, computed once.
-        let mut users: Vec<u32> = sample.iter().map(|r| r.user).collect();
+        let mut users: Vec<u32> = sample.iter().map(|r| r.row).collect();
         users.dedup();
         let parts: Vec<(Vec<f32>, Vec<f32>)> = users
             .par_iter()
@@ -325,24 +328,26 @@ impl Recommender {
         best.1
     }
 
-    /// Expected ratings (the blend's) and, into `log_rated`, the joint RBM's log p(rated | ĥ) of
-    /// every item.
-    fn choice_parts(
-        &self,
-        user: Option<u32>,
-        items: &[u32],
-        classes: &[u8],
-        scratch: &mut Scratch,
-        expected: &mut [f32],
-        log_rated: &mut [f32],
-    ) {
-        self.user_hidden(items, classes, scratch);
-        self.catalog
-            .choice(&self.user_rbm, &scratch.hidden, expected, log_rated);
-        let item_based =
-            self.item_based_classes(user, &mut scratch.logits, &mut scratch.item_based);
-        for (n, e) in expected.iter_mut().enumerate() {
-            *e = self.rating_of(*e, item_based.map(|b| b[n]));
+    simd::multiversion! {
+        /// Expected ratings (the blend's) and, into `log_rated`, the joint RBM's log p(rated | ĥ) of
+        /// every item.
+        fn choice_parts / choice_parts_avx2(
+            &self,
+            user: Option<u32>,
+            items: &[u32],
+            classes: &[u8],
+            scratch: &mut Scratch,
+            expected: &mut [f32],
+            log_rated: &mut [f32],
+        ) {
+            self.user_hidden(items, classes, scratch);
+            self.catalog
+                .choice(&self.user_rbm, &scratch.hidden, expected, log_rated);
+            let item_based =
+                self.item_based_classes(user, &mut scratch.logits, &mut scratch.item_based);
+            for (n, e) in expected.iter_mut().enumerate() {
+                *e = self.rating_of(*e, item_based.map(|b| b[n]));
+            }
         }
     }
 
@@ -373,23 +378,25 @@ impl Recommender {
         }
     }
 
-    /// Expected ratings of every item for a user whose current ratings are (`items`, `classes`),
-    /// sorted by item. `user` is the user's index in the item-based RBM if it knows the user; a new
-    /// user, or a model without an item side, gets the user-based prediction alone.
-    pub fn expected_ratings(
-        &self,
-        user: Option<u32>,
-        items: &[u32],
-        classes: &[u8],
-        scratch: &mut Scratch,
-        out: &mut [f32],
-    ) {
-        self.user_hidden(items, classes, scratch);
-        self.catalog.expected_classes(&scratch.hidden, out);
-        let item_based =
-            self.item_based_classes(user, &mut scratch.logits, &mut scratch.item_based);
-        for (n, score) in out.iter_mut().enumerate() {
-            *score = self.rating_of(*score, item_based.map(|e| e[n]));
+    simd::multiversion! {
+        /// Expected ratings of every item for a user whose current ratings are (`items`, `classes`),
+        /// sorted by item. `user` is the user's index in the item-based RBM if it knows the user; a new
+        /// user, or a model without an item side, gets the user-based prediction alone.
+        pub fn expected_ratings / expected_ratings_avx2(
+            &self,
+            user: Option<u32>,
+            items: &[u32],
+            classes: &[u8],
+            scratch: &mut Scratch,
+            out: &mut [f32],
+        ) {
+            self.user_hidden(items, classes, scratch);
+            self.catalog.expected_classes(&scratch.hidden, out);
+            let item_based =
+                self.item_based_classes(user, &mut scratch.logits, &mut scratch.item_based);
+            for (n, score) in out.iter_mut().enumerate() {
+                *score = self.rating_of(*score, item_based.map(|e| e[n]));
+            }
         }
     }
 
@@ -450,125 +457,127 @@ impl Recommender {
         best_ranked(all, n, tie)
     }
 
-    /// `top_n` through the f16 screening, in the expected-rating order (`beta` None) or by the
-    /// score log p(rated) + β·E[rating] (`beta` Some). An item's bounds are the sum of its terms'
-    /// bounds: both terms are non-decreasing in what the screening bounds, and β ≥ 0.
-    ///
-    /// The item side's E[class] enters the rating through (1 − blend weight) and costs K·M
-    /// multiply-adds an item, as much as the screening: it is first bounded by the range of
-    /// E[class], then computed exactly for the items that can still reach the list, whose bounds
-    /// it tightens; only the items that can reach it after that are scored exactly.
-    #[allow(clippy::too_many_arguments)]
-    fn screened(
-        &self,
-        beta: Option<f32>,
-        user: Option<u32>,
-        items: &[u32],
-        classes: &[u8],
-        n: usize,
-        rated: &[bool],
-        tie: impl Fn(u32, u32) -> std::cmp::Ordering,
-        scratch: &mut Scratch,
-    ) -> Vec<Ranked> {
-        self.user_hidden(items, classes, scratch);
-        let d = self.items.len();
-        let take = |buffer: &mut Vec<f32>| {
-            let mut taken = std::mem::take(buffer);
-            taken.resize(d, 0.0);
-            taken
-        };
-        let (mut approx, mut radius) = (take(&mut scratch.approx), take(&mut scratch.radius));
-        // Bounds of log p(rated) under the score order, 0 under the expected-rating order.
-        let (mut rated_low, mut rated_high) =
-            (take(&mut scratch.rated_low), take(&mut scratch.rated_high));
-        let (mut lower, mut upper) = (take(&mut scratch.scores), take(&mut scratch.bound));
-        match beta {
-            Some(_) => self.catalog.screen_choice(
-                &self.user_rbm,
-                &scratch.hidden,
-                &mut approx,
-                &mut radius,
-                &mut rated_low,
-                &mut rated_high,
-            ),
-            None => {
-                self.catalog
-                    .screen(&scratch.hidden, &mut approx, &mut radius);
-                rated_low.fill(0.0);
-                rated_high.fill(0.0);
-            }
-        }
-        let weight = beta.unwrap_or(1.0);
-        let bound = |i: usize, item_low: Option<f32>, item_high: Option<f32>| {
-            (
-                rated_low[i] + weight * self.rating_of(approx[i] - radius[i], item_low),
-                rated_high[i] + weight * self.rating_of(approx[i] + radius[i], item_high),
-            )
-        };
-        let item_user = user.filter(|_| self.item_side.is_some());
-        let range = item_user.map(|_| {
-            (
-                -ITEM_CLASS_SLACK,
-                (self.scale.classes() - 1) as f32 + ITEM_CLASS_SLACK,
-            )
-        });
-        for i in 0..d {
-            (lower[i], upper[i]) = bound(i, range.map(|r| r.0), range.map(|r| r.1));
-        }
-        let mut reach = reachable(&lower, &upper, rated, n);
-        let mut item_based = take(&mut scratch.item_based);
-        let exact = self.item_based_classes_of(
-            item_user,
-            reach.iter().copied(),
-            &mut scratch.logits,
-            &mut scratch.exact,
-        );
-        if let Some(exact) = exact {
-            for (&i, &e) in reach.iter().zip(exact) {
-                let i = i as usize;
-                item_based[i] = e;
-                (lower[i], upper[i]) = bound(i, Some(e), Some(e));
-            }
-            let threshold = nth_largest(reach.iter().map(|&i| lower[i as usize]), n);
-            reach.retain(|&i| upper[i as usize] >= threshold);
-        }
-        let item_based_of = |i: u32| item_user.map(|_| item_based[i as usize]);
-        let best = best_of_bounded(reach, &upper, n, &tie, |group| {
-            let mut expected = vec![0.0f32; group.len()];
-            let mut log_rated = vec![0.0f32; group.len()];
+    simd::multiversion! {
+        /// `top_n` through the f16 screening, in the expected-rating order (`beta` None) or by the
+        /// score log p(rated) + β·E[rating] (`beta` Some). An item's bounds are the sum of its terms'
+        /// bounds: both terms are non-decreasing in what the screening bounds, and β ≥ 0.
+        ///
+        /// The item side's E[class] enters the rating through (1 − blend weight) and costs K·M
+        /// multiply-adds an item, as much as the screening: it is first bounded by the range of
+        /// E[class], then computed exactly for the items that can still reach the list, whose bounds
+        /// it tightens; only the items that can reach it after that are scored exactly.
+        #[allow(clippy::too_many_arguments)]
+        fn screened / screened_avx2(
+            &self,
+            beta: Option<f32>,
+            user: Option<u32>,
+            items: &[u32],
+            classes: &[u8],
+            n: usize,
+            rated: &[bool],
+            tie: impl Fn(u32, u32) -> std::cmp::Ordering,
+            scratch: &mut Scratch,
+        ) -> Vec<Ranked> {
+            self.user_hidden(items, classes, scratch);
+            let d = self.items.len();
+            let take = |buffer: &mut Vec<f32>| {
+                let mut taken = std::mem::take(buffer);
+                taken.resize(d, 0.0);
+                taken
+            };
+            let (mut approx, mut radius) = (take(&mut scratch.approx), take(&mut scratch.radius));
+            // Bounds of log p(rated) under the score order, 0 under the expected-rating order.
+            let (mut rated_low, mut rated_high) =
+                (take(&mut scratch.rated_low), take(&mut scratch.rated_high));
+            let (mut lower, mut upper) = (take(&mut scratch.scores), take(&mut scratch.bound));
             match beta {
-                Some(_) => self.catalog.choice_of(
+                Some(_) => self.catalog.screen_choice(
                     &self.user_rbm,
                     &scratch.hidden,
-                    group,
-                    &mut expected,
-                    &mut log_rated,
+                    &mut approx,
+                    &mut radius,
+                    &mut rated_low,
+                    &mut rated_high,
                 ),
-                None => self.catalog.expected_classes_of(
-                    &self.user_rbm,
-                    &scratch.hidden,
-                    group,
-                    &mut expected,
-                ),
+                None => {
+                    self.catalog
+                        .screen(&scratch.hidden, &mut approx, &mut radius);
+                    rated_low.fill(0.0);
+                    rated_high.fill(0.0);
+                }
             }
-            group
-                .iter()
-                .zip(expected.iter().zip(&log_rated))
-                .map(|(&item, (&e, &log_rated))| {
-                    let expected_rating = self.rating_of(e, item_based_of(item));
-                    Ranked {
-                        item,
-                        score: log_rated + weight * expected_rating,
-                        expected_rating,
-                    }
-                })
-                .collect()
-        });
-        (scratch.approx, scratch.radius) = (approx, radius);
-        (scratch.rated_low, scratch.rated_high) = (rated_low, rated_high);
-        (scratch.scores, scratch.bound) = (lower, upper);
-        scratch.item_based = item_based;
-        best
+            let weight = beta.unwrap_or(1.0);
+            let bound = |i: usize, item_low: Option<f32>, item_high: Option<f32>| {
+                (
+                    rated_low[i] + weight * self.rating_of(approx[i] - radius[i], item_low),
+                    rated_high[i] + weight * self.rating_of(approx[i] + radius[i], item_high),
+                )
+            };
+            let item_user = user.filter(|_| self.item_side.is_some());
+            let range = item_user.map(|_| {
+                (
+                    -ITEM_CLASS_SLACK,
+                    (self.scale.classes() - 1) as f32 + ITEM_CLASS_SLACK,
+                )
+            });
+            for i in 0..d {
+                (lower[i], upper[i]) = bound(i, range.map(|r| r.0), range.map(|r| r.1));
+            }
+            let mut reach = reachable(&lower, &upper, rated, n);
+            let mut item_based = take(&mut scratch.item_based);
+            let exact = self.item_based_classes_of(
+                item_user,
+                reach.iter().copied(),
+                &mut scratch.logits,
+                &mut scratch.exact,
+            );
+            if let Some(exact) = exact {
+                for (&i, &e) in reach.iter().zip(exact) {
+                    let i = i as usize;
+                    item_based[i] = e;
+                    (lower[i], upper[i]) = bound(i, Some(e), Some(e));
+                }
+                let threshold = nth_largest(reach.iter().map(|&i| lower[i as usize]), n);
+                reach.retain(|&i| upper[i as usize] >= threshold);
+            }
+            let item_based_of = |i: u32| item_user.map(|_| item_based[i as usize]);
+            let best = best_of_bounded(reach, &upper, n, &tie, |group| {
+                let mut expected = vec![0.0f32; group.len()];
+                let mut log_rated = vec![0.0f32; group.len()];
+                match beta {
+                    Some(_) => self.catalog.choice_of(
+                        &self.user_rbm,
+                        &scratch.hidden,
+                        group,
+                        &mut expected,
+                        &mut log_rated,
+                    ),
+                    None => self.catalog.expected_classes_of(
+                        &self.user_rbm,
+                        &scratch.hidden,
+                        group,
+                        &mut expected,
+                    ),
+                }
+                group
+                    .iter()
+                    .zip(expected.iter().zip(&log_rated))
+                    .map(|(&item, (&e, &log_rated))| {
+                        let expected_rating = self.rating_of(e, item_based_of(item));
+                        Ranked {
+                            item,
+                            score: log_rated + weight * expected_rating,
+                            expected_rating,
+                        }
+                    })
+                    .collect()
+            });
+            (scratch.approx, scratch.radius) = (approx, radius);
+            (scratch.rated_low, scratch.rated_high) = (rated_low, rated_high);
+            (scratch.scores, scratch.bound) = (lower, upper);
+            scratch.item_based = item_based;
+            best
+        }
     }
 
     /// Mean-field p(h | v) of the user-based RBM into `scratch.hidden`.
@@ -580,6 +589,7 @@ impl Recommender {
 
     /// E[class] of every item under the item-based RBM for a user it knows, in `out`; None
     /// without an item side or for an unknown user.
+    #[inline(always)]
     fn item_based_classes<'s>(
         &self,
         user: Option<u32>,
@@ -592,6 +602,7 @@ impl Recommender {
     /// `item_based_classes` of the listed items only, into `out` in their order. Each logit is
     /// b[u][k] + W[u][k]·ĥᵢ by one `kernels::dot`, so an item gets the same value whichever
     /// other items are listed with it.
+    #[inline(always)]
     fn item_based_classes_of<'s>(
         &self,
         user: Option<u32>,
@@ -633,7 +644,8 @@ impl Recommender {
 
     /// Predictions for queries (user, item) sorted by user, each user's context taken from `known`.
     pub fn predict(&self, known: &SparseRatings, queries: &[Rating]) -> Vec<f32> {
-        let user_pred = predict(&self.user_rbm, known, queries, self.scale, false);
+        let entries: Vec<Entry> = queries.iter().map(|q| q.entry()).collect();
+        let user_pred = predict(&self.user_rbm, known, &entries, self.scale, false);
         match &self.item_side {
             None => user_pred,
             Some(side) => {
@@ -768,17 +780,17 @@ pub struct Scratch {
     rated: Vec<bool>,
 }
 
-/// The ratings with rows and columns swapped, sorted by (row, column), and for each one its
-/// position in `ratings`.
-fn transpose_ratings(ratings: &[Rating]) -> (Vec<Rating>, Vec<usize>) {
-    let mut order: Vec<usize> = (0..ratings.len()).collect();
-    order.sort_by_key(|&n| (ratings[n].item, ratings[n].user));
+/// The entries with rows and columns swapped, sorted by (row, column), and for each one its
+/// position in `entries`.
+fn transpose(entries: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&n| (entries[n].col, entries[n].row));
     let transposed = order
         .iter()
-        .map(|&n| Rating {
-            user: ratings[n].item,
-            item: ratings[n].user,
-            class: ratings[n].class,
+        .map(|&n| Entry {
+            row: entries[n].col,
+            col: entries[n].row,
+            class: entries[n].class,
         })
         .collect();
     (transposed, order)
@@ -801,7 +813,7 @@ fn hidden_of_rows(rbm: &Rbm, matrix: &SparseRatings) -> Array2<f32> {
 }
 
 /// The weight α in [0, 1] minimising Σ (α·u + (1 − α)·i − r)².
-fn least_squares_blend(user: &[f32], item: &[f32], truth: &[Rating], scale: RatingScale) -> f32 {
+fn least_squares_blend(user: &[f32], item: &[f32], truth: &[Entry], scale: RatingScale) -> f32 {
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for ((&u, &i), r) in user.iter().zip(item).zip(truth) {
         let diff = f64::from(u) - f64::from(i);

@@ -15,8 +15,9 @@ pub struct RatingScale {
 
 /// Steps tried, coarsest first, when a scale is inferred from the data.
 const CANDIDATE_STEPS: [f32; 6] = [1.0, 0.5, 0.25, 0.2, 0.1, 0.05];
-/// More classes than this would make W[D][K][M] grow for no gain in a rating model.
-const MAX_CLASSES: usize = 100;
+/// More classes than this would make W[D][K][M] grow for no gain in a rating model; per-item
+/// class buffers are arrays of this length, on the stack.
+pub(crate) const MAX_CLASSES: usize = 100;
 /// Tolerance for deciding that a value lies on the scale (ratings arrive as decimal text).
 const ON_SCALE_TOLERANCE: f32 = 1e-3;
 

@@ -15,7 +15,8 @@ use super::kernels;
 use super::optimizer::{TensorState, UpdateRule};
 use super::params::{RbmParams, ValidRbmParams};
 use super::rbm::Rbm;
-use super::{ModelError, Rating, RatingScale, SparseRatings};
+use super::simd;
+use super::{Entry, ModelError, RatingScale, SparseRatings};
 
 /// What one epoch did, as reported to the progress callback.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +65,7 @@ impl ValidRbmParams {
         &self,
         train: &SparseRatings,
         scale: RatingScale,
-        valid: &[Rating],
+        valid: &[Entry],
         mut on_epoch: impl FnMut(&EpochStats) -> ControlFlow<()> + Send,
     ) -> Result<Fit, ModelError> {
         let p = &self.0;
@@ -84,205 +85,207 @@ impl ValidRbmParams {
         pool.install(|| self.fit_in_pool(train, scale, valid, &mut on_epoch, started))
     }
 
-    fn fit_in_pool(
-        &self,
-        train: &SparseRatings,
-        scale: RatingScale,
-        valid: &[Rating],
-        on_epoch: &mut (dyn FnMut(&EpochStats) -> ControlFlow<()> + Send),
-        started: Instant,
-    ) -> Result<Fit, ModelError> {
-        let p = &self.0;
-        let (d, k, m) = (train.n_cols(), scale.classes(), p.hidden);
-        let mut rbm = Rbm::initial(&train.col_class_counts(k), d, k, p);
-        let mut choice = p.choice.then(|| {
-            add_rated_prior(&mut rbm, &train.col_counts(), train.n_rows());
-            ChoiceBatch::new(d, k, m)
-        });
-        let rule = UpdateRule {
-            kind: p.optimizer,
-            learning_rate: p.learning_rate,
-            momentum: p.momentum,
-        };
-        let mut factors = p.factors.map(|c| Factors::new(&rbm, c, p, rule));
-        if let Some(f) = &factors {
-            f.expand(&mut rbm, |_| true);
-        }
-        let mut w_state = TensorState::new(d, k * m, p.weight_decay, rule);
-        let mut b_state = TensorState::new(d, k, 0.0, rule);
-        let mut c_state = TensorState::new(1, m, 0.0, rule);
-        let mut d_state = TensorState::new(d, m, p.weight_decay, rule);
-        let mut batch = MiniBatch::new(d, k, m);
-        let mut item_mark = vec![u64::MAX; d];
-
-        let probe = training_probe(train);
-        let mut order: Vec<u32> = (0..train.n_rows() as u32)
-            .filter(|&r| !train.row(r as usize).0.is_empty())
-            .collect();
-        let mut shuffle_rng = Xoshiro256PlusPlus::seed_from_u64(p.seed ^ 0x5eed_5eed);
-        let mut step = 0u64;
-        let mut history = Vec::new();
-        let mut best: Option<(f64, usize, Rbm)> = None;
-        let mut epochs_since_best = 0;
-
-        for epoch in 1..=p.epochs {
-            let epoch_started = Instant::now();
-            let cd_steps = self.cd_steps_at(epoch);
-            for i in (1..order.len()).rev() {
-                order.swap(i, shuffle_rng.random_range(0..=i));
+    simd::multiversion! {
+        fn fit_in_pool / fit_in_pool_avx2(
+            &self,
+            train: &SparseRatings,
+            scale: RatingScale,
+            valid: &[Entry],
+            on_epoch: &mut (dyn FnMut(&EpochStats) -> ControlFlow<()> + Send),
+            started: Instant,
+        ) -> Result<Fit, ModelError> {
+            let p = &self.0;
+            let (d, k, m) = (train.n_cols(), scale.classes(), p.hidden);
+            let mut rbm = Rbm::initial(&train.col_class_counts(k), d, k, p);
+            let mut choice = p.choice.then(|| {
+                add_rated_prior(&mut rbm, &train.col_counts(), train.n_rows());
+                ChoiceBatch::new(d, k, m)
+            });
+            let rule = UpdateRule {
+                kind: p.optimizer,
+                learning_rate: p.learning_rate,
+                momentum: p.momentum,
+            };
+            let mut factors = p.factors.map(|c| Factors::new(&rbm, c, p, rule));
+            if let Some(f) = &factors {
+                f.expand(&mut rbm, |_| true);
             }
-            for rows in order.chunks(p.batch_size) {
-                step += 1;
-                batch.index(train, rows);
-                for &i in batch.items() {
-                    item_mark[i as usize] = step;
-                }
-                let in_batch = |row: usize| item_mark[row] == step;
-                // The joint RBM's draw reads, and its gradient reaches, every item.
-                let item_touched = |row: usize| p.choice || in_batch(row);
-                // The rows this batch reads, as the dense update left them after the last step.
-                match &mut factors {
-                    None => w_state.catch_up(slice_mut(&mut rbm.weights), step - 1, item_touched),
-                    Some(f) => f.prepare(&mut rbm, step - 1, item_touched),
-                }
-                b_state.catch_up(slice_mut(&mut rbm.visible_bias), step - 1, item_touched);
-                if let Some(implicit) = &mut rbm.implicit {
-                    d_state.catch_up(slice_mut(implicit), step - 1, item_touched);
-                }
-                batch.run(&rbm, cd_steps, p.seed, step);
-                if let Some(choice) = &mut choice {
-                    choice.run(&rbm, batch.positive(), p.seed, step);
-                }
+            let mut w_state = TensorState::new(d, k * m, p.weight_decay, rule);
+            let mut b_state = TensorState::new(d, k, 0.0, rule);
+            let mut c_state = TensorState::new(1, m, 0.0, rule);
+            let mut d_state = TensorState::new(d, m, p.weight_decay, rule);
+            let mut batch = MiniBatch::new(d, k, m);
+            let mut item_mark = vec![u64::MAX; d];
 
-                let scale_by = 1.0 / batch.len() as f32;
-                // The rating term's halves weighed by rating_weight, plus the joint term's data
-                // half (the same data entries); the joint term's model half comes from `choice`.
-                let scales = match choice {
-                    None => Scales::both(scale_by),
-                    Some(_) => Scales {
-                        positive: (1.0 + p.rating_weight) * scale_by,
-                        negative: p.rating_weight * scale_by,
-                    },
-                };
-                let (batch, choice) = (&batch, choice.as_ref());
-                let gradient = |rating: &dyn Fn(&mut [f32]),
-                                joint: &dyn Fn(&ChoiceBatch, &mut [f32]),
-                                item: usize,
-                                out: &mut [f32]| {
-                    if in_batch(item) {
-                        rating(out);
-                    } else {
-                        out.fill(0.0);
+            let probe = training_probe(train);
+            let mut order: Vec<u32> = (0..train.n_rows() as u32)
+                .filter(|&r| !train.row(r as usize).0.is_empty())
+                .collect();
+            let mut shuffle_rng = Xoshiro256PlusPlus::seed_from_u64(p.seed ^ 0x5eed_5eed);
+            let mut step = 0u64;
+            let mut history = Vec::new();
+            let mut best: Option<(f64, usize, Rbm)> = None;
+            let mut epochs_since_best = 0;
+
+            for epoch in 1..=p.epochs {
+                let epoch_started = Instant::now();
+                let cd_steps = self.cd_steps_at(epoch);
+                for i in (1..order.len()).rev() {
+                    order.swap(i, shuffle_rng.random_range(0..=i));
+                }
+                for rows in order.chunks(p.batch_size) {
+                    step += 1;
+                    batch.index(train, rows);
+                    for &i in batch.items() {
+                        item_mark[i as usize] = step;
                     }
-                    if let Some(choice) = choice {
-                        joint(choice, out);
+                    let in_batch = |row: usize| item_mark[row] == step;
+                    // The joint RBM's draw reads, and its gradient reaches, every item.
+                    let item_touched = |row: usize| p.choice || in_batch(row);
+                    // The rows this batch reads, as the dense update left them after the last step.
+                    match &mut factors {
+                        None => w_state.catch_up(slice_mut(&mut rbm.weights), step - 1, item_touched),
+                        Some(f) => f.prepare(&mut rbm, step - 1, item_touched),
                     }
-                };
-                let weight_gradient = |item: usize, out: &mut [f32]| {
-                    gradient(
-                        &|out| batch.item_weight_gradient(item, scales, out),
-                        &|c, out| c.sub_weight_negative(item, scale_by, out),
-                        item,
-                        out,
-                    )
-                };
-                match &mut factors {
-                    None => w_state.step(
-                        slice_mut(&mut rbm.weights),
+                    b_state.catch_up(slice_mut(&mut rbm.visible_bias), step - 1, item_touched);
+                    if let Some(implicit) = &mut rbm.implicit {
+                        d_state.catch_up(slice_mut(implicit), step - 1, item_touched);
+                    }
+                    batch.run(&rbm, cd_steps, p.seed, step);
+                    if let Some(choice) = &mut choice {
+                        choice.run(&rbm, batch.positive(), p.seed, step);
+                    }
+
+                    let scale_by = 1.0 / batch.len() as f32;
+                    // The rating term's halves weighed by rating_weight, plus the joint term's data
+                    // half (the same data entries); the joint term's model half comes from `choice`.
+                    let scales = match choice {
+                        None => Scales::both(scale_by),
+                        Some(_) => Scales {
+                            positive: (1.0 + p.rating_weight) * scale_by,
+                            negative: p.rating_weight * scale_by,
+                        },
+                    };
+                    let (batch, choice) = (&batch, choice.as_ref());
+                    let gradient = |rating: &dyn Fn(&mut [f32]),
+                                    joint: &dyn Fn(&ChoiceBatch, &mut [f32]),
+                                    item: usize,
+                                    out: &mut [f32]| {
+                        if in_batch(item) {
+                            rating(out);
+                        } else {
+                            out.fill(0.0);
+                        }
+                        if let Some(choice) = choice {
+                            joint(choice, out);
+                        }
+                    };
+                    let weight_gradient = |item: usize, out: &mut [f32]| {
+                        gradient(
+                            &|out| batch.item_weight_gradient(item, scales, out),
+                            &|c, out| c.sub_weight_negative(item, scale_by, out),
+                            item,
+                            out,
+                        )
+                    };
+                    match &mut factors {
+                        None => w_state.step(
+                            slice_mut(&mut rbm.weights),
+                            step,
+                            item_touched,
+                            weight_gradient,
+                        ),
+                        Some(f) => f.step(step, item_touched, weight_gradient),
+                    }
+                    b_state.step(
+                        slice_mut(&mut rbm.visible_bias),
                         step,
                         item_touched,
-                        weight_gradient,
-                    ),
-                    Some(f) => f.step(step, item_touched, weight_gradient),
+                        |item, out| {
+                            gradient(
+                                &|out| batch.visible_bias_gradient(item, scales, out),
+                                &|c, out| c.sub_visible_bias_negative(item, scale_by, out),
+                                item,
+                                out,
+                            )
+                        },
+                    );
+                    c_state.step(
+                        slice_mut(&mut rbm.hidden_bias),
+                        step,
+                        |_| true,
+                        |_, out| {
+                            batch.hidden_bias_gradient(scales, out);
+                            if let Some(choice) = choice {
+                                choice.sub_hidden_bias_negative(scale_by, out);
+                            }
+                        },
+                    );
+                    if let Some(implicit) = &mut rbm.implicit {
+                        d_state.step(slice_mut(implicit), step, item_touched, |item, out| {
+                            gradient(
+                                &|out| batch.implicit_gradient(item, scales, out),
+                                &|c, out| c.sub_implicit_negative(item, scale_by, out),
+                                item,
+                                out,
+                            )
+                        });
+                    }
                 }
-                b_state.step(
-                    slice_mut(&mut rbm.visible_bias),
-                    step,
-                    item_touched,
-                    |item, out| {
-                        gradient(
-                            &|out| batch.visible_bias_gradient(item, scales, out),
-                            &|c, out| c.sub_visible_bias_negative(item, scale_by, out),
-                            item,
-                            out,
-                        )
-                    },
-                );
-                c_state.step(
-                    slice_mut(&mut rbm.hidden_bias),
-                    step,
-                    |_| true,
-                    |_, out| {
-                        batch.hidden_bias_gradient(scales, out);
-                        if let Some(choice) = choice {
-                            choice.sub_hidden_bias_negative(scale_by, out);
-                        }
-                    },
-                );
+                match &mut factors {
+                    None => w_state.synchronize(slice_mut(&mut rbm.weights), step),
+                    Some(f) => f.synchronize(&mut rbm, step),
+                }
+                b_state.synchronize(slice_mut(&mut rbm.visible_bias), step);
                 if let Some(implicit) = &mut rbm.implicit {
-                    d_state.step(slice_mut(implicit), step, item_touched, |item, out| {
-                        gradient(
-                            &|out| batch.implicit_gradient(item, scales, out),
-                            &|c, out| c.sub_implicit_negative(item, scale_by, out),
-                            item,
-                            out,
-                        )
-                    });
+                    d_state.synchronize(slice_mut(implicit), step);
                 }
-            }
-            match &mut factors {
-                None => w_state.synchronize(slice_mut(&mut rbm.weights), step),
-                Some(f) => f.synchronize(&mut rbm, step),
-            }
-            b_state.synchronize(slice_mut(&mut rbm.visible_bias), step);
-            if let Some(implicit) = &mut rbm.implicit {
-                d_state.synchronize(slice_mut(implicit), step);
-            }
-            if !rbm.is_finite() {
-                return Err(ModelError::Diverged { epoch });
-            }
-            let seconds = epoch_started.elapsed().as_secs_f64();
+                if !rbm.is_finite() {
+                    return Err(ModelError::Diverged { epoch });
+                }
+                let seconds = epoch_started.elapsed().as_secs_f64();
 
-            let train_rmse = rmse(&predict(&rbm, train, &probe, scale, false), &probe, scale);
-            let valid_rmse = (!valid.is_empty())
-                .then(|| rmse(&predict(&rbm, train, valid, scale, false), valid, scale));
-            let valid_ndcg =
-                (p.choice && !valid.is_empty()).then(|| validation_ndcg(&rbm, train, valid, scale));
-            let stats = EpochStats {
-                epoch,
-                epochs: p.epochs,
-                cd_steps,
-                train_rmse,
-                valid_rmse,
-                valid_ndcg,
-                seconds,
-            };
-            let flow = on_epoch(&stats);
-            history.push(stats);
-            // The joint RBM is there to rank: its best epoch is the best-ranking one.
-            if let Some(score) = valid_ndcg.map(|n| -n).or(valid_rmse) {
-                if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
-                    best = Some((score, epoch, rbm.clone()));
-                    epochs_since_best = 0;
-                } else {
-                    epochs_since_best += 1;
+                let train_rmse = rmse(&predict(&rbm, train, &probe, scale, false), &probe, scale);
+                let valid_rmse = (!valid.is_empty())
+                    .then(|| rmse(&predict(&rbm, train, valid, scale, false), valid, scale));
+                let valid_ndcg =
+                    (p.choice && !valid.is_empty()).then(|| validation_ndcg(&rbm, train, valid, scale));
+                let stats = EpochStats {
+                    epoch,
+                    epochs: p.epochs,
+                    cd_steps,
+                    train_rmse,
+                    valid_rmse,
+                    valid_ndcg,
+                    seconds,
+                };
+                let flow = on_epoch(&stats);
+                history.push(stats);
+                // The joint RBM is there to rank: its best epoch is the best-ranking one.
+                if let Some(score) = valid_ndcg.map(|n| -n).or(valid_rmse) {
+                    if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
+                        best = Some((score, epoch, rbm.clone()));
+                        epochs_since_best = 0;
+                    } else {
+                        epochs_since_best += 1;
+                    }
+                }
+                let warmed_up = step >= EARLY_STOP_MIN_UPDATES;
+                if flow.is_break() || (p.patience > 0 && warmed_up && epochs_since_best >= p.patience) {
+                    break;
                 }
             }
-            let warmed_up = step >= EARLY_STOP_MIN_UPDATES;
-            if flow.is_break() || (p.patience > 0 && warmed_up && epochs_since_best >= p.patience) {
-                break;
-            }
+            let (rbm, best_epoch) = match best {
+                Some((_, epoch, rbm)) => (rbm, epoch),
+                None => (rbm, history.len()),
+            };
+            Ok(Fit {
+                rbm,
+                history,
+                best_epoch,
+                train_seconds: started.elapsed().as_secs_f64(),
+            })
         }
-        let (rbm, best_epoch) = match best {
-            Some((_, epoch, rbm)) => (rbm, epoch),
-            None => (rbm, history.len()),
-        };
-        Ok(Fit {
-            rbm,
-            history,
-            best_epoch,
-            train_seconds: started.elapsed().as_secs_f64(),
-        })
     }
 
     /// T for an epoch: fixed, or 1 → 3 → 5 → 9 over the quarters of training.
@@ -301,15 +304,15 @@ fn slice_mut<D: ndarray::Dimension>(array: &mut ndarray::Array<f32, D>) -> &mut 
 }
 
 /// Up to TRAIN_PROBE_ROWS rows spread evenly over the training cases, all their ratings.
-fn training_probe(train: &SparseRatings) -> Vec<Rating> {
+fn training_probe(train: &SparseRatings) -> Vec<Entry> {
     let stride = train.n_rows().div_ceil(TRAIN_PROBE_ROWS).max(1);
     (0..train.n_rows())
         .step_by(stride)
         .flat_map(|row| {
             let (cols, classes) = train.row(row);
-            cols.iter().zip(classes).map(move |(&item, &class)| Rating {
-                user: row as u32,
-                item,
+            cols.iter().zip(classes).map(move |(&col, &class)| Entry {
+                row: row as u32,
+                col,
                 class,
             })
         })
@@ -350,22 +353,24 @@ impl Factors {
         }
     }
 
-    /// W[i][k] = Σ_c A[i][k][c]·B[c] for the items `rows` selects.
-    fn expand(&self, rbm: &mut Rbm, rows: impl Fn(usize) -> bool + Sync) {
-        let (_, k, m) = rbm.weights.dim();
-        let c = self.c;
-        slice_mut(&mut rbm.weights)
-            .par_chunks_mut(k * m)
-            .enumerate()
-            .filter(|(item, _)| rows(*item))
-            .for_each(|(item, w)| {
-                for (row, w) in (item * k..(item + 1) * k).zip(w.chunks_mut(m)) {
-                    w.fill(0.0);
-                    for (f, &a) in self.a[row * c..(row + 1) * c].iter().enumerate() {
-                        kernels::axpy(w, a, &self.b[f * m..(f + 1) * m]);
+    simd::multiversion! {
+        /// W[i][k] = Σ_c A[i][k][c]·B[c] for the items `rows` selects.
+        fn expand / expand_avx2(&self, rbm: &mut Rbm, rows: impl Fn(usize) -> bool + Sync) {
+            let (_, k, m) = rbm.weights.dim();
+            let c = self.c;
+            slice_mut(&mut rbm.weights)
+                .par_chunks_mut(k * m)
+                .enumerate()
+                .filter(|(item, _)| rows(*item))
+                .for_each(|(item, w)| {
+                    for (row, w) in (item * k..(item + 1) * k).zip(w.chunks_mut(m)) {
+                        w.fill(0.0);
+                        for (f, &a) in self.a[row * c..(row + 1) * c].iter().enumerate() {
+                            kernels::axpy(w, a, &self.b[f * m..(f + 1) * m]);
+                        }
                     }
-                }
-            });
+                });
+        }
     }
 
     /// Brings the A rows of the items `touched` selects up to date after `step` steps and
@@ -375,53 +380,55 @@ impl Factors {
         self.expand(rbm, touched);
     }
 
-    /// One update: ∂/∂A[i][k] = ∂/∂W[i][k]·Bᵀ on rows rated in the batch, ∂/∂B = Σ A[i][k]ᵀ·∂/∂W[i][k].
-    fn step(
-        &mut self,
-        step: u64,
-        touched: impl Fn(usize) -> bool + Sync,
-        gradient: impl Fn(usize, &mut [f32]) + Sync,
-    ) {
-        let (k, c) = (self.k, self.c);
-        let m = self.b.len() / c;
-        self.grad_w
-            .par_chunks_mut(k * m)
-            .enumerate()
-            .filter(|(row, _)| touched(*row))
-            .for_each(|(row, g)| gradient(row, g));
-        let mut grad_b = vec![0.0f32; c * m];
-        for (row, g) in self
-            .grad_w
-            .chunks(k * m)
-            .enumerate()
-            .filter(|(row, _)| touched(*row))
-        {
-            for class in 0..k {
-                let a = &self.a[(row * k + class) * c..(row * k + class + 1) * c];
-                for (f, &af) in a.iter().enumerate() {
-                    kernels::axpy(
-                        &mut grad_b[f * m..(f + 1) * m],
-                        af,
-                        &g[class * m..(class + 1) * m],
-                    );
+    simd::multiversion! {
+        /// One update: ∂/∂A[i][k] = ∂/∂W[i][k]·Bᵀ on rows rated in the batch, ∂/∂B = Σ A[i][k]ᵀ·∂/∂W[i][k].
+        fn step / step_avx2(
+            &mut self,
+            step: u64,
+            touched: impl Fn(usize) -> bool + Sync,
+            gradient: impl Fn(usize, &mut [f32]) + Sync,
+        ) {
+            let (k, c) = (self.k, self.c);
+            let m = self.b.len() / c;
+            self.grad_w
+                .par_chunks_mut(k * m)
+                .enumerate()
+                .filter(|(row, _)| touched(*row))
+                .for_each(|(row, g)| gradient(row, g));
+            let mut grad_b = vec![0.0f32; c * m];
+            for (row, g) in self
+                .grad_w
+                .chunks(k * m)
+                .enumerate()
+                .filter(|(row, _)| touched(*row))
+            {
+                for class in 0..k {
+                    let a = &self.a[(row * k + class) * c..(row * k + class + 1) * c];
+                    for (f, &af) in a.iter().enumerate() {
+                        kernels::axpy(
+                            &mut grad_b[f * m..(f + 1) * m],
+                            af,
+                            &g[class * m..(class + 1) * m],
+                        );
+                    }
                 }
             }
+            let (grad_w, b) = (&self.grad_w, &self.b);
+            self.a_state.step(&mut self.a, step, touched, |row, out| {
+                for class in 0..k {
+                    let g = &grad_w[(row * k + class) * m..(row * k + class + 1) * m];
+                    for f in 0..c {
+                        out[class * c + f] = kernels::dot(g, &b[f * m..(f + 1) * m]);
+                    }
+                }
+            });
+            self.b_state.step(
+                &mut self.b,
+                step,
+                |_| true,
+                |_, out| out.copy_from_slice(&grad_b),
+            );
         }
-        let (grad_w, b) = (&self.grad_w, &self.b);
-        self.a_state.step(&mut self.a, step, touched, |row, out| {
-            for class in 0..k {
-                let g = &grad_w[(row * k + class) * m..(row * k + class + 1) * m];
-                for f in 0..c {
-                    out[class * c + f] = kernels::dot(g, &b[f * m..(f + 1) * m]);
-                }
-            }
-        });
-        self.b_state.step(
-            &mut self.b,
-            step,
-            |_| true,
-            |_, out| out.copy_from_slice(&grad_b),
-        );
     }
 
     fn synchronize(&mut self, rbm: &mut Rbm, step: u64) {

@@ -1,0 +1,116 @@
+//! Which vector instructions the hot loops use, chosen once at run time. The binary is built for
+//! baseline x86-64 so that it runs on any x86-64 server; the loops that matter are compiled a second
+//! time with AVX2, FMA and F16C (x86-64-v3, every x86 server CPU since 2013) by [`multiversion!`], and
+//! that copy runs when the CPU has them. `RBM_SIMD=portable` forces the baseline code, to compare the
+//! two paths or to rule the vector code out.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The instruction set the model's loops run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX2, FMA and F16C, with hand-written kernels for the dot products and catalogue passes.
+    Avx2,
+    /// Whatever the build targets (SSE2 on x86-64), in plain Rust.
+    Portable,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx2 => "avx2+fma+f16c",
+            Isa::Portable => "portable",
+        }
+    }
+}
+
+const UNKNOWN: u8 = 0;
+const AVX2: u8 = 1;
+const PORTABLE: u8 = 2;
+
+static SELECTED: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// The instruction set in use: detected on first call, and fixed for the life of the process.
+pub fn isa() -> Isa {
+    if avx2() { Isa::Avx2 } else { Isa::Portable }
+}
+
+/// Whether the AVX2 copies run. One relaxed load once known, cheap enough to sit in a kernel's
+/// entry; every thread sees the same answer, so a model's arithmetic does not depend on which
+/// thread ran a task.
+#[inline(always)]
+pub fn avx2() -> bool {
+    match SELECTED.load(Ordering::Relaxed) {
+        AVX2 => true,
+        PORTABLE => false,
+        _ => detect(),
+    }
+}
+
+#[cold]
+fn detect() -> bool {
+    let forced_portable = std::env::var("RBM_SIMD").is_ok_and(|v| v == "portable");
+    #[cfg(target_arch = "x86_64")]
+    let capable = std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c");
+    #[cfg(not(target_arch = "x86_64"))]
+    let capable = false;
+    let fast = capable && !forced_portable;
+    // Racing first calls compute the same answer, so whichever store lands is right.
+    SELECTED.store(if fast { AVX2 } else { PORTABLE }, Ordering::Relaxed);
+    fast
+}
+
+/// Defines a function twice: as written, for the build's baseline, and under the second name with
+/// AVX2, FMA and F16C enabled; the first calls the second when [`avx2`] says so. The body is
+/// repeated rather than called because the features reach only code lexically inside the function:
+/// the closures it defines (rayon tasks included) and the `#[inline(always)]` helpers they call.
+/// Parameters are plain `name: Type` pairs (rebind one in the body to make it `mut`); the receiver
+/// is taken from the call site, since a `self` written in the macro would not be the body's.
+///
+/// ```ignore
+/// multiversion! {
+///     fn scale / scale_avx2(&mut self, by: f32) { for x in &mut self.v { *x *= by } }
+/// }
+/// ```
+macro_rules! multiversion {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident / $fast:ident
+        $(<$($gen:ident: $bound:path),+>)? (&mut $self:ident $(, $arg:ident: $ty:ty)* $(,)?)
+        $(-> $ret:ty)? $body:block) => {
+        $crate::model::simd::multiversion!(@emit [&mut $self,] [$self.] $(#[$attr])* $vis fn $name / $fast
+            [$($($gen: $bound),+)?] ($($arg: $ty),*) [$(-> $ret)?] $body);
+    };
+    ($(#[$attr:meta])* $vis:vis fn $name:ident / $fast:ident
+        $(<$($gen:ident: $bound:path),+>)? (&$self:ident $(, $arg:ident: $ty:ty)* $(,)?)
+        $(-> $ret:ty)? $body:block) => {
+        $crate::model::simd::multiversion!(@emit [&$self,] [$self.] $(#[$attr])* $vis fn $name / $fast
+            [$($($gen: $bound),+)?] ($($arg: $ty),*) [$(-> $ret)?] $body);
+    };
+    ($(#[$attr:meta])* $vis:vis fn $name:ident / $fast:ident
+        $(<$($gen:ident: $bound:path),+>)? ($($arg:ident: $ty:ty),* $(,)?)
+        $(-> $ret:ty)? $body:block) => {
+        $crate::model::simd::multiversion!(@emit [] [] $(#[$attr])* $vis fn $name / $fast
+            [$($($gen: $bound),+)?] ($($arg: $ty),*) [$(-> $ret)?] $body);
+    };
+    (@emit [$($receiver:tt)*] [$($on:tt)*] $(#[$attr:meta])* $vis:vis fn $name:ident / $fast:ident
+        [$($generics:tt)*] ($($arg:ident: $ty:ty),*) [$($ret:tt)*] $body:block) => {
+        $(#[$attr])*
+        $vis fn $name<$($generics)*>($($receiver)* $($arg: $ty),*) $($ret)* {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::model::simd::avx2() {
+                // SAFETY: avx2() found AVX2, FMA and F16C on this CPU.
+                return unsafe { $($on)* $fast($($arg),*) };
+            }
+            $body
+        }
+
+        $(#[$attr])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        fn $fast<$($generics)*>($($receiver)* $($arg: $ty),*) $($ret)* $body
+    };
+}
+
+pub(crate) use multiversion;

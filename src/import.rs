@@ -39,7 +39,7 @@ pub struct ImportSummary {
 }
 
 /// Where the ratings and titles of a path come from.
-struct Source {
+struct ImportInput {
     ratings: Box<dyn Iterator<Item = Result<RawRating, ReadError>>>,
     titles: Option<(PathBuf, TitleLayout)>,
     progress: ProgressBar,
@@ -61,7 +61,7 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-fn open_source(path: &Path, format: Option<RatingFormat>) -> anyhow::Result<Source> {
+fn open_input(path: &Path, format: Option<RatingFormat>) -> anyhow::Result<ImportInput> {
     if path.join("training_set").is_dir() {
         let bar = ProgressBar::new_spinner().with_style(
             ProgressStyle::with_template(
@@ -70,7 +70,7 @@ fn open_source(path: &Path, format: Option<RatingFormat>) -> anyhow::Result<Sour
             .expect("valid template"),
         );
         let ratings = Box::new(NetflixReader::open(path)?);
-        return Ok(Source {
+        return Ok(ImportInput {
             ratings,
             titles: titles_file(path),
             progress: bar,
@@ -110,7 +110,7 @@ fn open_source(path: &Path, format: Option<RatingFormat>) -> anyhow::Result<Sour
     } else {
         None
     };
-    Ok(Source {
+    Ok(ImportInput {
         ratings: Box::new(ratings),
         titles,
         progress: bar,
@@ -136,7 +136,7 @@ fn validate(raw: &RawRating, scale: RatingScale) -> Result<(), String> {
 
 /// Pulls the next good rating; bad rows stop the import, or with `skip_invalid` are counted.
 fn next_rating(
-    source: &mut Source,
+    source: &mut ImportInput,
     scale: RatingScale,
     skip_invalid: bool,
     summary: &mut ImportSummary,
@@ -180,7 +180,7 @@ pub async fn import(
     skip_invalid: bool,
 ) -> anyhow::Result<ImportSummary> {
     let started = Instant::now();
-    let mut source = open_source(path, format)?;
+    let mut source = open_input(path, format)?;
     let titles = match &source.titles {
         Some((file, layout)) => read_titles(file, *layout)?,
         None => Vec::new(),
@@ -234,7 +234,7 @@ fn copy_escape(value: &str, out: &mut String) {
 
 async fn import_postgres(
     url: &str,
-    source: &mut Source,
+    source: &mut ImportInput,
     titles: &[(String, String)],
     scale: RatingScale,
     skip_invalid: bool,
@@ -339,7 +339,7 @@ async fn import_postgres(
 
 async fn import_sqlite(
     store: &Store,
-    source: &mut Source,
+    source: &mut ImportInput,
     titles: &[(String, String)],
     scale: RatingScale,
     skip_invalid: bool,

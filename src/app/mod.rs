@@ -15,7 +15,7 @@ use serde::Serialize;
 
 pub use catalogue::Catalogue;
 pub use recommendations::{
-    PageOrder, Recommendation, RecommendationPage, Recommendations, SimilarItem, Source,
+    ListSource, PageOrder, Recommendation, RecommendationPage, Recommendations, SimilarItem,
 };
 pub use serving::{ServedModel, Serving};
 pub use training::Training;

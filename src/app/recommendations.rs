@@ -14,9 +14,10 @@ use crate::metrics::Metrics;
 use crate::model::{Order, Ranked, Recommender, Scratch};
 use crate::store::Store;
 
+/// Where a recommendation list came from: the model, or the popular fallback when there is none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub enum ListSource {
     Model,
     Popular,
 }
@@ -36,7 +37,7 @@ pub struct Recommendation {
 pub struct RecommendationPage {
     pub user_id: String,
     pub model_version: Option<i64>,
-    pub source: Source,
+    pub source: ListSource,
     /// The order the list is in; "popularity" for the popular fallback.
     pub order: PageOrder,
     pub items: Vec<Recommendation>,
@@ -177,7 +178,7 @@ impl Recommendations {
             ordered = scored.take().map(|items| (order, items));
         }
         let (source, order, mut items) = match ordered {
-            Some((order, items)) => (Source::Model, PageOrder::from(order), items),
+            Some((order, items)) => (ListSource::Model, PageOrder::from(order), items),
             None => {
                 let ratings = match ratings {
                     Some(ratings) => ratings,
@@ -195,7 +196,7 @@ impl Recommendations {
                         expected_rating: p.mean_rating as f32,
                     })
                     .collect();
-                (Source::Popular, PageOrder::Popularity, items)
+                (ListSource::Popular, PageOrder::Popularity, items)
             }
         };
         let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();

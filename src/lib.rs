@@ -1,4 +1,16 @@
 //! rbm-recommender: a recommendation service built on the categorical RBM for collaborative filtering.
+//!
+//! Dependencies run one way, from the core out:
+//!
+//! - [`model`]: the I/O-free core. Data (ratings, scale, params) → the RBM and its kernels →
+//!   training → evaluation, and the [`model::Recommender`] that serves both RBMs.
+//! - [`model_file`]: a model as safetensors bytes, for files and for the store's model versions.
+//! - [`store`]: PostgreSQL or SQLite: ratings and items, model versions, training runs.
+//! - [`app`]: the use cases (serving the active model, recommendations, the catalogue, training
+//!   runs), each owning its state; the only layer that talks to the store.
+//! - [`http`]: the routes, which talk to `app` only; [`metrics`] and [`config`] beside it.
+//! - [`readers`] and [`import`]: rating and title files, streamed into a data set or the store.
+//! - [`cli`]: the commands, imported by `main` only; [`demo`] is one of them.
 
 pub mod app;
 pub mod cli;

@@ -69,7 +69,7 @@ fn detect() -> bool {
 /// Parameters are plain `name: Type` pairs (rebind one in the body to make it `mut`); the receiver
 /// is taken from the call site, since a `self` written in the macro would not be the body's.
 ///
-/// ```ignore
+/// ```text
 /// multiversion! {
 ///     fn scale / scale_avx2(&mut self, by: f32) { for x in &mut self.v { *x *= by } }
 /// }

@@ -1,0 +1,168 @@
+//! `bench`: training throughput and uncached top-10 latency, as one JSON line.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::json;
+
+use super::DataArgs;
+use super::saved::rows_in_model;
+use crate::model::{self, Order, Recommender, Scratch, TrainConfig};
+use crate::model_file::ModelFile;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value_t = 100)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 1)]
+    pub cd_steps: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Users to time full-catalogue top-10 scoring for.
+    #[arg(long, default_value_t = 2000)]
+    pub users: usize,
+    /// Instead of training: time a saved model's uncached top-10 in each order it serves, for
+    /// users of the data set with their ratings from it.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+}
+
+/// Microseconds at the 50th and 99th percentiles of `model`'s uncached top-10 in `order` over
+/// `count` users, the n-th of them given by `user(n)`: its ratings and its index in the
+/// item-based RBM.
+fn top10_latency<'a>(
+    model: &Recommender,
+    order: Order,
+    count: usize,
+    user: impl Fn(usize) -> (&'a [u32], &'a [u8], Option<u32>),
+) -> (f64, f64) {
+    let mut scratch = Scratch::default();
+    let mut latencies: Vec<f64> = (0..count.max(1))
+        .map(|n| {
+            let (items, classes, in_model) = user(n);
+            let started = Instant::now();
+            let top = model.top_n(
+                order,
+                in_model,
+                items,
+                classes,
+                10,
+                |a, b| a.cmp(&b),
+                &mut scratch,
+            );
+            std::hint::black_box(top);
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    (percentile(0.5), percentile(0.99))
+}
+
+/// `bench --model`: a saved model's uncached top-10 latency in each order, on the same users.
+fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
+    let model = ModelFile::load(path)?.recommender;
+    let data = args.data.read()?;
+    let rows = rows_in_model(&model, &data);
+    let mut orders = serde_json::Map::new();
+    let served = [Order::Score, Order::ExpectedRating]
+        .into_iter()
+        .filter(|&o| o == Order::ExpectedRating || model.default_order() == Order::Score);
+    for order in served {
+        let (p50, p99) = top10_latency(&model, order, args.users, |n| {
+            let user = (n * 7919) % rows.len();
+            let (items, classes) = &rows[user];
+            let in_model = model.users().get(data.users.id(user as u32));
+            (items, classes, in_model)
+        });
+        orders.insert(
+            serde_json::to_value(order)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            json!({"top10_p50_us": p50, "top10_p99_us": p99}),
+        );
+    }
+    println!(
+        "{}",
+        json!({
+            "model": path,
+            "users": rows.len(),
+            "items": model.items().len(),
+            "hidden": model.user_rbm().hidden(),
+            "hidden_item_based": model.item_side().as_ref().map(|s| s.rbm.hidden()),
+            "default_order": model.default_order(),
+            "uncached": orders,
+        })
+    );
+    Ok(())
+}
+
+pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.model {
+        return bench_model(path, &args);
+    }
+    let data = args.data.read()?;
+    let params = crate::model::RbmParams {
+        hidden: args.hidden,
+        epochs: args.epochs,
+        cd_steps: args.cd_steps,
+        threads: args.threads.unwrap_or(0),
+        patience: 0,
+        // The rating-only CD kernel, which the flops figure's cost model describes; the joint
+        // RBM's catalogue-wide draw shows in `evaluate`'s train_seconds.
+        choice: false,
+        ..TrainConfig::recommended(data.ratings.len(), data.users.len()).user
+    };
+    let matrix = data.user_matrix();
+    let fit = params
+        .clone()
+        .check()?
+        .fit(&matrix, data.scale, &[], |_| ControlFlow::Continue(()))?;
+    let mut epoch_seconds: Vec<f64> = fit.history.iter().map(|s| s.seconds).collect();
+    epoch_seconds.sort_by(f64::total_cmp);
+    let seconds_per_epoch = epoch_seconds[epoch_seconds.len() / 2];
+    let (k, m) = (data.scale.classes() as f64, args.hidden as f64);
+    let flops_per_epoch = 2.0 * (k + 3.0) * m * matrix.nnz() as f64;
+
+    let model = Recommender::new(
+        data.scale,
+        data.users.clone(),
+        data.items.clone(),
+        fit.rbm,
+        None,
+        1.0,
+        None,
+    );
+    let n_users = matrix.n_rows();
+    let (p50, p99) = top10_latency(&model, Order::ExpectedRating, args.users, |n| {
+        let (items, classes) = matrix.row((n * 7919) % n_users);
+        (items, classes, None)
+    });
+    println!(
+        "{}",
+        json!({
+            "n_ratings": matrix.nnz(),
+            "users": n_users,
+            "items": data.items.len(),
+            "hidden": args.hidden,
+            "k": data.scale.classes(),
+            "cd_steps": args.cd_steps,
+            "simd": model::isa().name(),
+            "threads": if params.threads == 0 { rayon::current_num_threads() } else { params.threads },
+            "epochs": fit.history.len(),
+            "seconds_per_epoch": seconds_per_epoch,
+            "ratings_epochs_per_second": matrix.nnz() as f64 / seconds_per_epoch,
+            "gflops": flops_per_epoch / seconds_per_epoch / 1e9,
+            "score_top10_p50_us": p50,
+            "score_top10_p99_us": p99,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! Training the product model: both RBMs, the blend weight and the ranking score's β, fitted on
+//! a validation slice.
+
+use std::ops::ControlFlow;
+
+use ndarray::Array2;
+use rayon::prelude::*;
+
+use super::{ItemSide, Recommender, Scratch, Side, Trained};
+use crate::model::evaluate::{predict, ranking_metrics, rmse};
+use crate::model::params::{RbmParams, TrainConfig};
+use crate::model::rbm::Rbm;
+use crate::model::train::EpochStats;
+use crate::model::{Dataset, Entry, ModelError, Rating, RatingScale, SparseRatings};
+
+/// β grid of the ranking score, searched on the validation slice.
+const RANKING_WEIGHTS: [f32; 7] = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0];
+
+/// β without a validation slice: the best on every data set measured (README).
+const DEFAULT_RANKING_WEIGHT: f32 = 0.5;
+
+/// Validation users the ranking weight is fitted on, spread evenly over all of them.
+const VALIDATION_USERS: usize = 2000;
+
+/// The entries with rows and columns swapped, sorted by (row, column), and for each one its
+/// position in `entries`.
+fn transpose(entries: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&n| (entries[n].col, entries[n].row));
+    let transposed = order
+        .iter()
+        .map(|&n| Entry {
+            row: entries[n].col,
+            col: entries[n].row,
+            class: entries[n].class,
+        })
+        .collect();
+    (transposed, order)
+}
+
+/// p(h | row) for every row of `matrix`.
+fn hidden_of_rows(rbm: &Rbm, matrix: &SparseRatings) -> Array2<f32> {
+    let m = rbm.hidden();
+    let mut hidden = Array2::zeros((matrix.n_rows(), m));
+    hidden
+        .as_slice_mut()
+        .expect("contiguous")
+        .par_chunks_mut(m)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (cols, classes) = matrix.row(row);
+            rbm.hidden_probabilities(cols, classes, cols, out);
+        });
+    hidden
+}
+
+/// The weight α in [0, 1] minimising Σ (α·u + (1 − α)·i − r)².
+fn least_squares_blend(user: &[f32], item: &[f32], truth: &[Entry], scale: RatingScale) -> f32 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for ((&u, &i), r) in user.iter().zip(item).zip(truth) {
+        let diff = f64::from(u) - f64::from(i);
+        num += (f64::from(scale.value_of(r.class)) - f64::from(i)) * diff;
+        den += diff * diff;
+    }
+    if den > 0.0 {
+        (num / den).clamp(0.0, 1.0) as f32
+    } else {
+        0.5
+    }
+}
+
+impl Recommender {
+    /// Trains on `data`. `on_epoch` sees every epoch of both RBMs; breaking from it cancels.
+    pub fn train(
+        data: &Dataset,
+        config: &TrainConfig,
+        mut on_epoch: impl FnMut(Side, &EpochStats) -> ControlFlow<()> + Send,
+    ) -> Result<Trained, ModelError> {
+        let user_params = config.user.clone().check()?;
+        let item_params = config.item.clone().map(RbmParams::check).transpose()?;
+        let (train, valid) = if config.valid_frac > 0.0 {
+            data.holdout(config.valid_frac, user_params.params().seed ^ 0x7a11d)?
+        } else {
+            (data.clone(), Vec::new())
+        };
+        let valid: Vec<Entry> = valid.into_iter().map(Rating::entry).collect();
+        let scale = data.scale;
+        let user_matrix = train.user_matrix();
+        let cancelled = std::sync::atomic::AtomicBool::new(false);
+        let mut report = |side, stats: &EpochStats| {
+            let flow = on_epoch(side, stats);
+            if flow.is_break() {
+                cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            flow
+        };
+        let user_fit = user_params.fit(&user_matrix, scale, &valid, |s| report(Side::User, s))?;
+        if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ModelError::Cancelled);
+        }
+        let item_matrix = item_params.as_ref().map(|_| user_matrix.transpose());
+        let (valid_t, valid_order) = transpose(&valid);
+        let item_fit = match (&item_params, &item_matrix) {
+            (Some(params), Some(item_matrix)) => {
+                let fit = params.fit(item_matrix, scale, &valid_t, |s| report(Side::Item, s))?;
+                if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(ModelError::Cancelled);
+                }
+                Some(fit)
+            }
+            _ => None,
+        };
+        let (blend_weight, valid_rmse) = match (&item_fit, &item_matrix) {
+            (Some(item_fit), Some(item_matrix)) if !valid.is_empty() => {
+                let user_pred = predict(&user_fit.rbm, &user_matrix, &valid, scale, false);
+                // Item-based predictions come in item-major order; put them back in `valid`'s.
+                let mut item_pred = vec![0.0f32; valid.len()];
+                for (&n, p) in valid_order.iter().zip(predict(
+                    &item_fit.rbm,
+                    item_matrix,
+                    &valid_t,
+                    scale,
+                    false,
+                )) {
+                    item_pred[n] = p;
+                }
+                let weight = least_squares_blend(&user_pred, &item_pred, &valid, scale);
+                let blended: Vec<f32> = user_pred
+                    .iter()
+                    .zip(&item_pred)
+                    .map(|(u, i)| weight * u + (1.0 - weight) * i)
+                    .collect();
+                (weight, Some(rmse(&blended, &valid, scale)))
+            }
+            (Some(_), _) => (0.5, None),
+            _ => (
+                1.0,
+                user_fit
+                    .history
+                    .get(user_fit.best_epoch.saturating_sub(1))
+                    .and_then(|s| s.valid_rmse),
+            ),
+        };
+        // ĥ of each item from all its known ratings, validation slice included.
+        let item_side = item_fit.as_ref().map(|fit| ItemSide {
+            item_hidden: hidden_of_rows(&fit.rbm, &data.user_matrix().transpose())
+                .reversed_axes()
+                .as_standard_layout()
+                .to_owned(),
+            rbm: fit.rbm.clone(),
+        });
+        let mut recommender = Recommender::new(
+            scale,
+            data.users.clone(),
+            data.items.clone(),
+            user_fit.rbm.clone(),
+            item_side,
+            blend_weight,
+            None,
+        );
+        if user_params.params().choice {
+            recommender.ranking_weight = Some(if valid.is_empty() {
+                DEFAULT_RANKING_WEIGHT
+            } else {
+                recommender.fit_ranking_weight(&user_matrix, &valid)
+            });
+        }
+        Ok(Trained {
+            recommender,
+            user_fit,
+            item_fit,
+            valid_rmse,
+        })
+    }
+
+    /// The β, from RANKING_WEIGHTS, whose score ranks the validation slice's relevant items best
+    /// (NDCG@10 over up to VALIDATION_USERS users, ĥ from `known`).
+    fn fit_ranking_weight(&self, known: &SparseRatings, valid: &[Entry]) -> f32 {
+        let stride = known.n_rows().div_ceil(VALIDATION_USERS).max(1) as u32;
+        let sample: Vec<Entry> = valid
+            .iter()
+            .filter(|r| r.row % stride == 0)
+            .copied()
+            .collect();
+        let d = self.items.len();
+        // Per sampled user, log p(rated) and the expected rating of every item, computed once.
+        let mut users: Vec<u32> = sample.iter().map(|r| r.row).collect();
+        users.dedup();
+        let parts: Vec<(Vec<f32>, Vec<f32>)> = users
+            .par_iter()
+            .map_init(Scratch::default, |scratch, &user| {
+                let (items, classes) = known.row(user as usize);
+                let (mut expected, mut log_rated) = (vec![0.0; d], vec![0.0; d]);
+                self.choice_parts(
+                    Some(user),
+                    items,
+                    classes,
+                    scratch,
+                    &mut expected,
+                    &mut log_rated,
+                );
+                (expected, log_rated)
+            })
+            .collect();
+        let position = |user: u32| users.binary_search(&user).expect("a sampled user");
+        let mut best = (f64::NEG_INFINITY, DEFAULT_RANKING_WEIGHT);
+        for beta in RANKING_WEIGHTS {
+            let ndcg = ranking_metrics(known, &sample, self.scale, 10, |user, out| {
+                let (expected, log_rated) = &parts[position(user)];
+                for ((o, e), r) in out.iter_mut().zip(expected).zip(log_rated) {
+                    *o = r + beta * e;
+                }
+            })
+            .ndcg;
+            if ndcg > best.0 {
+                best = (ndcg, beta);
+            }
+        }
+        best.1
+    }
+}

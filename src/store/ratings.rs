@@ -1,0 +1,341 @@
+//! Ratings and items: writes in one transaction, reads by user, titles, popularity, the training
+//! snapshot.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+// Dynamic SQL below only adds generated `$n` placeholders and constants, never input.
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
+
+use super::{Backend, Store, StoreError, now_millis};
+
+/// Rows per multi-row INSERT: 4 parameters each stays far below both backends' bind limits.
+const INSERT_CHUNK: usize = 1000;
+
+/// One rating to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRating {
+    pub user_id: String,
+    pub item_id: String,
+    pub rating: f64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct UpsertCounts {
+    pub inserted: u64,
+    pub updated: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Item {
+    pub item_id: String,
+    pub title: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PopularItem {
+    pub item_id: String,
+    pub mean_rating: f64,
+    pub ratings: i64,
+}
+
+/// Longest accepted user or item id, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// Ids are opaque strings of 1 to 128 characters without control characters.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_ID_CHARS {
+        return Err(format!(
+            "must be 1 to {MAX_ID_CHARS} characters, got {chars}"
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(format!("{id:?} contains a control character"));
+    }
+    Ok(())
+}
+
+fn placeholders(start: usize, count: usize) -> String {
+    (start..start + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Upserts ratings (the last of a repeated pair wins) and creates their unknown items, inside the
+/// caller's transaction.
+pub async fn upsert_ratings_in(
+    conn: &mut AnyConnection,
+    ratings: &[NewRating],
+) -> Result<UpsertCounts, StoreError> {
+    let mut latest: HashMap<(&str, &str), f64> = HashMap::with_capacity(ratings.len());
+    for r in ratings {
+        latest.insert((&r.user_id, &r.item_id), r.rating);
+    }
+    let mut rows: Vec<((&str, &str), f64)> = latest.into_iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let now = now_millis();
+    let mut counts = UpsertCounts::default();
+    let mut items: Vec<&str> = rows.iter().map(|((_, item), _)| *item).collect();
+    items.sort_unstable();
+    items.dedup();
+    for chunk in items.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|n| format!("(${}, ${})", 2 * n + 1, 2 * n + 2))
+            .collect();
+        let sql = format!(
+            "INSERT INTO items (item_id, created_at) VALUES {} ON CONFLICT (item_id) DO NOTHING",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for item in chunk {
+            query = query.bind(item.to_string()).bind(now);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|n| format!("({})", placeholders(4 * n + 1, 4)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO ratings (user_id, item_id, rating, updated_at) VALUES {} \
+             ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, \
+             updated_at = excluded.updated_at, revision = ratings.revision + 1 RETURNING revision",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for ((user, item), rating) in chunk {
+            query = query
+                .bind(user.to_string())
+                .bind(item.to_string())
+                .bind(*rating)
+                .bind(now);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            if row.try_get::<i64, _>(0)? == 0 {
+                counts.inserted += 1;
+            } else {
+                counts.updated += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Sets item titles (creating the items), inside the caller's transaction.
+pub async fn upsert_titles_in(
+    conn: &mut AnyConnection,
+    titles: &[(String, String)],
+) -> Result<(), StoreError> {
+    let now = now_millis();
+    for chunk in titles.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|n| format!("({})", placeholders(3 * n + 1, 3)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO items (item_id, title, created_at) VALUES {} \
+             ON CONFLICT (item_id) DO UPDATE SET title = excluded.title",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (item, title) in chunk {
+            query = query.bind(item.clone()).bind(title.clone()).bind(now);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Writes ratings in one transaction (all or nothing), creating unknown items. When a
+    /// (user, item) pair repeats, the last one wins.
+    #[tracing::instrument(level = "debug", skip_all, fields(ratings = ratings.len()))]
+    pub async fn upsert_ratings(&self, ratings: &[NewRating]) -> Result<UpsertCounts, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let counts = upsert_ratings_in(&mut tx, ratings).await?;
+        tx.commit().await?;
+        Ok(counts)
+    }
+
+    /// The revisions of `users`: numbers that change whenever any of a user's ratings changes
+    /// (triggers in migration 0003 maintain them). Users who never rated anything are absent.
+    #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
+    pub async fn user_revisions(&self, users: &[&str]) -> Result<HashMap<String, i64>, StoreError> {
+        let mut unique: Vec<&str> = users.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // Placeholders padded to a power of two (repeating the last id), so that a handful of
+        // statement texts cover every batch size and stay prepared on each connection.
+        let slots = unique.len().next_power_of_two();
+        let sql = format!(
+            "SELECT user_id, revision FROM user_revisions WHERE user_id IN ({})",
+            placeholders(1, slots)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for n in 0..slots {
+            query = query.bind(unique[n.min(unique.len() - 1)].to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// The user's revision and ratings (ordered by item id), read by one statement so the two
+    /// agree. The ratings come back as one aggregated row: per-row decoding through the Any driver
+    /// dominated the cost of a recommendation. Ids cannot contain control characters, so unit
+    /// (0x1f) and record (0x1e) separators split the text unambiguously.
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
+    pub async fn user_ratings(
+        &self,
+        user_id: &str,
+    ) -> Result<(i64, Vec<(String, f64)>), StoreError> {
+        let sql = match self.backend {
+            Backend::Postgres => {
+                "SELECT (SELECT revision FROM user_revisions WHERE user_id = $1), \
+                 (SELECT string_agg(item_id || chr(31) || rating::text, chr(30)) FROM ratings WHERE user_id = $1)"
+            }
+            Backend::Sqlite => {
+                "SELECT (SELECT revision FROM user_revisions WHERE user_id = $1), \
+                 (SELECT group_concat(item_id || char(31) || rating, char(30)) FROM ratings WHERE user_id = $1)"
+            }
+        };
+        let row = sqlx::query(sql)
+            .bind(user_id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        let revision = row.try_get::<Option<i64>, _>(0)?.unwrap_or(0);
+        let Some(text) = row.try_get::<Option<String>, _>(1)? else {
+            return Ok((revision, Vec::new()));
+        };
+        let mut ratings = Vec::new();
+        for record in text.split('\u{1e}') {
+            let parsed = record
+                .split_once('\u{1f}')
+                .and_then(|(item, rating)| Some((item.to_string(), rating.parse().ok()?)));
+            ratings.push(parsed.ok_or_else(|| {
+                StoreError::Corrupt(format!("rating record {record:?} of user {user_id:?}"))
+            })?);
+        }
+        ratings.sort_by(|a: &(String, f64), b| a.0.cmp(&b.0));
+        Ok((revision, ratings))
+    }
+
+    /// Deletes one rating; false if there was none.
+    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id, item_id = %item_id))]
+    pub async fn delete_rating(&self, user_id: &str, item_id: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM ratings WHERE user_id = $1 AND item_id = $2")
+            .bind(user_id.to_string())
+            .bind(item_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Creates or replaces an item's title and metadata; true if it was created.
+    #[tracing::instrument(level = "debug", skip_all, fields(item_id = %item.item_id))]
+    pub async fn put_item(&self, item: &Item) -> Result<bool, StoreError> {
+        let metadata = item.metadata.as_ref().map(|m| m.to_string());
+        let mut tx = self.pool.begin().await?;
+        let existed = sqlx::query("SELECT 1 FROM items WHERE item_id = $1")
+            .bind(item.item_id.clone())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        sqlx::query(
+            "INSERT INTO items (item_id, title, metadata, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, metadata = excluded.metadata",
+        )
+        .bind(item.item_id.clone())
+        .bind(item.title.clone())
+        .bind(metadata)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(item_id = %item_id))]
+    pub async fn item(&self, item_id: &str) -> Result<Option<Item>, StoreError> {
+        let row = sqlx::query("SELECT item_id, title, metadata FROM items WHERE item_id = $1")
+            .bind(item_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            let metadata: Option<String> = row.try_get(2)?;
+            Ok(Item {
+                item_id: row.try_get(0)?,
+                title: row.try_get(1)?,
+                metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+            })
+        })
+        .transpose()
+    }
+
+    /// Titles of the given items (missing items and items without a title are absent).
+    #[tracing::instrument(level = "debug", skip_all, fields(items = item_ids.len()))]
+    pub async fn titles(&self, item_ids: &[&str]) -> Result<HashMap<String, String>, StoreError> {
+        if item_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT item_id, title FROM items WHERE title IS NOT NULL AND item_id IN ({})",
+            placeholders(1, item_ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in item_ids {
+            query = query.bind(id.to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// Items by number of ratings (ties by id), skipping `exclude`, from position `offset`.
+    #[tracing::instrument(level = "debug", skip_all, fields(limit = limit, offset = offset))]
+    pub async fn popular_items(
+        &self,
+        limit: usize,
+        offset: usize,
+        exclude: &HashSet<String>,
+    ) -> Result<Vec<PopularItem>, StoreError> {
+        let fetch = (limit + offset + exclude.len()) as i64;
+        let rows = sqlx::query(
+            "SELECT item_id, AVG(rating) AS mean_rating, COUNT(*) AS n FROM ratings \
+             GROUP BY item_id ORDER BY n DESC, item_id ASC LIMIT $1",
+        )
+        .bind(fetch)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = Vec::with_capacity(limit);
+        for row in rows {
+            let item_id: String = row.try_get(0)?;
+            if !exclude.contains(&item_id) {
+                items.push(PopularItem {
+                    item_id,
+                    mean_rating: row.try_get(1)?,
+                    ratings: row.try_get(2)?,
+                });
+            }
+        }
+        Ok(items.into_iter().skip(offset).take(limit).collect())
+    }
+
+    /// Every rating, read by one statement (a consistent snapshot on both backends).
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn all_ratings(&self) -> Result<Vec<(String, String, f64)>, StoreError> {
+        let rows = sqlx::query("SELECT user_id, item_id, rating FROM ratings")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect()
+    }
+}

@@ -85,7 +85,7 @@ pub async fn seed(store: &Store) -> Result<bool, store::StoreError> {
     {
         return Ok(false);
     }
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin_write().await?;
     store::upsert_titles_in(&mut tx, &catalogue()).await?;
     store::upsert_ratings_in(&mut tx, &ratings()).await?;
     tx.commit().await?;

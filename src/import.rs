@@ -345,7 +345,7 @@ async fn import_sqlite(
     skip_invalid: bool,
     summary: &mut ImportSummary,
 ) -> anyhow::Result<()> {
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin_write().await?;
     let mut batch: Vec<NewRating> = Vec::with_capacity(BATCH_ROWS);
     loop {
         let next = next_rating(source, scale, skip_invalid, summary)?;

@@ -106,6 +106,17 @@ impl Store {
         Ok(Self { pool, backend, url })
     }
 
+    /// A transaction that will write. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), waiting for another writer up to the busy timeout: a deferred transaction that
+    /// reads first cannot take the lock later while another writer holds it, and fails with
+    /// "database is locked" instead of waiting. PostgreSQL's row locks need no such care.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

@@ -153,7 +153,7 @@ impl Store {
     /// (user, item) pair repeats, the last one wins.
     #[tracing::instrument(level = "debug", skip_all, fields(ratings = ratings.len()))]
     pub async fn upsert_ratings(&self, ratings: &[NewRating]) -> Result<UpsertCounts, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let counts = upsert_ratings_in(&mut tx, ratings).await?;
         tx.commit().await?;
         Ok(counts)
@@ -241,24 +241,31 @@ impl Store {
     #[tracing::instrument(level = "debug", skip_all, fields(item_id = %item.item_id))]
     pub async fn put_item(&self, item: &Item) -> Result<bool, StoreError> {
         let metadata = item.metadata.as_ref().map(|m| m.to_string());
-        let mut tx = self.pool.begin().await?;
-        let existed = sqlx::query("SELECT 1 FROM items WHERE item_id = $1")
-            .bind(item.item_id.clone())
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        sqlx::query(
+        let mut tx = self.begin_write().await?;
+        // Of concurrent requests for a new id exactly one inserts (the others see the conflict
+        // once it commits) and is told it created the item; the rest update it.
+        let created = sqlx::query(
             "INSERT INTO items (item_id, title, metadata, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (item_id) DO UPDATE SET title = excluded.title, metadata = excluded.metadata",
+             ON CONFLICT (item_id) DO NOTHING",
         )
         .bind(item.item_id.clone())
         .bind(item.title.clone())
-        .bind(metadata)
+        .bind(metadata.clone())
         .bind(now_millis())
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if !created {
+            sqlx::query("UPDATE items SET title = $2, metadata = $3 WHERE item_id = $1")
+                .bind(item.item_id.clone())
+                .bind(item.title.clone())
+                .bind(metadata)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(!existed)
+        Ok(created)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(item_id = %item_id))]

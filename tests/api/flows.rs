@@ -316,6 +316,45 @@ async fn concurrent_posts_lose_nothing(app: TestApp) {
 }
 on_both_backends!(concurrent_posts_lose_nothing);
 
+/// Writers that read before they write (`PUT /items` looks the item up) beside batches of ratings:
+/// on SQLite a deferred transaction could not take the write lock another writer held, and failed
+/// with "database is locked" instead of waiting. Of the clients creating one new item, exactly one
+/// is told it created it.
+async fn concurrent_writers_queue_instead_of_failing(app: TestApp) {
+    let mut tasks = Vec::new();
+    for round in 0..6 {
+        for writer in 0..8 {
+            let (client, url) = (app.client.clone(), app.url(&format!("/items/new{round}")));
+            tasks.push(tokio::spawn(async move {
+                let body = json!({"title": format!("by writer {writer}")});
+                let response = client.put(url).json(&body).send().await.unwrap();
+                ("put", round, response.status().as_u16())
+            }));
+        }
+        for writer in 0..4 {
+            let (client, url) = (app.client.clone(), app.url("/ratings"));
+            tasks.push(tokio::spawn(async move {
+                let ratings: Vec<Value> = (0..500)
+                    .map(|n| json!({"user_id": format!("r{round}w{writer}"), "item_id": format!("item{n}"), "rating": 4.0}))
+                    .collect();
+                let response = client.post(url).json(&json!({"ratings": ratings})).send().await.unwrap();
+                ("post", round, response.status().as_u16())
+            }));
+        }
+    }
+    let mut created = [0; 6];
+    for task in tasks {
+        let (kind, round, status) = task.await.unwrap();
+        match (kind, status) {
+            ("put", 201) => created[round] += 1,
+            ("put", 200) | ("post", 200) => {}
+            _ => panic!("{kind} in round {round} answered {status}"),
+        }
+    }
+    assert_eq!(created, [1; 6], "one creator per new item");
+}
+on_both_backends!(concurrent_writers_queue_instead_of_failing);
+
 async fn no_request_fails_while_models_are_swapped(app: TestApp) {
     seed(&app, 90, 18).await;
     let first = app.retrain(fast_training()).await["model_version"]

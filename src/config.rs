@@ -91,8 +91,11 @@ impl std::str::FromStr for Secret {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            Err("the admin token must not be empty".to_string())
+        if s.trim().is_empty() {
+            Err("the admin token must not be empty or blank".to_string())
+        } else if s.trim() != s {
+            // Header values arrive trimmed, so such a token could never match.
+            Err("the admin token must not begin or end with whitespace".to_string())
         } else {
             Ok(Self(s.to_string()))
         }
@@ -133,5 +136,12 @@ mod tests {
     fn secrets_are_redacted() {
         let secret: Secret = "hunter2".parse().unwrap();
         assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_token_that_could_never_match_is_refused_at_start() {
+        for token in ["", "   ", " hunter2", "hunter2\t"] {
+            assert!(token.parse::<Secret>().is_err(), "{token:?}");
+        }
     }
 }

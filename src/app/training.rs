@@ -75,10 +75,11 @@ impl Training {
         {
             let mut active = self.active.lock().expect("training lock");
             if let Some(run) = active.as_ref() {
-                return Err(ServiceError::Conflict(format!(
-                    "training run {} is still going",
-                    run.id
-                )));
+                return Err(ServiceError::Conflict(match run.id {
+                    // Claimed by a request that has not recorded its run yet.
+                    0 => "another training run is starting".to_string(),
+                    id => format!("training run {id} is still going"),
+                }));
             }
             // Claim the slot before the first await so two requests cannot both start a run.
             *active = Some(ActiveRun {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use super::{ApiError, AppJson};
+use super::{ApiError, AppJson, AppPath};
 use crate::app::Service;
 use crate::app::TrainingRequest;
 use crate::config::Secret;
@@ -43,8 +43,10 @@ async fn require_admin(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim_start());
     if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
         Ok(next.run(request).await)
     } else {
@@ -72,10 +74,15 @@ async fn retrain(
                 "expected Content-Type: application/json".to_string(),
             ));
         }
-        serde_json::from_slice(&body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => ApiError::Invalid(format!("body: {e}")),
-            _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
-        })?
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+        // serde would also read a struct from an array ([] as {}): only an object is a request.
+        if !value.is_object() {
+            return Err(ApiError::Invalid(format!(
+                "body: expected an object of training parameters, got {value}"
+            )));
+        }
+        serde_json::from_value(value).map_err(|e| ApiError::Invalid(format!("body: {e}")))?
     };
     let run_id = service.training().start_run(&overrides).await?;
     Ok((StatusCode::ACCEPTED, AppJson(json!({"run_id": run_id}))))
@@ -86,14 +93,17 @@ async fn runs(State(service): AppState) -> Result<impl IntoResponse, ApiError> {
     Ok(AppJson(json!({"runs": runs})))
 }
 
-async fn run(State(service): AppState, Path(id): Path<i64>) -> Result<impl IntoResponse, ApiError> {
+async fn run(
+    State(service): AppState,
+    AppPath(id): AppPath<i64>,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(AppJson(service.training().run(id).await?))
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(run_id = id))]
 async fn cancel(
     State(service): AppState,
-    Path(id): Path<i64>,
+    AppPath(id): AppPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     let run = service.training().cancel(id).await?;
     Ok((StatusCode::ACCEPTED, AppJson(run)))
@@ -107,7 +117,7 @@ async fn models(State(service): AppState) -> Result<impl IntoResponse, ApiError>
 #[tracing::instrument(level = "debug", skip_all, fields(version = version))]
 async fn activate(
     State(service): AppState,
-    Path(version): Path<i64>,
+    AppPath(version): AppPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     service.serving().activate(version).await?;
     Ok(AppJson(json!({"version": version, "active": true})))

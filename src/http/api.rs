@@ -4,14 +4,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppJson};
+use super::{ApiError, AppJson, AppPath};
 use crate::app::Service;
 use crate::model::{Order, RatingScale};
 use crate::store::{self, Item, NewRating};
@@ -78,7 +78,7 @@ fn parse_rating(value: &Value, path: &str, scale: RatingScale) -> Result<NewRati
         }
         None => return Err(ApiError::Invalid(format!("{path}.rating: missing"))),
     };
-    scale.class_of(rating as f32).map_err(|_| {
+    let class = scale.class_of(rating as f32).map_err(|_| {
         ApiError::Invalid(format!(
             "{path}.rating: {rating} is not on the scale {scale}"
         ))
@@ -86,7 +86,13 @@ fn parse_rating(value: &Value, path: &str, scale: RatingScale) -> Result<NewRati
     Ok(NewRating {
         user_id,
         item_id,
-        rating,
+        // The step itself, not the value sent: 4.5004 is accepted as 4.5 and stored so. Through
+        // the f32's shortest decimal, so that a step of 0.1 stores 3.7 and not 3.700000047….
+        rating: scale
+            .value_of(class)
+            .to_string()
+            .parse()
+            .expect("a float's decimal parses"),
     })
 }
 
@@ -130,7 +136,7 @@ async fn post_ratings(
 #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
 async fn user_ratings(
     State(service): AppState,
-    Path(user_id): Path<String>,
+    AppPath(user_id): AppPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("user_id", &user_id)?;
     let ratings = service.catalogue().user_ratings(&user_id).await?;
@@ -144,7 +150,7 @@ async fn user_ratings(
 #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id, item_id = %item_id))]
 async fn delete_rating(
     State(service): AppState,
-    Path((user_id, item_id)): Path<(String, String)>,
+    AppPath((user_id, item_id)): AppPath<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("user_id", &user_id)?;
     check_id("item_id", &item_id)?;
@@ -166,13 +172,19 @@ struct ItemBody {
 #[tracing::instrument(level = "debug", skip_all, fields(item_id = %item_id))]
 async fn put_item(
     State(service): AppState,
-    Path(item_id): Path<String>,
+    AppPath(item_id): AppPath<String>,
     AppJson(body): AppJson<ItemBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("item_id", &item_id)?;
     if body.title.chars().count() > 1000 {
         return Err(ApiError::Invalid(
             "title: must be at most 1000 characters".to_string(),
+        ));
+    }
+    // PostgreSQL's text cannot hold NUL; refused on both stores so that they agree.
+    if body.title.contains('\0') {
+        return Err(ApiError::Invalid(
+            "title: must not contain NUL (U+0000)".to_string(),
         ));
     }
     if let Some(metadata) = &body.metadata
@@ -201,7 +213,7 @@ async fn put_item(
 #[tracing::instrument(level = "debug", skip_all, fields(item_id = %item_id))]
 async fn get_item(
     State(service): AppState,
-    Path(item_id): Path<String>,
+    AppPath(item_id): AppPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_id("item_id", &item_id)?;
     Ok(AppJson(service.catalogue().item(&item_id).await?))
@@ -230,7 +242,7 @@ fn check_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
 async fn recommendations(
     State(service): AppState,
-    Path(user_id): Path<String>,
+    AppPath(user_id): AppPath<String>,
     query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query?;
@@ -276,7 +288,7 @@ struct LimitQuery {
 #[tracing::instrument(level = "debug", skip_all, fields(item_id = %item_id))]
 async fn similar_items(
     State(service): AppState,
-    Path(item_id): Path<String>,
+    AppPath(item_id): AppPath<String>,
     query: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query?;

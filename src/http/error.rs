@@ -60,6 +60,33 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error for a response that a layer or an extractor gave without the API's body.
+    pub(super) fn from_bare(
+        status: StatusCode,
+        text: String,
+        timeout: std::time::Duration,
+    ) -> Self {
+        let message = if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_lowercase()
+        } else {
+            text
+        };
+        match status {
+            StatusCode::BAD_REQUEST => Self::BadRequest(message),
+            StatusCode::NOT_FOUND => Self::NotFound(message),
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed(message),
+            StatusCode::REQUEST_TIMEOUT => Self::Timeout(timeout),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge(message),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(message),
+            StatusCode::UNPROCESSABLE_ENTITY => Self::Invalid(message),
+            StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable(message),
+            _ if status.is_client_error() => Self::BadRequest(message),
+            _ => Self::Internal(message),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();

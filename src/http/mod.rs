@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Router, extract::DefaultBodyLimit};
 use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -54,6 +55,12 @@ pub const ROUTES: &[(&str, &str)] = &[
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct AppJson<T>(pub T);
 
+/// Path parameters whose parse failures (`/admin/training-runs/abc`, an id that is not UTF-8) are
+/// `ApiError`s too.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct AppPath<T>(pub T);
+
 impl<T: serde::Serialize> IntoResponse for AppJson<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
@@ -73,6 +80,9 @@ pub fn router(service: Arc<Service>, settings: &Settings) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             settings.request_timeout,
         ))
+        // A Content-Length over the limit is refused before the body is read (the extractors'
+        // own limit, below, covers bodies without one).
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
             (service.clone(), settings.request_timeout),
             observe,
@@ -106,7 +116,8 @@ fn request_span(request: &Request) -> tracing::Span {
     )
 }
 
-/// Records latency per route, and gives the timeout layer's bare 408 the API's error body.
+/// Records latency per route, and gives the errors that layers and extractors answer on their own
+/// (the timeout's bare 408, a 413 in plain text) the API's error body.
 async fn observe(
     State((service, timeout)): State<(Arc<Service>, Duration)>,
     request: Request,
@@ -120,10 +131,17 @@ async fn observe(
         .and_then(|matched| ROUTES.iter().find(|(_, path)| *path == matched.as_str()))
         .map_or("unmatched", |(_, path)| *path);
     let mut response = next.run(request).await;
-    if response.status() == StatusCode::REQUEST_TIMEOUT
-        && !response.headers().contains_key(header::CONTENT_TYPE)
-    {
-        response = ApiError::Timeout(timeout).into_response();
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !json && (response.status().is_client_error() || response.status().is_server_error()) {
+        let status = response.status();
+        let text = axum::body::to_bytes(std::mem::take(response.body_mut()), 64 << 10)
+            .await
+            .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+            .unwrap_or_default();
+        response = ApiError::from_bare(status, text, timeout).into_response();
     }
     let labels = RequestLabels {
         method,

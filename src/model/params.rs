@@ -141,10 +141,12 @@ impl RbmParams {
                 "must be between 1 and the number of hidden units",
             );
         }
-        if self.factors.is_some() && self.optimizer == OptimizerKind::Adam {
+        if let Some(c) = self.factors
+            && self.optimizer == OptimizerKind::Adam
+        {
             return invalid(
                 "factors",
-                format!("{:?}", self.factors),
+                c.to_string(),
                 "go with the momentum optimizer only",
             );
         }
@@ -155,10 +157,12 @@ impl RbmParams {
                 "must be zero or positive",
             );
         }
-        if self.choice && self.factors.is_some() {
+        if let Some(c) = self.factors
+            && self.choice
+        {
             return invalid(
                 "factors",
-                format!("{:?}", self.factors),
+                c.to_string(),
                 "do not go with the joint (choice) RBM",
             );
         }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{Backend, TestApp, on_both_backends, spawn_app_with};
+use crate::{ADMIN_TOKEN, Backend, TestApp, on_both_backends, spawn_app_with};
 
 fn code(body: &Value) -> &str {
     body["error"]["code"]
@@ -40,26 +40,65 @@ async fn malformed_requests_get_4xx_json_errors(app: TestApp) {
     assert_eq!((status, code(&body)), (400, "bad_request"));
     let (status, body) = raw(&app, "POST", "/ratings", Some("text/plain"), "{}").await;
     assert_eq!((status, code(&body)), (415, "unsupported_media_type"));
-    let huge = "x".repeat(5 << 20);
-    // The server answers 413 without reading the body and closes the connection; a client of its
-    // own keeps that connection out of the shared pool.
-    let response = reqwest::Client::new()
-        .post(app.url("/ratings"))
-        .header("content-type", "application/json")
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = app.checked("POST", "/ratings", response).await;
-    assert_eq!((status, code(&body)), (413, "payload_too_large"));
     let (status, body) = app.call("GET", "/no/such/route", None, false).await;
     assert_eq!((status, code(&body)), (404, "not_found"));
     let (status, body) = app.call("PATCH", "/ratings", None, false).await;
     assert_eq!((status, code(&body)), (405, "method_not_allowed"));
     let (status, body) = app.call("GET", "/items/missing", None, false).await;
     assert_eq!((status, code(&body)), (404, "not_found"));
+    // Path parameters that do not parse: the same JSON shape as every other error.
+    let (status, body) = app
+        .call("GET", "/admin/training-runs/abc", None, true)
+        .await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
+    let (status, body) = app.call("GET", "/users/%FF/ratings", None, false).await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
 }
 on_both_backends!(malformed_requests_get_4xx_json_errors);
+
+/// A declared length over the 4 MiB limit is refused at once, in the API's error shape, before the
+/// body is read: here the body never comes, and waiting for it would end in the timeout's 408.
+async fn an_oversized_content_length_is_refused_before_the_body(app: TestApp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.base.trim_start_matches("http://").to_string();
+    for (path, auth) in [
+        ("/ratings", String::new()),
+        ("/items/x", String::new()),
+        (
+            "/admin/retrain",
+            format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
+        ),
+    ] {
+        let method = if path == "/items/x" { "PUT" } else { "POST" };
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: 5242880\r\n\r\n{{\"ratings\": ["
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // Read until the JSON body has arrived (the server closes the connection after it).
+        while !String::from_utf8_lossy(&answer).contains("}}") {
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(3), stream.read(&mut buffer))
+                    .await
+                    .unwrap_or_else(|_| panic!("{path}: no answer within 3 s"))
+                    .unwrap();
+            if read == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buffer[..read]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+        assert!(
+            answer.contains("application/json") && answer.contains("payload_too_large"),
+            "{path}: {answer}"
+        );
+    }
+}
+on_both_backends!(an_oversized_content_length_is_refused_before_the_body);
 
 async fn invalid_values_are_named_and_nothing_is_written(app: TestApp) {
     let long = "x".repeat(129);
@@ -168,6 +207,33 @@ async fn invalid_values_are_named_and_nothing_is_written(app: TestApp) {
         .call("POST", "/admin/retrain", Some(json!({"epochz": 3})), true)
         .await;
     assert_eq!((status, code(&body)), (422, "invalid"), "{body}");
+    // Only an object is a request; a null field means "the default", as if it were absent.
+    for not_an_object in [json!([]), json!([null, null]), json!(3), json!("x")] {
+        let (status, body) = app
+            .call("POST", "/admin/retrain", Some(not_an_object.clone()), true)
+            .await;
+        assert_eq!(
+            (status, code(&body)),
+            (422, "invalid"),
+            "{not_an_object}: {body}"
+        );
+    }
+    let (status, body) = app
+        .call(
+            "POST",
+            "/admin/retrain",
+            Some(json!({"model": null, "epochs": 0})),
+            true,
+        )
+        .await;
+    assert_eq!((status, code(&body)), (422, "invalid"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("epochs"),
+        "{body}"
+    );
     let (status, body) = app
         .call("POST", "/admin/models/999/activate", None, true)
         .await;
@@ -178,6 +244,42 @@ async fn invalid_values_are_named_and_nothing_is_written(app: TestApp) {
     assert_eq!(status, 404);
 }
 on_both_backends!(invalid_values_are_named_and_nothing_is_written);
+
+/// Text PostgreSQL cannot store is refused on both stores alike, naming the field; a rating a hair
+/// off its step is stored as the step.
+async fn text_and_values_are_stored_as_both_stores_can_hold_them(app: TestApp) {
+    let (status, body) = app
+        .call("PUT", "/items/x", Some(json!({"title": "a\u{0}b"})), false)
+        .await;
+    assert_eq!((status, code(&body)), (422, "invalid"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("title"),
+        "{body}"
+    );
+    let (status, _) = app.call("GET", "/items/x", None, false).await;
+    assert_eq!(status, 404, "nothing was written");
+    let (status, body) = app
+        .call(
+            "PUT",
+            "/items/y",
+            Some(json!({"title": "y", "metadata": {"k": "a\u{0}b"}})),
+            false,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, item) = app.call("GET", "/items/y", None, false).await;
+    assert_eq!(
+        item["metadata"]["k"], "a\u{0}b",
+        "JSON escapes NUL in the stored text"
+    );
+
+    let rating = json!({"user_id": "u", "item_id": "i", "rating": 4.5004});
+    let (status, body) = app.call("POST", "/ratings", Some(rating), false).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, ratings) = app.call("GET", "/users/u/ratings", None, false).await;
+    assert_eq!(ratings["ratings"][0]["rating"], json!(4.5), "{ratings}");
+}
+on_both_backends!(text_and_values_are_stored_as_both_stores_can_hold_them);
 
 async fn admin_routes_need_the_token(app: TestApp) {
     let (status, body) = app.call("GET", "/admin/models", None, false).await;
@@ -191,6 +293,25 @@ async fn admin_routes_need_the_token(app: TestApp) {
         .unwrap();
     assert_eq!(app.checked("GET", "/admin/models", response).await.0, 401);
     assert_eq!(app.call("GET", "/admin/models", None, true).await.0, 200);
+    // The scheme is case-insensitive; the token is not, and nothing but the scheme may precede it.
+    for (header, status) in [
+        (format!("bearer {ADMIN_TOKEN}"), 200),
+        (format!("BEARER {ADMIN_TOKEN}"), 200),
+        (format!("Bearer {}", ADMIN_TOKEN.to_uppercase()), 401),
+        (format!("Basic {ADMIN_TOKEN}"), 401),
+        (format!("Bearer{ADMIN_TOKEN}"), 401),
+        (ADMIN_TOKEN.to_string(), 401),
+    ] {
+        let response = app
+            .client
+            .get(app.url("/admin/models"))
+            .header("authorization", &header)
+            .send()
+            .await
+            .unwrap();
+        let (got, _) = app.checked("GET", "/admin/models", response).await;
+        assert_eq!(got, status, "{header}");
+    }
 }
 on_both_backends!(admin_routes_need_the_token);
 

@@ -39,6 +39,10 @@ pub struct Settings {
     /// Memory for rankings memoised per (model, user, ratings); 0 turns the cache off.
     #[arg(long, env = "RANKING_CACHE_MB", default_value_t = 256)]
     pub ranking_cache_mb: u64,
+    /// Memory a training run may take, by the estimate made before it starts (a retrain over it
+    /// is refused with 422); 0 means half of the machine's memory (or of the cgroup's limit).
+    #[arg(long, env = "TRAINING_MEMORY_MB", default_value_t = 0)]
+    pub training_memory_mb: u64,
     /// Training defaults for retraining; a retrain request's body overrides them.
     #[command(flatten)]
     pub training: TrainingRequest,
@@ -51,6 +55,10 @@ impl Settings {
             scale: self.scale,
             training: self.training.clone(),
             ranking_cache_bytes: self.ranking_cache_mb.saturating_mul(1 << 20),
+            training_memory_bytes: match self.training_memory_mb {
+                0 => machine_memory() / 2,
+                mb => mb.saturating_mul(1 << 20),
+            },
         }
     }
 
@@ -62,6 +70,25 @@ impl Settings {
                 self.data_dir.join("rbm-recommender.db").display()
             )
         })
+    }
+}
+
+/// The memory this process may use: the cgroup's limit if one is set, else the machine's.
+fn machine_memory() -> u64 {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|limit| limit.trim().parse::<u64>().ok());
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    // Neither readable (not Linux): assume a small server.
+    match (cgroup, total) {
+        (Some(limit), Some(total)) => limit.min(total),
+        (limit, total) => limit.or(total).unwrap_or(8 << 30),
     }
 }
 

@@ -3,8 +3,6 @@
 // The enumerations index W[i][k][j] the way the equations are written.
 #![allow(clippy::needless_range_loop)]
 
-use std::ops::ControlFlow;
-
 use ndarray::{Array1, Array2, Array3};
 use rbm_recommender::model::{
     Dataset, Entry, ItemSide, ItemSimilarity, Order, RatingScale, Rbm, RbmParams, Recommender,
@@ -468,7 +466,7 @@ fn the_joint_rbm_ranks_what_users_pick_above_popular_and_highly_rated_items() {
         item: None,
         valid_frac: 0.05,
     };
-    let model = Recommender::train(&split.train, &config, |_, _| ControlFlow::Continue(()))
+    let model = Recommender::train(&split.train, &config, &Default::default(), |_, _| {})
         .unwrap()
         .recommender;
     assert_eq!(model.default_order(), Order::Score);
@@ -545,9 +543,12 @@ fn small_config() -> TrainConfig {
 #[test]
 fn trained_rbm_beats_the_item_mean_on_planted_tastes() {
     let split = planted(300, 60, 1).split(0.1, 3).unwrap();
-    let trained = Recommender::train(&split.train, &small_config(), |_, _| {
-        ControlFlow::Continue(())
-    })
+    let trained = Recommender::train(
+        &split.train,
+        &small_config(),
+        &Default::default(),
+        |_, _| {},
+    )
     .unwrap();
     let known = split.train.user_matrix();
     let mut test = split.test.clone();
@@ -582,7 +583,7 @@ fn train_user_rbm(tune: impl Fn(&mut RbmParams)) -> Recommender {
     config.user.epochs = 4;
     config.item = None;
     tune(&mut config.user);
-    Recommender::train(&data, &config, |_, _| ControlFlow::Continue(()))
+    Recommender::train(&data, &config, &Default::default(), |_, _| {})
         .unwrap()
         .recommender
 }
@@ -614,7 +615,7 @@ fn saved_models_load_back_exactly() {
     config.user.epochs = 3;
     config.item.as_mut().unwrap().epochs = 3;
     config.user.conditional = true;
-    let trained = Recommender::train(&data, &config, |_, _| ControlFlow::Continue(())).unwrap();
+    let trained = Recommender::train(&data, &config, &Default::default(), |_, _| {}).unwrap();
     let file = ModelFile {
         recommender: trained.recommender,
         config,
@@ -637,7 +638,7 @@ fn a_stored_item_side_with_another_class_count_is_refused_at_load() {
     let mut config = small_config();
     config.user.epochs = 2;
     config.item.as_mut().unwrap().epochs = 2;
-    let model = Recommender::train(&data, &config, |_, _| ControlFlow::Continue(()))
+    let model = Recommender::train(&data, &config, &Default::default(), |_, _| {})
         .unwrap()
         .recommender;
     // The item side's W and b cut from K = 5 classes to 4: scoring would index past them.
@@ -720,7 +721,7 @@ fn full_ranking(
 fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
     let data = planted(200, 160, 6);
     let train = |config: &TrainConfig| {
-        Recommender::train(&data, config, |_, _| ControlFlow::Continue(()))
+        Recommender::train(&data, config, &Default::default(), |_, _| {})
             .unwrap()
             .recommender
     };
@@ -815,9 +816,12 @@ fn cosine(matrix: &[f32], dim: usize, a: usize, b: usize) -> f64 {
 fn item_similarities_equal_their_definitions() {
     let mut config = small_config();
     config.user.choice = true;
-    let model = Recommender::train(&planted(200, 160, 6), &config, |_, _| {
-        ControlFlow::Continue(())
-    })
+    let model = Recommender::train(
+        &planted(200, 160, 6),
+        &config,
+        &Default::default(),
+        |_, _| {},
+    )
     .unwrap()
     .recommender;
     let (d, k, m) = model.user_rbm().weights().dim();
@@ -899,7 +903,7 @@ fn new_users_fold_in_without_retraining() {
         ..small_config()
     };
     config.user.epochs = 60;
-    let trained = Recommender::train(&data, &config, |_, _| ControlFlow::Continue(()))
+    let trained = Recommender::train(&data, &config, &Default::default(), |_, _| {})
         .unwrap()
         .recommender;
     // A user the model never saw who loves group 0 should get group-0 items on top.

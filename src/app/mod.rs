@@ -64,6 +64,8 @@ pub struct Options {
     pub training: TrainingRequest,
     /// Memory for rankings memoised per (model, user, ratings); 0 turns the cache off.
     pub ranking_cache_bytes: u64,
+    /// The most a training run may take, by `TrainConfig::memory_estimate`.
+    pub training_memory_bytes: u64,
 }
 
 /// The running application: its use cases over one store.
@@ -97,6 +99,7 @@ impl Service {
             serving.clone(),
             options.scale,
             options.training,
+            options.training_memory_bytes,
         )
         .await?;
         let catalogue = Arc::new(Catalogue::new(

@@ -1,7 +1,6 @@
 //! Training runs: one at a time per database, on the blocking pool, with their lifecycle and
 //! per-epoch progress on record; a finished run's model is stored and served.
 
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +14,7 @@ use super::training_request::TrainingRequest;
 use crate::metrics::Metrics;
 use crate::model::{Dataset, EpochStats, ModelError, RatingScale, Recommender, Side};
 use crate::model_file::ModelFile;
-use crate::store::{RunStatus, Store, TrainingRun};
+use crate::store::{DataSize, RunStatus, Store, TrainingRun};
 
 /// Runs listed by `runs`, newest first.
 const LISTED_RUNS: i64 = 100;
@@ -27,6 +26,8 @@ pub struct Training {
     scale: RatingScale,
     /// What a run is trained with where its request says nothing (the server's flags).
     defaults: TrainingRequest,
+    /// The most memory a run may take, by its estimate.
+    memory_budget: u64,
     active: Mutex<Option<ActiveRun>>,
 }
 
@@ -43,6 +44,7 @@ impl Training {
         serving: Arc<Serving>,
         scale: RatingScale,
         defaults: TrainingRequest,
+        memory_budget: u64,
     ) -> Result<Arc<Self>, ServiceError> {
         let abandoned = store.fail_abandoned_runs().await?;
         if abandoned > 0 {
@@ -57,6 +59,7 @@ impl Training {
             serving,
             scale,
             defaults,
+            memory_budget,
             active: Mutex::new(None),
         }))
     }
@@ -71,6 +74,9 @@ impl Training {
         request
             .check()
             .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        let size = self.store.data_size().await?;
+        self.check_memory(&request, size)
+            .map_err(ServiceError::Invalid)?;
         let cancel = Arc::new(AtomicBool::new(false));
         {
             let mut active = self.active.lock().expect("training lock");
@@ -139,6 +145,38 @@ impl Training {
         };
         tokio::spawn(run.instrument(tracing::info_span!("training_run", run_id)));
         Ok(run_id)
+    }
+
+    /// Refuses a run whose memory estimate for data of `size` is over the budget, naming the
+    /// hidden units (what makes a run big) and the budget's setting.
+    fn check_memory(&self, request: &TrainingRequest, size: DataSize) -> Result<(), String> {
+        let config = request
+            .config(size.ratings as usize, size.users as usize)
+            .map_err(|e| e.to_string())?;
+        let (classes, budget) = (self.scale.classes(), self.memory_budget);
+        let needed = config.memory_estimate(
+            size.ratings as usize,
+            size.users as usize,
+            size.items as usize,
+            classes,
+        );
+        if needed <= budget {
+            return Ok(());
+        }
+        let hidden = match &config.item {
+            Some(item) => format!("hidden={} (item-based {})", config.user.hidden, item.hidden),
+            None => format!("hidden={}", config.user.hidden),
+        };
+        let mib = |bytes: u64| bytes >> 20;
+        Err(format!(
+            "hidden: a run with {hidden} on {} ratings by {} users of {} items needs about {} MiB, \
+             over the training memory budget of {} MiB (TRAINING_MEMORY_MB); use fewer hidden units",
+            size.ratings,
+            size.users,
+            size.items,
+            mib(needed),
+            mib(budget)
+        ))
     }
 
     /// Asks a running training run to stop at the end of its current epoch.
@@ -251,13 +289,8 @@ impl Training {
         let trainer = super::spawn_blocking({
             let config = config.clone();
             move || {
-                let trained = Recommender::train(&data, &config, |side, stats| {
+                let trained = Recommender::train(&data, &config, &cancel, |side, stats| {
                     let _ = sender.send((side, stats.clone()));
-                    if cancel.load(Ordering::Relaxed) {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    }
                 })?;
                 let metrics = ModelMetrics {
                     valid_rmse: trained.valid_rmse,

@@ -1,7 +1,7 @@
 //! `bench`: training throughput and uncached top-10 latency, as one JSON line.
 
-use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use clap::Args;
@@ -121,10 +121,11 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         ..TrainConfig::recommended(data.ratings.len(), data.users.len()).user
     };
     let matrix = data.user_matrix();
-    let fit = params
-        .clone()
-        .check()?
-        .fit(&matrix, data.scale, &[], |_| ControlFlow::Continue(()))?;
+    let fit =
+        params
+            .clone()
+            .check()?
+            .fit(&matrix, data.scale, &[], &AtomicBool::new(false), |_| {})?;
     let mut epoch_seconds: Vec<f64> = fit.history.iter().map(|s| s.seconds).collect();
     epoch_seconds.sort_by(f64::total_cmp);
     let seconds_per_epoch = epoch_seconds[epoch_seconds.len() / 2];

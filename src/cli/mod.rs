@@ -6,7 +6,6 @@ mod evaluate;
 mod saved;
 mod service;
 
-use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -119,7 +118,7 @@ impl Progress {
         Self { bars, user, item }
     }
 
-    fn report(&self, side: Side, stats: &EpochStats) -> ControlFlow<()> {
+    fn report(&self, side: Side, stats: &EpochStats) {
         let bar = match side {
             Side::User => &self.user,
             Side::Item => self.item.as_ref().unwrap_or(&self.user),
@@ -142,7 +141,6 @@ impl Progress {
             );
         }
         bar.set_message(message);
-        ControlFlow::Continue(())
     }
 
     fn finish(self) {
@@ -159,7 +157,11 @@ pub(crate) fn train_with_progress(
     config: &TrainConfig,
 ) -> anyhow::Result<crate::model::Trained> {
     let progress = Progress::new(config);
-    let trained = Recommender::train(data, config, |side, stats| progress.report(side, stats));
+    // Nothing stops a run from the command line but Ctrl-C, which ends the process.
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let trained = Recommender::train(data, config, &never, |side, stats| {
+        progress.report(side, stats)
+    });
     progress.finish();
     Ok(trained?)
 }

@@ -7,6 +7,8 @@
 //! every random draw is seeded by (seed, step, case or item) independently of how many threads
 //! run, so neither do the results.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
@@ -184,8 +186,9 @@ impl MiniBatch {
     }
 
     /// Runs CD-T on the cases laid out by the last `index`. Afterwards the gradient accessors
-    /// describe the batch's log-likelihood gradient.
-    pub fn run(&mut self, rbm: &Rbm, cd_steps: usize, seed: u64, step: u64) {
+    /// describe the batch's log-likelihood gradient, unless `stop` was set: the remaining Gibbs
+    /// steps are then skipped, leaving the batch unusable.
+    pub fn run(&mut self, rbm: &Rbm, cd_steps: usize, seed: u64, step: u64, stop: &AtomicBool) {
         let (m, cases) = (self.m, self.rows.len());
         self.positive.resize(cases * m, 0.0);
         self.negative.resize(cases * m, 0.0);
@@ -194,6 +197,9 @@ impl MiniBatch {
         self.accumulate(rbm, None);
         self.hidden_probabilities(rbm, Visible::Data, Some((seed, step, 0)));
         for t in 0..cd_steps {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
             self.accumulate(rbm, Some((seed ^ (t as u64) << 56, step)));
             let last = t + 1 == cd_steps;
             let sample = (!last).then_some((seed, step, t as u64 + 1));

@@ -17,6 +17,8 @@
 
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rayon::prelude::*;
 
 use super::evaluate::ranking_metrics;
@@ -122,6 +124,7 @@ pub(crate) fn validation_ndcg(
     train: &SparseRatings,
     valid: &[Entry],
     scale: RatingScale,
+    stop: &AtomicBool,
 ) -> f64 {
     let stride = train.n_rows().div_ceil(VALIDATION_CASES).max(1) as u32;
     let sample: Vec<Entry> = valid
@@ -131,6 +134,10 @@ pub(crate) fn validation_ndcg(
         .collect();
     let (d, m) = (rbm.visible(), rbm.hidden());
     ranking_metrics(train, &sample, scale, 10, |user, out| {
+        // Each case is a pass over the catalogue: once stopped, the rest are not worth ranking.
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         let (items, classes) = train.row(user as usize);
         let mut hidden = vec![0.0f32; m];
         rbm.hidden_probabilities(items, classes, items, &mut hidden);
@@ -159,7 +166,15 @@ impl ChoiceBatch {
         /// Draws every item's state for every case from a binary sample of `positive` (p(h | v) of
         /// the batch's cases, B×M), then p(h | drawn states) into the negative phase. Each random
         /// draw is seeded by (seed, step, case or item), so the result does not depend on threads.
-        pub fn run / run_avx2(&mut self, rbm: &Rbm, positive: &[f32], seed: u64, step: u64) {
+        /// Once `stop` is set the remaining work is skipped, leaving the batch unusable.
+        pub fn run / run_avx2(
+            &mut self,
+            rbm: &Rbm,
+            positive: &[f32],
+            seed: u64,
+            step: u64,
+            stop: &AtomicBool,
+        ) {
             let (k, m, d) = (self.k, self.m, rbm.visible());
             let cases = positive.len() / m;
             self.cases = cases;
@@ -179,6 +194,9 @@ impl ChoiceBatch {
                 .into_par_iter()
                 .map(|task| {
                     let mut out = Vec::new();
+                    if stop.load(Ordering::Relaxed) {
+                        return out;
+                    }
                     for item in task * DRAW_TASK..((task + 1) * DRAW_TASK).min(d) {
                         draw_item(
                             rbm,

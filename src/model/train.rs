@@ -1,6 +1,6 @@
 //! Contrastive-divergence training of the categorical RBM: hyperparameters, their checks, and `fit`.
 
-use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rand::{RngExt, SeedableRng};
@@ -60,13 +60,15 @@ impl ValidRbmParams {
 
     /// Trains on the rows of `train` (cases) with `K = scale.classes()`. `valid` holds held-out
     /// (row, column, class) triples in the same orientation, sorted by row; it picks the best epoch.
-    /// `on_epoch` sees every epoch and may stop training early.
+    /// `on_epoch` sees every epoch. Setting `stop` ends training with `ModelError::Cancelled`
+    /// within one Gibbs step or one slice of the catalogue-wide draw, however long an epoch is.
     pub fn fit(
         &self,
         train: &SparseRatings,
         scale: RatingScale,
         valid: &[Entry],
-        mut on_epoch: impl FnMut(&EpochStats) -> ControlFlow<()> + Send,
+        stop: &AtomicBool,
+        mut on_epoch: impl FnMut(&EpochStats) + Send,
     ) -> Result<Fit, ModelError> {
         let p = &self.0;
         if train.nnz() == 0 {
@@ -82,7 +84,7 @@ impl ValidRbmParams {
             .num_threads(threads)
             .build()
             .map_err(|e| ModelError::ThreadPool(e.to_string()))?;
-        pool.install(|| self.fit_in_pool(train, scale, valid, &mut on_epoch, started))
+        pool.install(|| self.fit_in_pool(train, scale, valid, stop, &mut on_epoch, started))
     }
 
     simd::multiversion! {
@@ -91,7 +93,8 @@ impl ValidRbmParams {
             train: &SparseRatings,
             scale: RatingScale,
             valid: &[Entry],
-            on_epoch: &mut (dyn FnMut(&EpochStats) -> ControlFlow<()> + Send),
+            stop: &AtomicBool,
+            on_epoch: &mut (dyn FnMut(&EpochStats) + Send),
             started: Instant,
         ) -> Result<Fit, ModelError> {
             let p = &self.0;
@@ -151,9 +154,13 @@ impl ValidRbmParams {
                     if let Some(implicit) = &mut rbm.implicit {
                         d_state.catch_up(slice_mut(implicit), step - 1, item_touched);
                     }
-                    batch.run(&rbm, cd_steps, p.seed, step);
+                    batch.run(&rbm, cd_steps, p.seed, step, stop);
                     if let Some(choice) = &mut choice {
-                        choice.run(&rbm, batch.positive(), p.seed, step);
+                        choice.run(&rbm, batch.positive(), p.seed, step, stop);
+                    }
+                    // A stopped batch is incomplete: its gradient is never applied.
+                    if stop.load(Ordering::Relaxed) {
+                        return Err(ModelError::Cancelled);
                     }
 
                     let scale_by = 1.0 / batch.len() as f32;
@@ -249,7 +256,7 @@ impl ValidRbmParams {
                 let valid_rmse = (!valid.is_empty())
                     .then(|| rmse(&predict(&rbm, train, valid, scale, false), valid, scale));
                 let valid_ndcg =
-                    (p.choice && !valid.is_empty()).then(|| validation_ndcg(&rbm, train, valid, scale));
+                    (p.choice && !valid.is_empty()).then(|| validation_ndcg(&rbm, train, valid, scale, stop));
                 let stats = EpochStats {
                     epoch,
                     epochs: p.epochs,
@@ -259,7 +266,10 @@ impl ValidRbmParams {
                     valid_ndcg,
                     seconds,
                 };
-                let flow = on_epoch(&stats);
+                if stop.load(Ordering::Relaxed) {
+                    return Err(ModelError::Cancelled);
+                }
+                on_epoch(&stats);
                 history.push(stats);
                 // The joint RBM is there to rank: its best epoch is the best-ranking one.
                 if let Some(score) = valid_ndcg.map(|n| -n).or(valid_rmse) {
@@ -271,7 +281,7 @@ impl ValidRbmParams {
                     }
                 }
                 let warmed_up = step >= EARLY_STOP_MIN_UPDATES;
-                if flow.is_break() || (p.patience > 0 && warmed_up && epochs_since_best >= p.patience) {
+                if p.patience > 0 && warmed_up && epochs_since_best >= p.patience {
                     break;
                 }
             }
@@ -462,7 +472,7 @@ pub fn cd_weight_gradient(
 ) -> Vec<f64> {
     let (d, k, m) = rbm.weights.dim();
     let mut batch = batch_of_copies(rbm, items, classes, samples);
-    batch.run(rbm, cd_steps, seed, 1);
+    batch.run(rbm, cd_steps, seed, 1, &AtomicBool::new(false));
     let mut gradient = vec![0.0f32; d * k * m];
     for (item, out) in gradient.chunks_mut(k * m).enumerate() {
         if items.contains(&(item as u32)) {
@@ -485,9 +495,10 @@ pub fn joint_cd_weight_gradient(
 ) -> Vec<f64> {
     let (d, k, m) = rbm.weights.dim();
     let mut batch = batch_of_copies(rbm, items, classes, samples);
-    batch.run(rbm, 1, seed, 1);
+    let never = AtomicBool::new(false);
+    batch.run(rbm, 1, seed, 1, &never);
     let mut choice = ChoiceBatch::new(d, k, m);
-    choice.run(rbm, batch.positive(), seed, 1);
+    choice.run(rbm, batch.positive(), seed, 1, &never);
     let scale = 1.0 / samples as f32;
     let data_only = Scales {
         positive: scale,

@@ -15,8 +15,8 @@ mod runs;
 
 pub use models::{ModelAnnouncements, ModelInfo};
 pub use ratings::{
-    Item, MAX_ID_CHARS, NewRating, PopularItem, UpsertCounts, check_id, upsert_ratings_in,
-    upsert_titles_in,
+    DataSize, Item, MAX_ID_CHARS, NewRating, PopularItem, UpsertCounts, check_id,
+    upsert_ratings_in, upsert_titles_in,
 };
 pub use runs::{RunStatus, TrainingLock, TrainingRun};
 

@@ -369,7 +369,8 @@ on_both_backends!(health_and_metrics_answer);
 /// A request past the configured timeout is answered 408 with the API's error body. Writing
 /// 10,000 ratings takes far longer than the timeout's millisecond (tokio's timer resolution).
 async fn a_request_past_the_timeout_gets_a_json_408(backend: crate::Backend) {
-    let app = crate::spawn_app_timing_out(backend, std::time::Duration::from_millis(1)).await;
+    let timeout = std::time::Duration::from_millis(1);
+    let app = crate::spawn_app_tuned(backend, |s| s.request_timeout = timeout).await;
     let ratings: Vec<Value> = (0..10_000)
         .map(|n| json!({"user_id": format!("u{}", n % 100), "item_id": format!("i{n}"), "rating": 3}))
         .collect();

@@ -452,6 +452,64 @@ async fn training_runs_can_be_cancelled(app: TestApp) {
 }
 on_both_backends!(training_runs_can_be_cancelled);
 
+/// A run whose estimated memory is over TRAINING_MEMORY_MB is refused before it starts, naming
+/// what makes it big and the setting; one within it starts.
+async fn a_retrain_over_the_memory_budget_is_refused(backend: crate::Backend) {
+    let app = crate::spawn_app_tuned(backend, |s| s.training_memory_mb = 200).await;
+    seed(&app, 90, 18).await;
+    let (status, body) = app
+        .call(
+            "POST",
+            "/admin/retrain",
+            Some(json!({"hidden": 10000})),
+            true,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("hidden: ") && message.contains("TRAINING_MEMORY_MB"),
+        "{message}"
+    );
+    let (_, runs) = app.call("GET", "/admin/training-runs", None, true).await;
+    assert_eq!(runs["runs"], json!([]), "nothing started");
+    let (status, body) = app
+        .call(
+            "POST",
+            "/admin/retrain",
+            Some(json!({"hidden": 8, "epochs": 1})),
+            true,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    app.wait_for_run(body["run_id"].as_i64().unwrap()).await;
+}
+on_both_backends!(backend a_retrain_over_the_memory_budget_is_refused);
+
+/// Cancelling takes effect within a second even when one epoch takes far longer: the model's
+/// loops look at the flag between mini-batches and inside the catalogue-wide draws.
+async fn a_cancel_stops_a_long_epoch_within_a_second(app: TestApp) {
+    seed(&app, 90, 18).await;
+    // One mini-batch of a thousand Gibbs steps with thousands of hidden units: tens of seconds
+    // before the first epoch ends, on any machine this runs on.
+    let slow = json!({"epochs": 1000, "hidden": 2000, "cd_steps": 1000, "batch_size": 100, "patience": 0, "valid_frac": 0.0, "model": "user"});
+    let (status, body) = app.call("POST", "/admin/retrain", Some(slow), true).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["run_id"].as_i64().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let asked = std::time::Instant::now();
+    let path = format!("/admin/training-runs/{id}/cancel");
+    assert_eq!(app.call("POST", &path, None, true).await.0, 202);
+    let run = app.wait_for_run(id).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    let took = asked.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "cancelled after {took:?}"
+    );
+}
+on_both_backends!(a_cancel_stops_a_long_epoch_within_a_second);
+
 async fn repeated_requests_reuse_the_ranking_until_ratings_change(app: TestApp) {
     seed(&app, 90, 18).await;
     app.retrain(fast_training()).await;
@@ -640,7 +698,7 @@ async fn a_retrain_body_overrides_the_server_defaults(backend: crate::Backend) {
         json!({"model": "user", "cd_schedule": true, "conditional": true, "hidden": 7}),
     )
     .unwrap();
-    let app = crate::spawn_app_training(backend, defaults).await;
+    let app = crate::spawn_app_tuned(backend, |s| s.training = defaults).await;
     seed(&app, 30, 9).await;
     let mut body = fast_training();
     body["epochs"] = json!(4);

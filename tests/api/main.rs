@@ -88,6 +88,7 @@ pub fn settings(database_url: String, admin_token: Option<&str>) -> Settings {
         request_timeout: Duration::from_secs(30),
         max_connections: 8,
         ranking_cache_mb: 64,
+        training_memory_mb: 0,
         training: TrainingRequest::default(),
     }
 }
@@ -136,20 +137,10 @@ pub async fn spawn_app_with(backend: Backend, admin_token: Option<&str>) -> Test
     spawn_app_on(url, database, settings_for(admin_token)).await
 }
 
-/// An app whose training defaults (the flags of `serve`) are `training`.
-pub async fn spawn_app_training(backend: Backend, training: TrainingRequest) -> TestApp {
+/// An app started with settings of its own (the flags of `serve`), set by `tune`.
+pub async fn spawn_app_tuned(backend: Backend, tune: impl FnOnce(&mut Settings)) -> TestApp {
     let (url, database) = fresh_database(backend).await;
-    let tune = move |settings: &mut Settings| settings.training = training.clone();
     spawn_app_on(url, database, tune).await
-}
-
-/// An app whose requests time out after `timeout`.
-pub async fn spawn_app_timing_out(backend: Backend, timeout: Duration) -> TestApp {
-    let (url, database) = fresh_database(backend).await;
-    spawn_app_on(url, database, move |settings: &mut Settings| {
-        settings.request_timeout = timeout
-    })
-    .await
 }
 
 fn settings_for(admin_token: Option<&str>) -> impl FnOnce(&mut Settings) {

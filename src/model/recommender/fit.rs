@@ -1,7 +1,7 @@
 //! Training the product model: both RBMs, the blend weight and the ranking score's β, fitted on
 //! a validation slice.
 
-use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::Array2;
 use rayon::prelude::*;
@@ -70,11 +70,13 @@ fn least_squares_blend(user: &[f32], item: &[f32], truth: &[Entry], scale: Ratin
 }
 
 impl Recommender {
-    /// Trains on `data`. `on_epoch` sees every epoch of both RBMs; breaking from it cancels.
+    /// Trains on `data`. `on_epoch` sees every epoch of both RBMs. Setting `stop` cancels
+    /// (`ModelError::Cancelled`) within a moment, whatever the size: see `ValidRbmParams::fit`.
     pub fn train(
         data: &Dataset,
         config: &TrainConfig,
-        mut on_epoch: impl FnMut(Side, &EpochStats) -> ControlFlow<()> + Send,
+        stop: &AtomicBool,
+        mut on_epoch: impl FnMut(Side, &EpochStats) + Send,
     ) -> Result<Trained, ModelError> {
         let user_params = config.user.clone().check()?;
         let item_params = config.item.clone().map(RbmParams::check).transpose()?;
@@ -86,27 +88,16 @@ impl Recommender {
         let valid: Vec<Entry> = valid.into_iter().map(Rating::entry).collect();
         let scale = data.scale;
         let user_matrix = train.user_matrix();
-        let cancelled = std::sync::atomic::AtomicBool::new(false);
-        let mut report = |side, stats: &EpochStats| {
-            let flow = on_epoch(side, stats);
-            if flow.is_break() {
-                cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            flow
-        };
-        let user_fit = user_params.fit(&user_matrix, scale, &valid, |s| report(Side::User, s))?;
-        if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(ModelError::Cancelled);
-        }
+        let user_fit = user_params.fit(&user_matrix, scale, &valid, stop, |s| {
+            on_epoch(Side::User, s)
+        })?;
         let item_matrix = item_params.as_ref().map(|_| user_matrix.transpose());
         let (valid_t, valid_order) = transpose(&valid);
         let item_fit = match (&item_params, &item_matrix) {
             (Some(params), Some(item_matrix)) => {
-                let fit = params.fit(item_matrix, scale, &valid_t, |s| report(Side::Item, s))?;
-                if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Err(ModelError::Cancelled);
-                }
-                Some(fit)
+                Some(params.fit(item_matrix, scale, &valid_t, stop, |s| {
+                    on_epoch(Side::Item, s)
+                })?)
             }
             _ => None,
         };
@@ -162,8 +153,12 @@ impl Recommender {
             recommender.ranking_weight = Some(if valid.is_empty() {
                 DEFAULT_RANKING_WEIGHT
             } else {
-                recommender.fit_ranking_weight(&user_matrix, &valid)
+                recommender.fit_ranking_weight(&user_matrix, &valid, stop)
             });
+        }
+        // The passes after the epochs (ĥ of every item, β's catalogue passes) see `stop` too.
+        if stop.load(Ordering::Relaxed) {
+            return Err(ModelError::Cancelled);
         }
         Ok(Trained {
             recommender,
@@ -175,7 +170,7 @@ impl Recommender {
 
     /// The β, from RANKING_WEIGHTS, whose score ranks the validation slice's relevant items best
     /// (NDCG@10 over up to VALIDATION_USERS users, ĥ from `known`).
-    fn fit_ranking_weight(&self, known: &SparseRatings, valid: &[Entry]) -> f32 {
+    fn fit_ranking_weight(&self, known: &SparseRatings, valid: &[Entry], stop: &AtomicBool) -> f32 {
         let stride = known.n_rows().div_ceil(VALIDATION_USERS).max(1) as u32;
         let sample: Vec<Entry> = valid
             .iter()
@@ -191,6 +186,9 @@ impl Recommender {
             .map_init(Scratch::default, |scratch, &user| {
                 let (items, classes) = known.row(user as usize);
                 let (mut expected, mut log_rated) = (vec![0.0; d], vec![0.0; d]);
+                if stop.load(Ordering::Relaxed) {
+                    return (expected, log_rated);
+                }
                 self.choice_parts(
                     Some(user),
                     items,

@@ -68,6 +68,10 @@ pub struct Options {
     pub training_memory_bytes: u64,
 }
 
+/// How long a shutdown waits for a training run to stop and be recorded: cancelling takes
+/// moments, so this is a bound, well inside the 30 s a container runtime gives before SIGKILL.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The running application: its use cases over one store.
 pub struct Service {
     store: Store,
@@ -165,7 +169,10 @@ impl Service {
     }
 
     /// Closes the store's connections once requests are done.
+    /// Cancels a training run that is going (recorded as cancelled, within `SHUTDOWN_GRACE`),
+    /// then closes the database.
     pub async fn close(&self) {
+        self.training.shutdown(SHUTDOWN_GRACE).await;
         self.store.close().await;
     }
 }

@@ -14,10 +14,16 @@ use super::training_request::TrainingRequest;
 use crate::metrics::Metrics;
 use crate::model::{Dataset, EpochStats, ModelError, RatingScale, Recommender, Side};
 use crate::model_file::ModelFile;
-use crate::store::{DataSize, RunStatus, Store, TrainingRun};
+use crate::store::{DataSize, RunStatus, Store, TrainingLock, TrainingRun};
 
 /// Runs listed by `runs`, newest first.
 const LISTED_RUNS: i64 = 100;
+
+/// How often a run checks that it still holds the training lock.
+const LOCK_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+const LOCK_LOST: &str =
+    "lost the training lock (its database connection dropped); another process may train now";
 
 pub struct Training {
     store: Store,
@@ -29,6 +35,8 @@ pub struct Training {
     /// The most memory a run may take, by its estimate.
     memory_budget: u64,
     active: Mutex<Option<ActiveRun>>,
+    /// The task of the run going on, if any, for `shutdown` to wait on.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 struct ActiveRun {
@@ -37,7 +45,8 @@ struct ActiveRun {
 }
 
 impl Training {
-    /// Marks runs a stopped process left behind as failed.
+    /// Marks runs a stopped process left behind as failed, if no live process is training (on a
+    /// shared database, another replica's run is its own business).
     pub(super) async fn start(
         store: Store,
         metrics: Arc<Metrics>,
@@ -46,12 +55,15 @@ impl Training {
         defaults: TrainingRequest,
         memory_budget: u64,
     ) -> Result<Arc<Self>, ServiceError> {
-        let abandoned = store.fail_abandoned_runs().await?;
-        if abandoned > 0 {
-            tracing::warn!(
-                abandoned,
-                "marked training runs of a previous process as failed"
-            );
+        if let Some(lock) = store.try_training_lock().await? {
+            let abandoned = store.end_abandoned_runs(RunStatus::Failed, None).await?;
+            drop(lock);
+            if abandoned > 0 {
+                tracing::warn!(
+                    abandoned,
+                    "marked training runs of a stopped process as failed"
+                );
+            }
         }
         Ok(Arc::new(Self {
             store,
@@ -61,6 +73,7 @@ impl Training {
             defaults,
             memory_budget,
             active: Mutex::new(None),
+            task: Mutex::new(None),
         }))
     }
 
@@ -98,7 +111,7 @@ impl Training {
             Err(error)
         };
         // Processes sharing a PostgreSQL database train one at a time.
-        let lock = match self.store.try_training_lock().await {
+        let mut lock = match self.store.try_training_lock().await {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 return release(ServiceError::Conflict(
@@ -129,9 +142,9 @@ impl Training {
                 )
                 .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     training
-                        .train(run_id, request, cancel, progress.clone())
+                        .train(run_id, request, cancel, &mut lock, progress.clone())
                         .await
                 }
                 Err(error) => Err(TrainError::failed(error)),
@@ -143,7 +156,8 @@ impl Training {
             training.metrics.training_stopped();
             training.finish(run_id, outcome, &progress).await;
         };
-        tokio::spawn(run.instrument(tracing::info_span!("training_run", run_id)));
+        let task = tokio::spawn(run.instrument(tracing::info_span!("training_run", run_id)));
+        *self.task.lock().expect("task lock") = Some(task);
         Ok(run_id)
     }
 
@@ -179,19 +193,70 @@ impl Training {
         ))
     }
 
-    /// Asks a running training run to stop at the end of its current epoch.
+    /// Asks a training run to stop: this process's own run stops within moments; a run left
+    /// going by a process that is gone (no one holds the training lock) is ended as cancelled.
     pub async fn cancel(&self, run_id: i64) -> Result<TrainingRun, ServiceError> {
         let run = self.run(run_id).await?;
-        let active = self.active.lock().expect("training lock");
-        match active.as_ref() {
-            Some(active) if active.id == run_id => {
-                active.cancel.store(true, Ordering::Relaxed);
-                Ok(run)
+        let ours = {
+            let active = self.active.lock().expect("training lock");
+            match active.as_ref() {
+                Some(active) if active.id == run_id => {
+                    active.cancel.store(true, Ordering::Relaxed);
+                    true
+                }
+                // Claimed here, not yet recorded: that run is the live one.
+                Some(active) if active.id == 0 => {
+                    return Err(ServiceError::Conflict(
+                        "another training run is starting".to_string(),
+                    ));
+                }
+                _ => false,
             }
-            _ => Err(ServiceError::Conflict(format!(
-                "training run {run_id} is {} and cannot be cancelled",
-                run.status
-            ))),
+        };
+        if ours || run.status.is_finished() {
+            return if ours {
+                Ok(run)
+            } else {
+                Err(ServiceError::Conflict(format!(
+                    "training run {run_id} is {} and cannot be cancelled",
+                    run.status
+                )))
+            };
+        }
+        // The run is orphaned if this process is the one trainer and trains another run, or if no
+        // process trains at all (the lock is free; held while the run is ended).
+        let training_here = self.active.lock().expect("training lock").is_some();
+        let lock = if training_here {
+            None
+        } else {
+            match self.store.try_training_lock().await? {
+                Some(lock) => Some(lock),
+                None => {
+                    return Err(ServiceError::Conflict(format!(
+                        "training run {run_id} is being trained by another process sharing the \
+                         database; cancel it there"
+                    )));
+                }
+            }
+        };
+        self.store
+            .end_abandoned_runs(RunStatus::Cancelled, Some(run_id))
+            .await?;
+        drop(lock);
+        self.run(run_id).await
+    }
+
+    /// Stops this process's run for a shutdown: cancels it and waits up to `grace` for it to be
+    /// recorded as cancelled.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        if let Some(active) = self.active.lock().expect("training lock").as_ref() {
+            active.cancel.store(true, Ordering::Relaxed);
+        }
+        let task = self.task.lock().expect("task lock").take();
+        if let Some(task) = task
+            && tokio::time::timeout(grace, task).await.is_err()
+        {
+            tracing::warn!("the training run did not stop within the shutdown grace period");
         }
     }
 
@@ -262,6 +327,7 @@ impl Training {
         run_id: i64,
         request: TrainingRequest,
         cancel: Arc<AtomicBool>,
+        lock: &mut TrainingLock,
         progress: Arc<Mutex<Progress>>,
     ) -> Result<i64, TrainError> {
         let rows = self.store.all_ratings().await.map_err(TrainError::failed)?;
@@ -286,6 +352,7 @@ impl Training {
             .config(data.ratings.len(), data.users.len())
             .map_err(TrainError::failed)?;
         let (sender, mut receiver) = mpsc::unbounded_channel::<(Side, EpochStats)>();
+        let stop = cancel.clone();
         let trainer = super::spawn_blocking({
             let config = config.clone();
             move || {
@@ -313,7 +380,25 @@ impl Training {
                 Ok::<_, ModelError>((file.recommender, metrics, blob))
             }
         });
-        while let Some((side, stats)) = receiver.recv().await {
+        // The lock is what keeps a second process from training (and activating) beside this
+        // one; if its connection drops, another may take it, so this run must stop.
+        let mut lock_lost = false;
+        let mut lock_checks = tokio::time::interval(LOCK_CHECK_EVERY);
+        loop {
+            let (side, stats) = tokio::select! {
+                report = receiver.recv() => match report {
+                    Some(report) => report,
+                    None => break,
+                },
+                _ = lock_checks.tick() => {
+                    if !lock_lost && !lock.is_held().await {
+                        tracing::warn!(run_id, "lost the training lock; stopping the run");
+                        lock_lost = true;
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+            };
             let snapshot = {
                 let mut progress = progress.lock().expect("progress lock");
                 progress.record(side, &stats);
@@ -328,6 +413,9 @@ impl Training {
                 tracing::warn!(run_id, %error, "cannot record training progress");
             }
         }
+        if lock_lost {
+            return Err(TrainError::Failed(LOCK_LOST.to_string()));
+        }
         let (recommender, metrics, blob) = match trainer.await {
             Ok(Ok(done)) => done,
             Ok(Err(ModelError::Cancelled)) => return Err(TrainError::Cancelled),
@@ -338,6 +426,10 @@ impl Training {
                 )));
             }
         };
+        // Only the lock's holder may add and activate a version.
+        if !lock.is_held().await {
+            return Err(TrainError::Failed(LOCK_LOST.to_string()));
+        }
         let params = serde_json::to_value(&config).expect("a configuration serialises");
         let bytes = blob.len();
         let version = self

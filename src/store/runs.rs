@@ -15,7 +15,27 @@ const TRAINING_LOCK_KEY: i64 = 0x7262_6d5f_7472_6169;
 /// process dies; on SQLite, which one process owns, there is nothing to hold.
 #[derive(Debug)]
 pub struct TrainingLock {
-    _session: Option<AnyConnection>,
+    session: Option<AnyConnection>,
+}
+
+impl TrainingLock {
+    /// Whether the lock is still held: on PostgreSQL, whether its connection is alive and holds
+    /// it (a dropped connection, `pg_terminate_backend` say, releases it to whoever asks next).
+    pub async fn is_held(&mut self) -> bool {
+        let Some(session) = &mut self.session else {
+            return true;
+        };
+        sqlx::query(
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND pid = pg_backend_pid() AND objsubid = 1 \
+             AND ((classid::bigint << 32) | objid::bigint) = $1",
+        )
+        .bind(TRAINING_LOCK_KEY)
+        .fetch_one(session)
+        .await
+        .and_then(|row| row.try_get::<i64, _>(0))
+        .is_ok_and(|held| held > 0)
+    }
 }
 
 /// Where a training run is: queued, then running, then one of the three ends.
@@ -86,7 +106,7 @@ impl Store {
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn try_training_lock(&self) -> Result<Option<TrainingLock>, StoreError> {
         if self.backend != Backend::Postgres {
-            return Ok(Some(TrainingLock { _session: None }));
+            return Ok(Some(TrainingLock { session: None }));
         }
         // A connection taken out of the pool for good: the lock lives as long as it does.
         let mut session = self.pool.acquire().await?.detach();
@@ -96,7 +116,7 @@ impl Store {
             .await?
             .try_get(0)?;
         Ok(locked.then_some(TrainingLock {
-            _session: Some(session),
+            session: Some(session),
         }))
     }
 
@@ -112,7 +132,9 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
-    /// Records a run's status and progress; `finished` also stamps finished_at.
+    /// Records a run's status and progress; `finished` also stamps finished_at. A run that has
+    /// ended is never changed again, so its fields only move forward; returns whether the run was
+    /// still going (and so was updated).
     #[tracing::instrument(level = "debug", skip_all, fields(id = id, status = %status))]
     pub async fn update_run(
         &self,
@@ -121,13 +143,14 @@ impl Store {
         progress: &serde_json::Value,
         error: Option<&str>,
         model_version: Option<i64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let now = now_millis();
         let finished = status.is_finished().then_some(now);
         let started = (status == RunStatus::Running).then_some(now);
-        sqlx::query(
+        let result = sqlx::query(
             "UPDATE training_runs SET status = $1, progress = $2, error = $3, model_version = $4, \
-             started_at = COALESCE(started_at, $5), finished_at = COALESCE(finished_at, $6) WHERE id = $7",
+             started_at = COALESCE(started_at, $5), finished_at = COALESCE(finished_at, $6) \
+             WHERE id = $7 AND status IN ('queued', 'running')",
         )
         .bind(status.as_str())
         .bind(progress.to_string())
@@ -138,17 +161,26 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(result.rows_affected() == 1)
     }
 
-    /// Runs left queued or running by a process that stopped are marked failed.
+    /// Ends the runs (all queued or running ones, or the one `only`) that no live process trains.
+    /// The caller must know that: holding the training lock proves it for every run (a trainer
+    /// holds the lock for as long as it runs), and so does training another run itself.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn fail_abandoned_runs(&self) -> Result<u64, StoreError> {
+    pub async fn end_abandoned_runs(
+        &self,
+        status: RunStatus,
+        only: Option<i64>,
+    ) -> Result<u64, StoreError> {
         let result = sqlx::query(
-            "UPDATE training_runs SET status = 'failed', error = 'the server stopped during training', \
-             finished_at = $1 WHERE status IN ('queued', 'running')",
+            "UPDATE training_runs SET status = $1, finished_at = $2, \
+             error = 'abandoned: the process training it stopped' \
+             WHERE status IN ('queued', 'running') AND ($3 IS NULL OR id = $3)",
         )
+        .bind(status.as_str())
         .bind(now_millis())
+        .bind(only)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected())

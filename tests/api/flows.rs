@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::{TestApp, fast_training, on_both_backends, seed};
+use crate::{TestApp, fast_training, on_both_backends, seed, start_endless_run};
 
 fn item_ids(page: &Value) -> Vec<String> {
     page["items"]
@@ -410,16 +410,6 @@ async fn no_request_fails_while_models_are_swapped(app: TestApp) {
     }
 }
 on_both_backends!(no_request_fails_while_models_are_swapped);
-
-/// Starts a run that goes on until it is cancelled; returns its id.
-async fn start_endless_run(app: &TestApp) -> i64 {
-    let endless = json!({"epochs": 100000, "hidden": 64, "patience": 0, "valid_frac": 0.0});
-    let (status, body) = app
-        .call("POST", "/admin/retrain", Some(endless), true)
-        .await;
-    assert_eq!(status, 202, "{body}");
-    body["run_id"].as_i64().unwrap()
-}
 
 async fn training_runs_can_be_cancelled(app: TestApp) {
     seed(&app, 90, 18).await;

@@ -6,6 +6,7 @@ mod contract;
 mod errors;
 mod flows;
 mod import;
+mod runs;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -183,6 +184,17 @@ async fn spawn_app_on(
 }
 
 impl TestApp {
+    /// A client of a server started elsewhere (a child process) on `database_url`.
+    pub fn at(base: String, database_url: String) -> Self {
+        TestApp {
+            base,
+            database_url,
+            client: reqwest::Client::new(),
+            spec: contract::spec(),
+            _database: TestDatabase::Shared,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -310,6 +322,16 @@ pub async fn seed(app: &TestApp, users: usize, items: usize) {
         .collect();
     let (status, body) = app.post_ratings(&borrowed).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Starts a run that goes on until it is cancelled; returns its id.
+pub async fn start_endless_run(app: &TestApp) -> i64 {
+    let endless = json!({"epochs": 100000, "hidden": 64, "patience": 0, "valid_frac": 0.0});
+    let (status, body) = app
+        .call("POST", "/admin/retrain", Some(endless), true)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body["run_id"].as_i64().unwrap()
 }
 
 /// Small models train in well under a second.

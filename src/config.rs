@@ -34,6 +34,15 @@ pub struct Settings {
     /// Requests taking longer than this are answered 408.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// How long a client may take to send a request's headers before the connection is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay silent before it is closed; keep it above REQUEST_TIMEOUT.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Open HTTP connections at most (more wait to be accepted); keep it below `ulimit -n`.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1000)]
+    pub http_max_connections: usize,
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: u32,
     /// Memory for rankings memoised per (model, user, ratings); 0 turns the cache off.

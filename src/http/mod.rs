@@ -4,6 +4,7 @@
 mod admin;
 mod api;
 mod error;
+mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,6 +174,7 @@ fn static_method(method: &Method) -> &'static str {
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    limits: server::Limits,
 }
 
 impl Application {
@@ -181,6 +183,11 @@ impl Application {
         Ok(Self {
             listener,
             router: router(service, settings),
+            limits: server::Limits {
+                max_connections: settings.http_max_connections.max(1),
+                header_read_timeout: settings.header_read_timeout,
+                idle_timeout: settings.idle_timeout,
+            },
         })
     }
 
@@ -190,9 +197,8 @@ impl Application {
 
     /// Serves until ctrl-c or SIGTERM, then lets in-flight requests finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        server::serve(self.listener, self.router, self.limits, shutdown_signal()).await;
+        Ok(())
     }
 }
 

@@ -401,3 +401,93 @@ async fn responses_carry_the_request_id(app: TestApp) {
     assert_eq!(response.headers()["x-request-id"], "trace-me-42");
 }
 on_both_backends!(responses_carry_the_request_id);
+
+/// Slowloris (headers a byte at a time), idle connections and a connection flood: each slow or
+/// silent connection is closed after its timeout, and a client past the cap waits for a free slot
+/// instead of finding every slot taken for good.
+async fn slow_and_idle_clients_are_cut_off_and_connections_are_capped(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let app = crate::spawn_app_tuned(backend, |s| {
+        s.header_read_timeout = std::time::Duration::from_millis(800);
+        s.idle_timeout = std::time::Duration::from_millis(1500);
+        s.http_max_connections = 3;
+    })
+    .await;
+    let address = app.base.trim_start_matches("http://").to_string();
+    let closed_within = |mut stream: TcpStream, limit: std::time::Duration| async move {
+        let started = std::time::Instant::now();
+        let mut buffer = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(limit, stream.read(&mut buffer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("still open after {limit:?}"),
+            }
+        }
+    };
+
+    // Headers dribbled a byte every 100 ms never finish: closed at the header deadline.
+    let mut slow = TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let dribble = tokio::spawn(async move {
+        for _ in 0..50 {
+            if slow.write_all(b"X").await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    });
+    assert!(
+        dribble.await.unwrap(),
+        "a slowloris client was still being read after 5 s"
+    );
+
+    // Three silent connections fill every slot; a fourth client is answered once they are cut off.
+    let idle: Vec<TcpStream> = open_connections(&address, 3).await;
+    let started = std::time::Instant::now();
+    let (status, _) = app.call("GET", "/healthz", None, false).await;
+    assert_eq!(status, 200);
+    let waited = started.elapsed();
+    // A silent new connection is dropped at the header deadline (0.8 s, less the 0.1 s spent
+    // opening them): only then is there a slot.
+    assert!(
+        waited >= std::time::Duration::from_millis(500),
+        "answered after {waited:?}, while three connections held every slot"
+    );
+    for stream in idle {
+        let took = closed_within(stream, std::time::Duration::from_secs(5)).await;
+        assert!(
+            took <= std::time::Duration::from_secs(3),
+            "idle connection lived {took:?}"
+        );
+    }
+    // A kept-alive connection that goes silent after a request is closed too.
+    let mut kept = TcpStream::connect(&address).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1024];
+    let read = kept.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    let took = closed_within(kept, std::time::Duration::from_secs(5)).await;
+    assert!(
+        took <= std::time::Duration::from_secs(3),
+        "kept-alive connection lived {took:?}"
+    );
+}
+on_both_backends!(backend slow_and_idle_clients_are_cut_off_and_connections_are_capped);
+
+async fn open_connections(address: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        streams.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    // Give the server the moment it takes to accept them.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    streams
+}

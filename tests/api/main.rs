@@ -5,6 +5,7 @@
 mod contract;
 mod errors;
 mod flows;
+mod fuzz;
 mod import;
 mod runs;
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
-use super::evaluate::ranking_metrics;
+use super::evaluate::{ranking_metrics, sample_rows};
 use super::kernels;
 use super::rbm::{Rbm, log_sigmoid};
 use super::scale::MAX_CLASSES;
@@ -126,12 +126,7 @@ pub(crate) fn validation_ndcg(
     scale: RatingScale,
     stop: &AtomicBool,
 ) -> f64 {
-    let stride = train.n_rows().div_ceil(VALIDATION_CASES).max(1) as u32;
-    let sample: Vec<Entry> = valid
-        .iter()
-        .filter(|r| r.row % stride == 0)
-        .copied()
-        .collect();
+    let sample = sample_rows(valid, train.n_rows(), VALIDATION_CASES);
     let (d, m) = (rbm.visible(), rbm.hidden());
     ranking_metrics(train, &sample, scale, 10, |user, out| {
         // Each case is a pass over the catalogue: once stopped, the rest are not worth ranking.

@@ -8,6 +8,17 @@ use super::rbm::Rbm;
 use super::simd;
 use super::{Entry, RatingScale, SparseRatings};
 
+/// The entries of about `rows` rows of a matrix of `n_rows`, spread evenly over them: every
+/// stride-th row, so that a validation measure's cost does not grow with the data.
+pub(crate) fn sample_rows(entries: &[Entry], n_rows: usize, rows: usize) -> Vec<Entry> {
+    let stride = n_rows.div_ceil(rows).max(1) as u32;
+    entries
+        .iter()
+        .filter(|r| r.row % stride == 0)
+        .copied()
+        .collect()
+}
+
 /// Groups of consecutive entries with the same row (entries must be sorted by row).
 pub(crate) fn row_groups(entries: &[Entry]) -> Vec<&[Entry]> {
     entries.chunk_by(|a, b| a.row == b.row).collect()

@@ -7,7 +7,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 
 use super::{ItemSide, Recommender, Scratch, Side, Trained};
-use crate::model::evaluate::{predict, ranking_metrics, rmse};
+use crate::model::evaluate::{predict, ranking_metrics, rmse, sample_rows};
 use crate::model::params::{RbmParams, TrainConfig};
 use crate::model::rbm::Rbm;
 use crate::model::train::EpochStats;
@@ -171,12 +171,7 @@ impl Recommender {
     /// The β, from RANKING_WEIGHTS, whose score ranks the validation slice's relevant items best
     /// (NDCG@10 over up to VALIDATION_USERS users, ĥ from `known`).
     fn fit_ranking_weight(&self, known: &SparseRatings, valid: &[Entry], stop: &AtomicBool) -> f32 {
-        let stride = known.n_rows().div_ceil(VALIDATION_USERS).max(1) as u32;
-        let sample: Vec<Entry> = valid
-            .iter()
-            .filter(|r| r.row % stride == 0)
-            .copied()
-            .collect();
+        let sample = sample_rows(valid, known.n_rows(), VALIDATION_USERS);
         let d = self.items.len();
         // Per sampled user, log p(rated) and the expected rating of every item, computed once.
         let mut users: Vec<u32> = sample.iter().map(|r| r.row).collect();

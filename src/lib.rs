@@ -10,12 +10,14 @@
 //!   runs), each owning its state; the only layer that talks to the store.
 //! - [`http`]: the routes, which talk to `app` only; [`metrics`] and [`config`] beside it.
 //! - [`readers`] and [`import`]: rating and title files, streamed into a data set or the store.
+//! - [`generate`]: synthetic rating data sets of any size, for benchmarks and capacity planning.
 //! - [`cli`]: the commands, imported by `main` only; [`demo`] is one of them.
 
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod generate;
 pub mod http;
 pub mod import;
 pub mod metrics;

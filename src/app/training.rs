@@ -12,7 +12,7 @@ use super::ServiceError;
 use super::serving::Serving;
 use super::training_request::TrainingRequest;
 use crate::metrics::Metrics;
-use crate::model::{Dataset, EpochStats, ModelError, RatingScale, Recommender, Side};
+use crate::model::{DatasetBuilder, EpochStats, ModelError, RatingScale, Recommender, Side};
 use crate::model_file::ModelFile;
 use crate::store::{DataSize, RunStatus, Store, TrainingLock, TrainingRun};
 
@@ -21,6 +21,9 @@ const LISTED_RUNS: i64 = 100;
 
 /// How often a run checks that it still holds the training lock.
 const LOCK_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why a snapshot read stopped when its run was cancelled.
+const CANCELLED: &str = "the training run was cancelled";
 
 const LOCK_LOST: &str =
     "lost the training lock (its database connection dropped); another process may train now";
@@ -144,7 +147,7 @@ impl Training {
             {
                 Ok(_) => {
                     training
-                        .train(run_id, request, cancel, &mut lock, progress.clone())
+                        .train(run_id, request, size, cancel, &mut lock, progress.clone())
                         .await
                 }
                 Err(error) => Err(TrainError::failed(error)),
@@ -326,23 +329,32 @@ impl Training {
         &self,
         run_id: i64,
         request: TrainingRequest,
+        size: DataSize,
         cancel: Arc<AtomicBool>,
         lock: &mut TrainingLock,
         progress: Arc<Mutex<Progress>>,
     ) -> Result<i64, TrainError> {
-        let rows = self.store.all_ratings().await.map_err(TrainError::failed)?;
-        let scale = self.scale;
-        // Hashing every id into the data set's maps is CPU work proportional to the ratings.
+        // The snapshot streams into the data set on the blocking pool: hashing 100 M ids is
+        // minutes of CPU that must not hold an async worker.
+        let (store, scale, stop) = (self.store.clone(), self.scale, cancel.clone());
+        let runtime = tokio::runtime::Handle::current();
         let data = super::spawn_blocking(move || {
-            Dataset::from_rows(
-                scale,
-                rows.iter()
-                    .map(|(u, i, r)| (u.as_str(), i.as_str(), *r as f32)),
-            )
+            let mut data = DatasetBuilder::new(scale, size.ratings as usize);
+            let read = runtime.block_on(store.for_each_rating(|user, item, value| {
+                if data.len() % 65_536 == 0 && stop.load(Ordering::Relaxed) {
+                    return Err(CANCELLED.to_string());
+                }
+                data.push(user, item, value as f32)
+                    .map_err(|e| e.to_string())
+            }));
+            read.map(|_| data.finish())
         })
         .await
-        .map_err(TrainError::failed)?
         .map_err(TrainError::failed)?;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(TrainError::Cancelled);
+        }
+        let data = data.map_err(TrainError::failed)?;
         if data.ratings.is_empty() {
             return Err(TrainError::Failed(
                 "there are no ratings to train on".to_string(),
@@ -434,7 +446,7 @@ impl Training {
         let bytes = blob.len();
         let version = self
             .store
-            .insert_model(&params, &metrics, blob)
+            .insert_model(&params, &metrics, &blob)
             .await
             .map_err(TrainError::failed)?;
         self.serving

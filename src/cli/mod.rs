@@ -3,6 +3,7 @@
 
 mod bench;
 mod evaluate;
+mod generate;
 mod saved;
 mod service;
 
@@ -43,6 +44,8 @@ pub enum Command {
     Migrate(crate::config::Settings),
     /// Load ratings and item titles from MovieLens, Netflix Prize or CSV files into the database.
     Import(service::ImportArgs),
+    /// Write a synthetic data set (ratings.csv, movies.csv) of a public set's size or any size.
+    Generate(generate::GenerateArgs),
     /// Seed a synthetic catalogue (or --from a data set), train, serve, and print what to try.
     Demo(service::DemoArgs),
 }
@@ -79,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(settings) => runtime()?.block_on(service::serve(settings)),
         Command::Migrate(settings) => runtime()?.block_on(service::migrate(settings)),
         Command::Import(args) => runtime()?.block_on(service::import(args)),
+        Command::Generate(args) => generate::generate(args),
         Command::Demo(args) => runtime()?.block_on(service::demo(args)),
     }
 }

@@ -22,7 +22,7 @@ pub use evaluate::{
 };
 pub use optimizer::OptimizerKind;
 pub use params::{DEFAULT_SEED, RbmParams, TrainConfig, ValidRbmParams};
-pub use ratings::{Dataset, Entry, IdMap, Rating, SparseRatings, Split};
+pub use ratings::{Dataset, DatasetBuilder, Entry, IdMap, Rating, SparseRatings, Split};
 pub use rbm::Rbm;
 pub use recommender::{ItemSide, Order, Ranked, Recommender, Scratch, Side, Trained};
 pub use scale::RatingScale;

@@ -9,11 +9,12 @@ mod titles;
 pub use netflix::NetflixReader;
 pub use titles::{TitleLayout, read_titles, titles_file};
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use crate::model::{Dataset, ModelError, RatingScale};
+use crate::model::{Dataset, DatasetBuilder, ModelError, RatingScale};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -324,8 +325,9 @@ impl<R: BufRead> Iterator for RatingReader<R> {
     }
 }
 
-/// Reads a whole ratings file (or MovieLens folder) into a data set. The scale is `scale` if given,
-/// else the format's own, else inferred from the values.
+/// Reads a whole ratings file (or MovieLens folder) into a data set, streaming: memory holds the
+/// data set, not the file's text. The scale is `scale` if given, else the format's own, else
+/// inferred from the values in a first pass over the file.
 pub fn read_dataset(
     path: &Path,
     format: Option<RatingFormat>,
@@ -336,29 +338,33 @@ pub fn read_dataset(
         Some(format) => format,
         None => detect_format(&file)?,
     };
-    let rows: Vec<RawRating> = RatingReader::open(&file, format)?.collect::<Result<_, _>>()?;
     let scale = match scale.or(format.default_scale()) {
         Some(scale) => scale,
         None => {
-            RatingScale::infer(rows.iter().map(|r| r.value)).map_err(|source| ReadError::Model {
-                path: file.clone(),
-                source,
+            let mut distinct = HashSet::new();
+            for row in RatingReader::open(&file, format)? {
+                distinct.insert(row?.value.to_bits());
+            }
+            RatingScale::infer(distinct.into_iter().map(f32::from_bits)).map_err(|source| {
+                ReadError::Model {
+                    path: file.clone(),
+                    source,
+                }
             })?
         }
     };
-    if let Some(bad) = rows.iter().find(|r| scale.class_of(r.value).is_err()) {
-        return Err(ReadError::Malformed {
-            path: file,
-            line: bad.line,
-            message: format!("rating {} is not on the scale {scale}", bad.value),
-        });
+    let mut data = DatasetBuilder::new(scale, 0);
+    for row in RatingReader::open(&file, format)? {
+        let row = row?;
+        if data.push(&row.user, &row.item, row.value).is_err() {
+            return Err(ReadError::Malformed {
+                path: file,
+                line: row.line,
+                message: format!("rating {} is not on the scale {scale}", row.value),
+            });
+        }
     }
-    Dataset::from_rows(
-        scale,
-        rows.iter()
-            .map(|r| (r.user.as_str(), r.item.as_str(), r.value)),
-    )
-    .map_err(|source| ReadError::Model { path: file, source })
+    Ok(data.finish())
 }
 
 /// Reads one line as bytes and decodes it: UTF-8 when valid, else Latin-1 (ml-100k, ml-1m and

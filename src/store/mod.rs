@@ -13,7 +13,7 @@ mod models;
 mod ratings;
 mod runs;
 
-pub use models::{ModelAnnouncements, ModelInfo};
+pub use models::{MODEL_CHUNK_BYTES, ModelAnnouncements, ModelInfo};
 pub use ratings::{
     DataSize, Item, MAX_ID_CHARS, NewRating, PopularItem, UpsertCounts, check_id,
     upsert_ratings_in, upsert_titles_in,

@@ -6,6 +6,10 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::{Backend, Store, StoreError, json_column, now_millis};
 
+/// Bytes per stored chunk of a model version: far below the 1 GB either database allows in one
+/// value, and small enough that writing one costs little memory beside the model.
+pub const MODEL_CHUNK_BYTES: usize = 32 << 20;
+
 /// PostgreSQL channel on which a process announces that it activated a model version.
 const MODEL_CHANNEL: &str = "rbm_models";
 
@@ -31,26 +35,41 @@ pub struct ModelInfo {
     pub active: bool,
     pub params: serde_json::Value,
     pub metrics: serde_json::Value,
+    /// Bytes of the stored model.
+    pub size_bytes: i64,
 }
 
 impl Store {
-    #[tracing::instrument(level = "debug", skip_all)]
+    /// Stores a model version, its bytes in chunks of MODEL_CHUNK_BYTES, in one transaction.
+    #[tracing::instrument(level = "debug", skip_all, fields(bytes = blob.len()))]
     pub async fn insert_model(
         &self,
         params: &serde_json::Value,
         metrics: &serde_json::Value,
-        blob: Vec<u8>,
+        blob: &[u8],
     ) -> Result<i64, StoreError> {
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
-            "INSERT INTO models (created_at, params, metrics, blob) VALUES ($1, $2, $3, $4) RETURNING version",
+            "INSERT INTO models (created_at, params, metrics, size_bytes) VALUES ($1, $2, $3, $4) \
+             RETURNING version",
         )
         .bind(now_millis())
         .bind(params.to_string())
         .bind(metrics.to_string())
-        .bind(blob)
-        .fetch_one(&self.pool)
+        .bind(blob.len() as i64)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(row.try_get(0)?)
+        let version: i64 = row.try_get(0)?;
+        for (seq, chunk) in blob.chunks(MODEL_CHUNK_BYTES).enumerate() {
+            sqlx::query("INSERT INTO model_chunks (version, seq, data) VALUES ($1, $2, $3)")
+                .bind(version)
+                .bind(seq as i32)
+                .bind(chunk.to_vec())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(version)
     }
 
     /// Makes `version` the active model; false if there is no such version.
@@ -99,34 +118,59 @@ impl Store {
         Ok(Some(ModelAnnouncements { listener }))
     }
 
-    /// The active model's version and blob.
+    /// The active model's version and bytes.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn active_model(&self) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
-        let sql = format!(
-            "SELECT version, blob FROM models WHERE version = ({})",
-            Self::ACTIVE
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .transpose()
+        let Some(version) = self.active_version().await? else {
+            return Ok(None);
+        };
+        // Versions are never deleted, so the one just read is still there.
+        let blob = self.model_blob(version).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("the active model version {version} has no row"))
+        })?;
+        Ok(Some((version, blob)))
     }
 
+    /// A model version's bytes, read chunk by chunk into one buffer of the recorded size.
     #[tracing::instrument(level = "debug", skip_all, fields(version = version))]
     pub async fn model_blob(&self, version: i64) -> Result<Option<Vec<u8>>, StoreError> {
-        let row = sqlx::query("SELECT blob FROM models WHERE version = $1")
+        let Some(row) = sqlx::query("SELECT size_bytes FROM models WHERE version = $1")
             .bind(version)
             .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| Ok(row.try_get(0)?)).transpose()
+            .await?
+        else {
+            return Ok(None);
+        };
+        let size: i64 = row.try_get(0)?;
+        let mut blob = Vec::with_capacity(size.max(0) as usize);
+        // One chunk per statement: a single result of every chunk would hold them all twice.
+        for seq in 0.. {
+            let Some(row) =
+                sqlx::query("SELECT data FROM model_chunks WHERE version = $1 AND seq = $2")
+                    .bind(version)
+                    .bind(seq)
+                    .fetch_optional(&self.pool)
+                    .await?
+            else {
+                break;
+            };
+            let chunk: &[u8] = row.try_get(0)?;
+            blob.extend_from_slice(chunk);
+        }
+        if blob.len() as i64 != size {
+            return Err(StoreError::Corrupt(format!(
+                "model version {version} has {} bytes in its chunks, {size} on record",
+                blob.len()
+            )));
+        }
+        Ok(Some(blob))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn models(&self) -> Result<Vec<ModelInfo>, StoreError> {
         let sql = format!(
             "SELECT version, created_at, params, metrics, \
-             CAST(CASE WHEN version = ({}) THEN 1 ELSE 0 END AS BIGINT) AS active \
+             CAST(CASE WHEN version = ({}) THEN 1 ELSE 0 END AS BIGINT) AS active, size_bytes \
              FROM models ORDER BY version DESC",
             Self::ACTIVE
         );
@@ -141,6 +185,7 @@ impl Store {
                     params: json_column(row, "params")?,
                     metrics: json_column(row, "metrics")?,
                     active: row.try_get::<i64, _>(4)? == 1,
+                    size_bytes: row.try_get(5)?,
                 })
             })
             .collect()

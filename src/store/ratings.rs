@@ -1,6 +1,7 @@
 //! Ratings and items: writes in one transaction, reads by user, titles, popularity, the training
 //! snapshot.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
@@ -362,14 +363,75 @@ impl Store {
         })
     }
 
-    /// Every rating, read by one statement (a consistent snapshot on both backends).
+    /// Calls `each` with every rating (user id, item id, value), read by one statement (a
+    /// consistent snapshot on both backends) and streamed: nothing per rating is kept here, so
+    /// the caller decides what a snapshot of 100 M ratings costs. PostgreSQL sends it by COPY,
+    /// parsed here without a per-row allocation. An error from `each` stops the read.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn all_ratings(&self) -> Result<Vec<(String, String, f64)>, StoreError> {
-        let rows = sqlx::query("SELECT user_id, item_id, rating FROM ratings")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-            .collect()
+    pub async fn for_each_rating(
+        &self,
+        mut each: impl FnMut(&str, &str, f64) -> Result<(), String>,
+    ) -> Result<u64, StoreError> {
+        use futures_util::TryStreamExt;
+        let mut count = 0u64;
+        if self.backend == Backend::Postgres {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+            let mut chunks = conn
+                .copy_out_raw("COPY (SELECT user_id, item_id, rating FROM ratings) TO STDOUT")
+                .await?;
+            let mut carry: Vec<u8> = Vec::new();
+            while let Some(chunk) = chunks.try_next().await? {
+                carry.extend_from_slice(&chunk);
+                let complete = match carry.iter().rposition(|&b| b == b'\n') {
+                    Some(end) => end + 1,
+                    None => continue,
+                };
+                for line in carry[..complete].split(|&b| b == b'\n') {
+                    if line.is_empty() {
+                        continue;
+                    }
+                    let (user, item, value) = parse_copy_line(line)?;
+                    each(&user, &item, value).map_err(StoreError::Corrupt)?;
+                    count += 1;
+                }
+                carry.drain(..complete);
+            }
+            drop(chunks);
+            conn.close().await?;
+        } else {
+            let mut rows =
+                sqlx::query("SELECT user_id, item_id, rating FROM ratings").fetch(&self.pool);
+            while let Some(row) = rows.try_next().await? {
+                let user: &str = row.try_get(0)?;
+                let item: &str = row.try_get(1)?;
+                each(user, item, row.try_get(2)?).map_err(StoreError::Corrupt)?;
+                count += 1;
+            }
+        }
+        Ok(count)
     }
+}
+
+/// One line of `COPY … TO STDOUT` text: user id, item id and rating, tab-separated. Ids only need
+/// unescaping if they hold a backslash (COPY escapes it, and control characters, which ids
+/// cannot hold).
+fn parse_copy_line(line: &[u8]) -> Result<(Cow<'_, str>, Cow<'_, str>, f64), StoreError> {
+    fn field<'a>(fields: &mut impl Iterator<Item = &'a [u8]>) -> Option<Cow<'a, str>> {
+        let field = std::str::from_utf8(fields.next()?).ok()?;
+        Some(if field.contains('\\') {
+            Cow::Owned(field.replace("\\\\", "\\"))
+        } else {
+            Cow::Borrowed(field)
+        })
+    }
+    let mut fields = line.split(|&b| b == b'\t');
+    let parsed = (|| {
+        let (user, item) = (field(&mut fields)?, field(&mut fields)?);
+        let value = field(&mut fields)?.parse().ok()?;
+        Some((user, item, value))
+    })();
+    parsed.ok_or_else(|| {
+        StoreError::Corrupt(format!("rating row {:?}", String::from_utf8_lossy(line)))
+    })
 }

@@ -205,14 +205,11 @@ async fn reimporting_the_same_files_changes_nothing(backend: Backend) {
     let first = import(&store, &url, &path, None, RatingScale::HALF_STARS, false)
         .await
         .unwrap();
-    let before = store.all_ratings().await.unwrap();
+    let before = crate::store::snapshot(&store).await;
     let second = import(&store, &url, &path, None, RatingScale::HALF_STARS, false)
         .await
         .unwrap();
-    let mut after = store.all_ratings().await.unwrap();
-    let mut before = before;
-    before.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    after.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let after = crate::store::snapshot(&store).await;
     assert_eq!(before, after);
     assert_eq!((first.inserted, second.inserted, second.updated), (3, 0, 3));
     assert_eq!(titles(&store).await[1].1.as_deref(), Some("Heat (1995)"));

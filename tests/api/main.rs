@@ -8,6 +8,7 @@ mod flows;
 mod fuzz;
 mod import;
 mod runs;
+mod store;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! table and one upsert; SQLite through batched statements. By default the whole import is one
 //! transaction and the first bad row stops it; `--skip-invalid` imports the good rows instead.
 
+use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -232,6 +234,61 @@ fn copy_escape(value: &str, out: &mut String) {
     }
 }
 
+/// The distinct user and item ids of an import, gathered while streaming: a few hundred
+/// thousand strings even for 100 M ratings, and far cheaper than a DISTINCT over the rows.
+#[derive(Default)]
+struct Seen {
+    users: HashSet<String>,
+    items: HashSet<String>,
+}
+
+impl Seen {
+    fn add(&mut self, raw: &RawRating) {
+        if !self.users.contains(&raw.user) {
+            self.users.insert(raw.user.clone());
+        }
+        if !self.items.contains(&raw.item) {
+            self.items.insert(raw.item.clone());
+        }
+    }
+}
+
+/// Streams the good ratings as COPY text rows (`prefix` of each row, then user, item, value and
+/// `suffix`) into `copy`, noting their ids in `seen`.
+async fn send_rows(
+    copy: &mut sqlx::postgres::PgCopyIn<&mut PgConnection>,
+    source: &mut ImportInput,
+    scale: RatingScale,
+    skip_invalid: bool,
+    summary: &mut ImportSummary,
+    seen: &mut Seen,
+    numbered: bool,
+    suffix: &str,
+) -> anyhow::Result<()> {
+    let mut buffer = String::with_capacity(COPY_CHUNK_BYTES + 1024);
+    loop {
+        let Some(raw) = next_rating(source, scale, skip_invalid, summary)? else {
+            break;
+        };
+        seen.add(&raw);
+        if numbered {
+            let _ = write!(buffer, "{}\t", summary.ratings_read);
+        }
+        copy_escape(&raw.user, &mut buffer);
+        buffer.push('\t');
+        copy_escape(&raw.item, &mut buffer);
+        let _ = writeln!(buffer, "\t{}{suffix}", raw.value);
+        if buffer.len() >= COPY_CHUNK_BYTES {
+            copy.send(buffer.as_bytes()).await?;
+            buffer.clear();
+        }
+    }
+    if !buffer.is_empty() {
+        copy.send(buffer.as_bytes()).await?;
+    }
+    Ok(())
+}
+
 async fn import_postgres(
     url: &str,
     source: &mut ImportInput,
@@ -244,6 +301,82 @@ async fn import_postgres(
         .await
         .context("failed to connect to PostgreSQL")?;
     let mut tx = conn.begin().await?;
+    let now = now_millis();
+    let mut seen = Seen::default();
+    tx.execute("SET LOCAL work_mem = '256MB'").await?;
+    tx.execute("SET LOCAL maintenance_work_mem = '1GB'").await?;
+    // Other writers wait until this import commits; readers go on.
+    tx.execute("LOCK TABLE ratings IN SHARE ROW EXCLUSIVE MODE")
+        .await?;
+    let has_ratings: bool = sqlx::query("SELECT EXISTS (SELECT 1 FROM ratings)")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+    if has_ratings {
+        merge_postgres(
+            &mut tx,
+            source,
+            scale,
+            skip_invalid,
+            summary,
+            &mut seen,
+            now,
+        )
+        .await?;
+    } else {
+        load_empty_postgres(
+            &mut tx,
+            source,
+            scale,
+            skip_invalid,
+            summary,
+            &mut seen,
+            now,
+        )
+        .await?;
+    }
+    source.progress.set_message("items");
+    let items: Vec<String> = seen.items.into_iter().collect();
+    for chunk in items.chunks(BATCH_ROWS) {
+        sqlx::query(
+            "INSERT INTO items (item_id, created_at) SELECT id, $2 FROM UNNEST($1::text[]) AS t(id) \
+             ON CONFLICT (item_id) DO NOTHING",
+        )
+        .bind(chunk)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for chunk in titles.chunks(BATCH_ROWS) {
+        let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+        let names: Vec<&str> = chunk.iter().map(|(_, title)| title.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO items (item_id, title, created_at) SELECT id, title, $3 FROM UNNEST($1::text[], $2::text[]) AS t(id, title) \
+             ON CONFLICT (item_id) DO UPDATE SET title = excluded.title",
+        )
+        .bind(ids)
+        .bind(names)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    source.progress.set_message("committing");
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Into a table that has ratings: COPY into a staging table, then update the pairs already
+/// stored and insert the new ones (the last line of a repeated pair wins). The triggers keep the
+/// users' revisions.
+async fn merge_postgres(
+    tx: &mut PgConnection,
+    source: &mut ImportInput,
+    scale: RatingScale,
+    skip_invalid: bool,
+    summary: &mut ImportSummary,
+    seen: &mut Seen,
+    now: i64,
+) -> anyhow::Result<()> {
     tx.execute(
         "CREATE TEMP TABLE import_ratings (line BIGINT, user_id TEXT COLLATE \"C\", item_id TEXT COLLATE \"C\", \
          rating DOUBLE PRECISION) ON COMMIT DROP",
@@ -252,58 +385,34 @@ async fn import_postgres(
     let mut copy = tx
         .copy_in_raw("COPY import_ratings (line, user_id, item_id, rating) FROM STDIN")
         .await?;
-    let mut buffer = String::with_capacity(COPY_CHUNK_BYTES + 1024);
-    let mut sequence = 0u64;
-    loop {
-        let next = match next_rating(source, scale, skip_invalid, summary) {
-            Ok(next) => next,
-            Err(error) => {
-                let _ = copy.abort("bad row").await;
-                return Err(error);
-            }
-        };
-        let Some(raw) = next else { break };
-        sequence += 1;
-        buffer.push_str(&sequence.to_string());
-        buffer.push('\t');
-        copy_escape(&raw.user, &mut buffer);
-        buffer.push('\t');
-        copy_escape(&raw.item, &mut buffer);
-        buffer.push('\t');
-        buffer.push_str(&raw.value.to_string());
-        buffer.push('\n');
-        if buffer.len() >= COPY_CHUNK_BYTES {
-            copy.send(buffer.as_bytes()).await?;
-            buffer.clear();
-        }
-    }
-    if !buffer.is_empty() {
-        copy.send(buffer.as_bytes()).await?;
+    if let Err(error) = send_rows(
+        &mut copy,
+        source,
+        scale,
+        skip_invalid,
+        summary,
+        seen,
+        true,
+        "",
+    )
+    .await
+    {
+        let _ = copy.abort("bad row").await;
+        return Err(error);
     }
     copy.finish().await?;
     source.progress.set_message("merging");
-    let now = now_millis();
-    // The last line of a repeated (user, item) pair wins. Existing pairs are updated (only when
-    // the table has any: on a first import that pass is skipped), then new pairs inserted with a
-    // plain INSERT, which is much cheaper than INSERT … ON CONFLICT for a million rows.
-    tx.execute("SET LOCAL work_mem = '256MB'").await?;
     const LATEST: &str = "(SELECT DISTINCT ON (user_id, item_id) user_id, item_id, rating FROM import_ratings \
                           ORDER BY user_id, item_id, line DESC) l";
-    let has_ratings: bool = sqlx::query("SELECT EXISTS (SELECT 1 FROM ratings)")
-        .fetch_one(&mut *tx)
+    let update = format!(
+        "UPDATE ratings r SET rating = l.rating, updated_at = $1, revision = r.revision + 1 FROM {LATEST} \
+         WHERE r.user_id = l.user_id AND r.item_id = l.item_id"
+    );
+    summary.updated = sqlx::query(AssertSqlSafe(update))
+        .bind(now)
+        .execute(&mut *tx)
         .await?
-        .try_get(0)?;
-    if has_ratings {
-        let update = format!(
-            "UPDATE ratings r SET rating = l.rating, updated_at = $1, revision = r.revision + 1 FROM {LATEST} \
-             WHERE r.user_id = l.user_id AND r.item_id = l.item_id"
-        );
-        summary.updated = sqlx::query(AssertSqlSafe(update))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    }
+        .rows_affected();
     let insert = format!(
         "INSERT INTO ratings (user_id, item_id, rating, updated_at) SELECT l.user_id, l.item_id, l.rating, $1 FROM {LATEST} \
          WHERE NOT EXISTS (SELECT 1 FROM ratings r WHERE r.user_id = l.user_id AND r.item_id = l.item_id)"
@@ -313,27 +422,89 @@ async fn import_postgres(
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    sqlx::query(
-        "INSERT INTO items (item_id, created_at) SELECT DISTINCT item_id, $1 FROM import_ratings ON CONFLICT (item_id) DO NOTHING",
+    Ok(())
+}
+
+/// Into an empty table (a first import): the primary key and the insert trigger go for the load
+/// and come back after it, all inside the import's transaction, so rows are COPYed straight into
+/// the table and the key is built once, by a sort, instead of row by row. If the file repeats a
+/// (user, item) pair the key cannot be built; the earlier rows of each pair are then deleted
+/// (COPY appends in line order, so the last line has the highest ctid) and it is built again.
+/// The users' revisions are written once from the users seen.
+async fn load_empty_postgres(
+    tx: &mut PgConnection,
+    source: &mut ImportInput,
+    scale: RatingScale,
+    skip_invalid: bool,
+    summary: &mut ImportSummary,
+    seen: &mut Seen,
+    now: i64,
+) -> anyhow::Result<()> {
+    tx.execute(
+        "ALTER TABLE ratings DROP CONSTRAINT ratings_pkey; \
+         ALTER TABLE ratings DISABLE TRIGGER ratings_inserted",
     )
-    .bind(now)
-    .execute(&mut *tx)
     .await?;
-    for chunk in titles.chunks(BATCH_ROWS) {
-        let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
-        let names: Vec<&str> = chunk.iter().map(|(_, title)| title.as_str()).collect();
-        sqlx::query(AssertSqlSafe(
-            "INSERT INTO items (item_id, title, created_at) SELECT id, title, $3 FROM UNNEST($1::text[], $2::text[]) AS t(id, title) \
-             ON CONFLICT (item_id) DO UPDATE SET title = excluded.title"
-                .to_string(),
-        ))
-        .bind(ids)
-        .bind(names)
-        .bind(now)
+    let mut copy = tx
+        .copy_in_raw("COPY ratings (user_id, item_id, rating, updated_at) FROM STDIN")
+        .await?;
+    let suffix = format!("\t{now}");
+    if let Err(error) = send_rows(
+        &mut copy,
+        source,
+        scale,
+        skip_invalid,
+        summary,
+        seen,
+        false,
+        &suffix,
+    )
+    .await
+    {
+        let _ = copy.abort("bad row").await;
+        return Err(error);
+    }
+    let copied = copy.finish().await?;
+    source.progress.set_message("building the primary key");
+    const KEY: &str =
+        "ALTER TABLE ratings ADD CONSTRAINT ratings_pkey PRIMARY KEY (user_id, item_id)";
+    tx.execute("SAVEPOINT build_key").await?;
+    if let Err(error) = tx.execute(KEY).await {
+        let duplicate = error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == "23505");
+        if !duplicate {
+            return Err(error.into());
+        }
+        tx.execute("ROLLBACK TO SAVEPOINT build_key").await?;
+        source.progress.set_message("dropping repeated pairs");
+        tx.execute(
+            "DELETE FROM ratings a USING ratings b \
+             WHERE a.user_id = b.user_id AND a.item_id = b.item_id AND a.ctid < b.ctid",
+        )
+        .await?;
+        tx.execute(KEY).await?;
+    }
+    tx.execute("ALTER TABLE ratings ENABLE TRIGGER ratings_inserted")
+        .await?;
+    summary.inserted = sqlx::query("SELECT COUNT(*) FROM ratings")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>(0)? as u64;
+    summary.updated = copied - summary.inserted;
+    source.progress.set_message("user revisions");
+    // Users whose ratings were all deleted before keep a row here: their revision moves on.
+    let users: Vec<String> = std::mem::take(&mut seen.users).into_iter().collect();
+    for chunk in users.chunks(BATCH_ROWS) {
+        sqlx::query(
+            "INSERT INTO user_revisions (user_id, revision) SELECT id, 1 FROM UNNEST($1::text[]) AS t(id) \
+             ORDER BY id ON CONFLICT (user_id) DO UPDATE SET revision = user_revisions.revision + 1",
+        )
+        .bind(chunk)
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -346,11 +517,30 @@ async fn import_sqlite(
     summary: &mut ImportSummary,
 ) -> anyhow::Result<()> {
     let mut tx = store.begin_write().await?;
+    let empty = sqlx::query("SELECT COUNT(*) FROM (SELECT 1 FROM ratings LIMIT 1) AS one")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>(0)?
+        == 0;
+    if empty {
+        // A first import: rows go into a staging table without any index, then into `ratings`
+        // in key order, so that its primary key grows at its end instead of at random places
+        // (user ids "1", "2", …, "10" are not in key order); the per-row revision trigger goes
+        // for the load (and comes back, inside the transaction), and each user's revision is
+        // written once at the end.
+        tx.execute("DROP TRIGGER ratings_inserted").await?;
+        tx.execute("CREATE TEMP TABLE import_ratings (user_id TEXT, item_id TEXT, rating REAL)")
+            .await?;
+    }
+    let mut seen = Seen::default();
     let mut batch: Vec<NewRating> = Vec::with_capacity(BATCH_ROWS);
     loop {
         let next = next_rating(source, scale, skip_invalid, summary)?;
         let done = next.is_none();
         if let Some(raw) = next {
+            if empty {
+                seen.add(&raw);
+            }
             batch.push(NewRating {
                 user_id: raw.user,
                 item_id: raw.item,
@@ -358,16 +548,73 @@ async fn import_sqlite(
             });
         }
         if batch.len() >= BATCH_ROWS || (done && !batch.is_empty()) {
-            let counts = store::upsert_ratings_in(&mut tx, &batch).await?;
-            summary.inserted += counts.inserted;
-            summary.updated += counts.updated;
+            if empty {
+                stage_sqlite(&mut tx, &batch).await?;
+            } else {
+                let counts = store::upsert_ratings_in(&mut tx, &batch).await?;
+                summary.inserted += counts.inserted;
+                summary.updated += counts.updated;
+            }
             batch.clear();
         }
         if done {
             break;
         }
     }
+    if empty {
+        source.progress.set_message("sorting into the table");
+        // The last line of a repeated pair is staged last and so written last. `WHERE true`
+        // tells SQLite's parser that ON CONFLICT belongs to the INSERT.
+        sqlx::query(
+            "INSERT INTO ratings (user_id, item_id, rating, updated_at) \
+             SELECT user_id, item_id, rating, $1 FROM import_ratings WHERE true \
+             ORDER BY user_id, item_id, rowid \
+             ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating",
+        )
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.execute("DROP TABLE import_ratings").await?;
+        source.progress.set_message("user revisions");
+        tx.execute(SQLITE_INSERT_TRIGGER).await?;
+        summary.inserted = sqlx::query("SELECT COUNT(*) FROM ratings")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get::<i64, _>(0)? as u64;
+        summary.updated = summary.ratings_read - summary.inserted;
+        let users: Vec<&str> = seen.users.iter().map(String::as_str).collect();
+        store::bump_revisions_in(&mut tx, &users).await?;
+        let mut items: Vec<&str> = seen.items.iter().map(String::as_str).collect();
+        items.sort_unstable();
+        store::insert_items_in(&mut tx, &items, now_millis()).await?;
+    }
     store::upsert_titles_in(&mut tx, titles).await?;
+    source.progress.set_message("committing");
     tx.commit().await?;
     Ok(())
 }
+
+/// Appends ratings to the staging table of a first SQLite import.
+async fn stage_sqlite(conn: &mut sqlx::AnyConnection, batch: &[NewRating]) -> anyhow::Result<()> {
+    for chunk in batch.chunks(STAGE_ROWS) {
+        let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!("INSERT INTO import_ratings (user_id, item_id, rating) VALUES {values}");
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for r in chunk {
+            query = query
+                .bind(r.user_id.clone())
+                .bind(r.item_id.clone())
+                .bind(r.rating);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Rows per staging INSERT: 3 parameters each, far below SQLite's limit of 32,766.
+const STAGE_ROWS: usize = 1000;
+
+/// Migration 0003's insert trigger, recreated after a first import.
+const SQLITE_INSERT_TRIGGER: &str = "CREATE TRIGGER ratings_inserted AFTER INSERT ON ratings BEGIN \
+    INSERT INTO user_revisions (user_id, revision) VALUES (NEW.user_id, 1) \
+    ON CONFLICT (user_id) DO UPDATE SET revision = revision + 1; END";

@@ -341,7 +341,7 @@ impl Training {
         let data = super::spawn_blocking(move || {
             let mut data = DatasetBuilder::new(scale, size.ratings as usize);
             let read = runtime.block_on(store.for_each_rating(|user, item, value| {
-                if data.len() % 65_536 == 0 && stop.load(Ordering::Relaxed) {
+                if data.len().is_multiple_of(65_536) && stop.load(Ordering::Relaxed) {
                     return Err(CANCELLED.to_string());
                 }
                 data.push(user, item, value as f32)

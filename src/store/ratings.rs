@@ -90,20 +90,7 @@ pub async fn upsert_ratings_in(
     let mut items: Vec<&str> = rows.iter().map(|((_, item), _)| *item).collect();
     items.sort_unstable();
     items.dedup();
-    for chunk in items.chunks(INSERT_CHUNK) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|n| format!("(${}, ${})", 2 * n + 1, 2 * n + 2))
-            .collect();
-        let sql = format!(
-            "INSERT INTO items (item_id, created_at) VALUES {} ON CONFLICT (item_id) DO NOTHING",
-            values.join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for item in chunk {
-            query = query.bind(item.to_string()).bind(now);
-        }
-        query.execute(&mut *conn).await?;
-    }
+    insert_items_in(conn, &items, now).await?;
     for chunk in rows.chunks(INSERT_CHUNK) {
         let values: Vec<String> = (0..chunk.len())
             .map(|n| format!("({})", placeholders(4 * n + 1, 4)))
@@ -131,6 +118,52 @@ pub async fn upsert_ratings_in(
         }
     }
     Ok(counts)
+}
+
+/// Creates the items that do not exist yet, inside the caller's transaction.
+pub async fn insert_items_in(
+    conn: &mut AnyConnection,
+    items: &[&str],
+    now: i64,
+) -> Result<(), StoreError> {
+    for chunk in items.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|n| format!("(${}, ${})", 2 * n + 1, 2 * n + 2))
+            .collect();
+        let sql = format!(
+            "INSERT INTO items (item_id, created_at) VALUES {} ON CONFLICT (item_id) DO NOTHING",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for item in chunk {
+            query = query.bind(item.to_string()).bind(now);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Moves the revisions of `users` on (creating them at 1), inside the caller's transaction: what
+/// the triggers do row by row, for a bulk load that went without them.
+pub async fn bump_revisions_in(conn: &mut AnyConnection, users: &[&str]) -> Result<(), StoreError> {
+    let mut users = users.to_vec();
+    users.sort_unstable();
+    for chunk in users.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|n| format!("(${}, 1)", n + 1))
+            .collect();
+        let sql = format!(
+            "INSERT INTO user_revisions (user_id, revision) VALUES {} \
+             ON CONFLICT (user_id) DO UPDATE SET revision = user_revisions.revision + 1",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for user in chunk {
+            query = query.bind(user.to_string());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// Sets item titles (creating the items), inside the caller's transaction.

@@ -253,8 +253,16 @@ impl Seen {
     }
 }
 
-/// Streams the good ratings as COPY text rows (`prefix` of each row, then user, item, value and
-/// `suffix`) into `copy`, noting their ids in `seen`.
+/// What a COPY row holds beside the user, item and value.
+enum CopyRow<'a> {
+    /// The line number first (the staging table's).
+    Numbered,
+    /// This text last (the table's own columns after the value).
+    Ending(&'a str),
+}
+
+/// Streams the good ratings as COPY text rows laid out as `row` says into `copy`, noting their
+/// ids in `seen`.
 async fn send_rows(
     copy: &mut sqlx::postgres::PgCopyIn<&mut PgConnection>,
     source: &mut ImportInput,
@@ -262,16 +270,19 @@ async fn send_rows(
     skip_invalid: bool,
     summary: &mut ImportSummary,
     seen: &mut Seen,
-    numbered: bool,
-    suffix: &str,
+    row: CopyRow<'_>,
 ) -> anyhow::Result<()> {
+    let suffix = match row {
+        CopyRow::Numbered => "",
+        CopyRow::Ending(text) => text,
+    };
     let mut buffer = String::with_capacity(COPY_CHUNK_BYTES + 1024);
     loop {
         let Some(raw) = next_rating(source, scale, skip_invalid, summary)? else {
             break;
         };
         seen.add(&raw);
-        if numbered {
+        if matches!(row, CopyRow::Numbered) {
             let _ = write!(buffer, "{}\t", summary.ratings_read);
         }
         copy_escape(&raw.user, &mut buffer);
@@ -392,8 +403,7 @@ async fn merge_postgres(
         skip_invalid,
         summary,
         seen,
-        true,
-        "",
+        CopyRow::Numbered,
     )
     .await
     {
@@ -456,8 +466,7 @@ async fn load_empty_postgres(
         skip_invalid,
         summary,
         seen,
-        false,
-        &suffix,
+        CopyRow::Ending(&suffix),
     )
     .await
     {
@@ -469,6 +478,7 @@ async fn load_empty_postgres(
     const KEY: &str =
         "ALTER TABLE ratings ADD CONSTRAINT ratings_pkey PRIMARY KEY (user_id, item_id)";
     tx.execute("SAVEPOINT build_key").await?;
+    let mut repeated = 0;
     if let Err(error) = tx.execute(KEY).await {
         let duplicate = error
             .as_database_error()
@@ -479,20 +489,19 @@ async fn load_empty_postgres(
         }
         tx.execute("ROLLBACK TO SAVEPOINT build_key").await?;
         source.progress.set_message("dropping repeated pairs");
-        tx.execute(
-            "DELETE FROM ratings a USING ratings b \
-             WHERE a.user_id = b.user_id AND a.item_id = b.item_id AND a.ctid < b.ctid",
-        )
-        .await?;
+        repeated = tx
+            .execute(
+                "DELETE FROM ratings a USING ratings b \
+                 WHERE a.user_id = b.user_id AND a.item_id = b.item_id AND a.ctid < b.ctid",
+            )
+            .await?
+            .rows_affected();
         tx.execute(KEY).await?;
     }
     tx.execute("ALTER TABLE ratings ENABLE TRIGGER ratings_inserted")
         .await?;
-    summary.inserted = sqlx::query("SELECT COUNT(*) FROM ratings")
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get::<i64, _>(0)? as u64;
-    summary.updated = copied - summary.inserted;
+    summary.inserted = copied - repeated;
+    summary.updated = repeated;
     source.progress.set_message("user revisions");
     // Users whose ratings were all deleted before keep a row here: their revision moves on.
     let users: Vec<String> = std::mem::take(&mut seen.users).into_iter().collect();

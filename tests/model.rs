@@ -465,6 +465,7 @@ fn the_joint_rbm_ranks_what_users_pick_above_popular_and_highly_rated_items() {
         user: params,
         item: None,
         valid_frac: 0.05,
+        ..TrainConfig::default()
     };
     let model = Recommender::train(&split.train, &config, &Default::default(), |_, _| {})
         .unwrap()
@@ -537,6 +538,7 @@ fn small_config() -> TrainConfig {
         user: params.clone(),
         item: Some(params),
         valid_frac: 0.05,
+        ..TrainConfig::default()
     }
 }
 
@@ -555,7 +557,9 @@ fn trained_rbm_beats_the_item_mean_on_planted_tastes() {
     test.sort_by_key(|r| (r.user, r.item));
     let entries: Vec<Entry> = test.iter().map(|r| r.entry()).collect();
     let model_rmse = rmse(
-        &trained.recommender.predict(&known, &test),
+        &trained
+            .recommender
+            .predict(&split.train.users, &known, &test),
         &entries,
         split.train.scale,
     );
@@ -577,6 +581,48 @@ fn trained_rbm_beats_the_item_mean_on_planted_tastes() {
 }
 
 /// A user-based RBM trained for 4 epochs on planted data, with `tune` applied to the parameters.
+#[test]
+fn a_capped_item_side_keeps_the_most_active_users_and_predicts_the_rest_user_based() {
+    let split = planted(300, 60, 1).split(0.1, 3).unwrap();
+    let data = &split.train;
+    let config = TrainConfig {
+        item_users: 40,
+        ..small_config()
+    };
+    let trained = Recommender::train(data, &config, &Default::default(), |_, _| {}).unwrap();
+    let model = &trained.recommender;
+    let item_side = model.item_side().expect("an item side");
+    // 40 visible users, and they are the ones with the most ratings.
+    assert_eq!(model.users().len(), 40);
+    assert_eq!(item_side.rbm.visible(), 40);
+    let known = data.user_matrix();
+    let count = |id: &str| known.row(data.users.get(id).unwrap() as usize).0.len();
+    let fewest_kept = (0..40).map(|j| count(model.users().id(j))).min().unwrap();
+    let most_left = (0..data.users.len() as u32)
+        .map(|u| data.users.id(u))
+        .filter(|id| model.users().get(id).is_none())
+        .map(count)
+        .max()
+        .unwrap();
+    assert!(fewest_kept >= most_left, "{fewest_kept} < {most_left}");
+    // A user left out gets exactly the user-based prediction; a kept one the blend.
+    let mut test = split.test.clone();
+    test.sort_by_key(|r| (r.user, r.item));
+    let predictions = model.predict(&data.users, &known, &test);
+    let user_only = model.clone().with_blend_weight(1.0);
+    let user_based = user_only.predict(&data.users, &known, &test);
+    let (mut left_out, mut kept_differ) = (0, 0);
+    for ((q, p), u) in test.iter().zip(&predictions).zip(&user_based) {
+        if model.users().get(data.users.id(q.user)).is_none() {
+            assert_eq!(p, u);
+            left_out += 1;
+        } else if (p - u).abs() > 1e-6 {
+            kept_differ += 1;
+        }
+    }
+    assert!(left_out > 0 && kept_differ > 0, "{left_out} {kept_differ}");
+}
+
 fn train_user_rbm(tune: impl Fn(&mut RbmParams)) -> Recommender {
     let data = planted(120, 30, 2);
     let mut config = small_config();

@@ -12,9 +12,11 @@ use super::ServiceError;
 use super::serving::Serving;
 use super::training_request::TrainingRequest;
 use crate::metrics::Metrics;
-use crate::model::{DatasetBuilder, EpochStats, ModelError, RatingScale, Recommender, Side};
+use crate::model::{
+    DataShape, DatasetBuilder, EpochStats, ModelError, RatingScale, Recommender, Side,
+};
 use crate::model_file::ModelFile;
-use crate::store::{DataSize, RunStatus, Store, TrainingLock, TrainingRun};
+use crate::store::{RunStatus, Store, TrainingLock, TrainingRun};
 
 /// Runs listed by `runs`, newest first.
 const LISTED_RUNS: i64 = 100;
@@ -166,17 +168,10 @@ impl Training {
 
     /// Refuses a run whose memory estimate for data of `size` is over the budget, naming the
     /// hidden units (what makes a run big) and the budget's setting.
-    fn check_memory(&self, request: &TrainingRequest, size: DataSize) -> Result<(), String> {
-        let config = request
-            .config(size.ratings as usize, size.users as usize)
-            .map_err(|e| e.to_string())?;
+    fn check_memory(&self, request: &TrainingRequest, size: DataShape) -> Result<(), String> {
+        let config = request.config(size).map_err(|e| e.to_string())?;
         let (classes, budget) = (self.scale.classes(), self.memory_budget);
-        let needed = config.memory_estimate(
-            size.ratings as usize,
-            size.users as usize,
-            size.items as usize,
-            classes,
-        );
+        let needed = config.memory_estimate(size, classes);
         if needed <= budget {
             return Ok(());
         }
@@ -329,7 +324,7 @@ impl Training {
         &self,
         run_id: i64,
         request: TrainingRequest,
-        size: DataSize,
+        size: DataShape,
         cancel: Arc<AtomicBool>,
         lock: &mut TrainingLock,
         progress: Arc<Mutex<Progress>>,
@@ -339,7 +334,7 @@ impl Training {
         let (store, scale, stop) = (self.store.clone(), self.scale, cancel.clone());
         let runtime = tokio::runtime::Handle::current();
         let data = super::spawn_blocking(move || {
-            let mut data = DatasetBuilder::new(scale, size.ratings as usize);
+            let mut data = DatasetBuilder::new(scale, size.ratings);
             let read = runtime.block_on(store.for_each_rating(|user, item, value| {
                 if data.len().is_multiple_of(65_536) && stop.load(Ordering::Relaxed) {
                     return Err(CANCELLED.to_string());
@@ -360,9 +355,7 @@ impl Training {
                 "there are no ratings to train on".to_string(),
             ));
         }
-        let config = request
-            .config(data.ratings.len(), data.users.len())
-            .map_err(TrainError::failed)?;
+        let config = request.config(data.shape()).map_err(TrainError::failed)?;
         let (sender, mut receiver) = mpsc::unbounded_channel::<(Side, EpochStats)>();
         let stop = cancel.clone();
         let trainer = super::spawn_blocking({

@@ -5,7 +5,7 @@
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DEFAULT_SEED, ModelError, OptimizerKind, RbmParams, TrainConfig};
+use crate::model::{DEFAULT_SEED, DataShape, ModelError, OptimizerKind, RbmParams, TrainConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,6 +65,9 @@ pub struct TrainingRequest {
     /// Epochs without validation improvement before stopping (0: never stop early).
     #[arg(long)]
     pub patience: Option<usize>,
+    /// Most users the item-based RBM takes as visible units (the most active ones).
+    #[arg(long)]
+    pub item_users: Option<usize>,
     /// Which RBMs to train (default: blend).
     #[arg(long, value_enum)]
     pub model: Option<ModelKind>,
@@ -93,6 +96,7 @@ impl TrainingRequest {
             optimizer: over.optimizer.or(self.optimizer),
             valid_frac: over.valid_frac.or(self.valid_frac),
             patience: over.patience.or(self.patience),
+            item_users: over.item_users.or(self.item_users),
             model: over.model.or(self.model),
             seed: over.seed.or(self.seed),
         }
@@ -104,8 +108,8 @@ impl TrainingRequest {
 
     /// The checked configuration for data of this size: the recommended one with every given
     /// field applied over it. The error names the first field that breaks a rule.
-    pub fn config(&self, n_ratings: usize, n_users: usize) -> Result<TrainConfig, ModelError> {
-        let mut config = TrainConfig::recommended(n_ratings, n_users);
+    pub fn config(&self, shape: DataShape) -> Result<TrainConfig, ModelError> {
+        let mut config = TrainConfig::recommended(shape);
         let apply = |p: &mut RbmParams| {
             p.seed = self.seed();
             set(&mut p.hidden, self.hidden);
@@ -134,6 +138,7 @@ impl TrainingRequest {
                 p
             }),
         };
+        set(&mut config.item_users, self.item_users);
         set(&mut config.valid_frac, self.valid_frac);
         config.check()?;
         Ok(config)
@@ -142,7 +147,7 @@ impl TrainingRequest {
     /// Checks the request before any data is read. `TrainConfig::check`'s rules never involve the
     /// data's size, which only picks defaults, so any size gives the same verdict.
     pub fn check(&self) -> Result<(), ModelError> {
-        self.config(0, 0).map(drop)
+        self.config(DataShape::default()).map(drop)
     }
 }
 
@@ -169,6 +174,12 @@ impl ValueEnum for OptimizerKind {
 mod tests {
     use super::*;
 
+    const ML_1M: DataShape = DataShape {
+        ratings: 1_000_209,
+        users: 6040,
+        items: 3706,
+    };
+
     #[test]
     fn an_overlay_replaces_only_what_it_sets_and_can_turn_flags_off() {
         let defaults: TrainingRequest =
@@ -178,12 +189,12 @@ mod tests {
             r#"{"epochs": 3, "cd_schedule": false, "conditional": false, "model": "blend"}"#,
         )
         .unwrap();
-        let config = defaults.overlay(&body).config(1_000_000, 10_000).unwrap();
+        let config = defaults.overlay(&body).config(ML_1M).unwrap();
         assert_eq!((config.user.hidden, config.user.epochs), (50, 3));
         assert!(!config.user.cd_schedule && !config.user.conditional);
         let item = config.item.expect("blend asked for over the default user");
         assert_eq!((item.hidden, item.epochs, item.cd_schedule), (50, 3, false));
-        let user_only = body.overlay(&defaults).config(1_000_000, 10_000).unwrap();
+        let user_only = body.overlay(&defaults).config(ML_1M).unwrap();
         assert!(user_only.item.is_none() && user_only.user.cd_schedule);
         assert!(serde_json::from_str::<TrainingRequest>(r#"{"epochz": 3}"#).is_err());
     }

@@ -118,7 +118,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         // The rating-only CD kernel, which the flops figure's cost model describes; the joint
         // RBM's catalogue-wide draw shows in `evaluate`'s train_seconds.
         choice: false,
-        ..TrainConfig::recommended(data.ratings.len(), data.users.len()).user
+        ..TrainConfig::recommended(data.shape()).user
     };
     let matrix = data.user_matrix();
     let fit =

@@ -47,7 +47,7 @@ pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     test.sort_by_key(|r| (r.user, r.item));
     let entries: Vec<Entry> = test.iter().map(|r| r.entry()).collect();
     let data = &split.train;
-    let config = args.hyper.config(data.ratings.len(), data.users.len())?;
+    let config = args.hyper.config(data.shape())?;
     let trained = train_with_progress(data, &config)?;
     let model = &trained.recommender;
     let scale = data.scale;
@@ -56,7 +56,7 @@ pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let predictions = if args.include_test_items {
         crate::model::predict(model.user_rbm(), &known, &entries, scale, true)
     } else {
-        model.predict(&known, &test)
+        model.predict(&data.users, &known, &test)
     };
     let user_only = crate::model::predict(model.user_rbm(), &known, &entries, scale, false);
     let ranking_in = |order: Order| {
@@ -141,7 +141,7 @@ pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     });
     if let Some(item_fit) = &trained.item_fit {
         let item_only_model = model.clone().with_blend_weight(0.0);
-        let item_only = item_only_model.predict(&known, &test);
+        let item_only = item_only_model.predict(&data.users, &known, &test);
         report["rmse_item_based"] = json!(rmse(&item_only, &entries, scale));
         report["best_epoch_item_based"] = json!(item_fit.best_epoch);
     }

@@ -56,7 +56,7 @@ impl From<OrderArg> for Order {
 
 pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
     let data = args.data.read()?;
-    let config = args.hyper.config(data.ratings.len(), data.users.len())?;
+    let config = args.hyper.config(data.shape())?;
     let trained = train_with_progress(&data, &config)?;
     let metrics = json!({
         "valid_rmse": trained.valid_rmse,

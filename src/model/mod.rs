@@ -21,7 +21,7 @@ pub use evaluate::{
     RankingMetrics, mae, predict, ranking_metrics, rmse, similar_items_ranking, top_n, top_n_by,
 };
 pub use optimizer::OptimizerKind;
-pub use params::{DEFAULT_SEED, RbmParams, TrainConfig, ValidRbmParams};
+pub use params::{DEFAULT_SEED, DataShape, ITEM_USERS, RbmParams, TrainConfig, ValidRbmParams};
 pub use ratings::{Dataset, DatasetBuilder, Entry, IdMap, Rating, SparseRatings, Split};
 pub use rbm::Rbm;
 pub use recommender::{ItemSide, Order, Ranked, Recommender, Scratch, Side, Trained};

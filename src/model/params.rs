@@ -183,6 +183,15 @@ impl RbmParams {
     }
 }
 
+/// How much data there is to train on: what the recommended configuration and the memory
+/// estimate depend on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DataShape {
+    pub ratings: usize,
+    pub users: usize,
+    pub items: usize,
+}
+
 /// How a recommender is trained.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -191,6 +200,9 @@ pub struct TrainConfig {
     pub user: RbmParams,
     /// The item-based RBM to blend in, if any.
     pub item: Option<RbmParams>,
+    /// The item-based RBM's visible units are the users; past this many it takes the most
+    /// active ones (ties to the first seen), and the others get the user-based prediction.
+    pub item_users: usize,
     /// Fraction of the training ratings held out to pick the best epoch and the blend weight.
     pub valid_frac: f64,
 }
@@ -200,17 +212,44 @@ impl Default for TrainConfig {
         Self {
             user: RbmParams::default(),
             item: Some(RbmParams::default()),
+            item_users: ITEM_USERS,
             valid_frac: 0.05,
         }
     }
 }
 
+/// Default cap on the item-based RBM's users. Its W is users × K × M: at the Netflix Prize's
+/// 480,189 users, K = 5 and M = 300 that is 2.9 GB per copy, and training holds several copies
+/// (parameters, momentum, the best epoch's, the served model's). 50,000 users keep a copy at
+/// 300 MB; on a Netflix-shaped set the most active 10% of users hold about 40% of the ratings.
+pub const ITEM_USERS: usize = 50_000;
+
+/// Ratings up to which the recommended epochs are the full 120; past it they shrink in
+/// proportion, to no fewer than MIN_EPOCHS. A larger set makes more updates per epoch (4,800
+/// batches on the Netflix Prize's users against ML-1M's 60), and 120 of its epochs would take
+/// hours.
+const FULL_EPOCHS_UP_TO: usize = 2_000_000;
+const MIN_EPOCHS: usize = 10;
+
+/// The joint RBM's catalogue-wide draw costs users × items × (K + 1) × M multiply-adds per
+/// epoch, whatever the ratings: 4·10¹⁰ on ML-1M at M = 300, 1.5·10¹³ on the Netflix Prize
+/// (hours per epoch on two cores). Past this many user × item cells the recommended user-based
+/// RBM is the rating-only one, whose cost follows the ratings; see DESIGN.md.
+const MAX_JOINT_CELLS: usize = 100_000_000;
+
 impl TrainConfig {
     /// Defaults for a data set of this size, from the calibration runs recorded in DESIGN.md and
     /// the project's evaluation notes: for the user-based RBM, small sets need stronger weight decay
     /// and smaller batches.
-    pub fn recommended(n_ratings: usize, n_users: usize) -> Self {
+    pub fn recommended(shape: DataShape) -> Self {
+        let (n_ratings, n_users) = (shape.ratings, shape.users);
         let small = n_ratings < 500_000;
+        let epochs = if n_ratings <= FULL_EPOCHS_UP_TO {
+            120
+        } else {
+            (120 * FULL_EPOCHS_UP_TO / n_ratings).max(MIN_EPOCHS)
+        };
+        let joint = shape.users.saturating_mul(shape.items) <= MAX_JOINT_CELLS;
         // The user-based RBM is the joint one, which ranks. On ML-1M (random 90/10, the README's
         // protocol) its P@10 grows with M up to 300 (0.168 at 100, 0.171 at 200, 0.174 at 300;
         // 500 adds nothing). A weight of 1 on the rating term ranks better than 3 (0.178 against
@@ -218,7 +257,8 @@ impl TrainConfig {
         // validation NDCG climb for 40 epochs where 0.01 peaks near 15: 0.184, RMSE 0.846.
         let user = RbmParams {
             hidden: 300,
-            choice: true,
+            epochs,
+            choice: joint,
             rating_weight: 1.0,
             learning_rate: 0.005,
             patience: 8,
@@ -244,6 +284,7 @@ impl TrainConfig {
         Self {
             item: Some(item),
             user,
+            item_users: ITEM_USERS,
             valid_frac: 0.05,
         }
     }
@@ -257,13 +298,12 @@ impl TrainConfig {
     /// serving until the swap. Measured on ml-100k with `train` (no model serving beside it): peak
     /// RSS grew by 5.5 to 6.5 times the parameters' bytes as M went from 100 to 1000, so this
     /// errs on the high side.
-    pub fn memory_estimate(
-        &self,
-        ratings: usize,
-        users: usize,
-        items: usize,
-        classes: usize,
-    ) -> u64 {
+    pub fn memory_estimate(&self, shape: DataShape, classes: usize) -> u64 {
+        let DataShape {
+            ratings,
+            users,
+            items,
+        } = shape;
         const MODEL_COPIES: u64 = 8;
         /// The snapshot's ids and values, the data set, and its two sparse matrices.
         const RATING_BYTES: u64 = 128;
@@ -279,7 +319,10 @@ impl TrainConfig {
             4 * (d * k * m + implicit + d * k + m) * (MODEL_COPIES + adam - 1)
         };
         let user = parameters(&self.user, items);
-        let item = self.item.as_ref().map_or(0, |p| parameters(p, users));
+        let item = self
+            .item
+            .as_ref()
+            .map_or(0, |p| parameters(p, users.min(self.item_users)));
         BASE + RATING_BYTES * ratings as u64 + user + item
     }
 
@@ -289,6 +332,13 @@ impl TrainConfig {
         self.user.clone().check()?;
         if let Some(item) = &self.item {
             item.clone().check()?;
+        }
+        if self.item_users == 0 {
+            return Err(ModelError::InvalidParameter {
+                name: "item_users",
+                value: "0".to_string(),
+                rule: "must be at least 1",
+            });
         }
         if !(0.0..1.0).contains(&self.valid_frac) {
             return Err(ModelError::InvalidFraction {
@@ -328,14 +378,24 @@ mod tests {
             hidden: 20,
             ..RbmParams::default()
         };
-        let config = TrainConfig {
+        let mut config = TrainConfig {
             user,
             item: Some(item),
+            item_users: 10,
             valid_frac: 0.0,
+        };
+        let shape = DataShape {
+            ratings: 7,
+            users: 4,
+            items: 3,
         };
         // 3 items × 2 classes: W 60, Dimp 30, b 6, c 10; 4 users: W 160, b 8, c 20. Eight copies.
         let expected = (64 << 20) + 128 * 7 + 4 * 8 * (60 + 30 + 6 + 10 + 160 + 8 + 20);
-        assert_eq!(config.memory_estimate(7, 4, 3, 2), expected);
+        assert_eq!(config.memory_estimate(shape, 2), expected);
+        // The item-based RBM over its first 3 users only: W 120, b 6.
+        config.item_users = 3;
+        let expected = (64 << 20) + 128 * 7 + 4 * 8 * (60 + 30 + 6 + 10 + 120 + 6 + 20);
+        assert_eq!(config.memory_estimate(shape, 2), expected);
         // Linear in M: ML-1M's shape with a thousand times the default hidden units is past any
         // machine this runs on, which is what a budget must catch.
         let huge = TrainConfig {
@@ -344,8 +404,37 @@ mod tests {
                 hidden: 10_000,
                 ..RbmParams::default()
             },
-            valid_frac: 0.0,
+            ..TrainConfig::default()
         };
-        assert!(huge.memory_estimate(1_000_209, 6040, 3706, 10) > 10 << 30);
+        let ml_1m = DataShape {
+            ratings: 1_000_209,
+            users: 6040,
+            items: 3706,
+        };
+        assert!(huge.memory_estimate(ml_1m, 10) > 10 << 30);
+    }
+
+    #[test]
+    fn the_recommended_model_follows_the_datas_size() {
+        let shape = |ratings, users, items| DataShape {
+            ratings,
+            users,
+            items,
+        };
+        let ml_1m = TrainConfig::recommended(shape(1_000_209, 6040, 3706));
+        assert!(ml_1m.user.choice);
+        assert_eq!((ml_1m.user.epochs, ml_1m.item.unwrap().epochs), (120, 120));
+        let netflix = TrainConfig::recommended(shape(100_480_507, 480_189, 17_770));
+        assert!(
+            !netflix.user.choice,
+            "the joint draw would take hours per epoch"
+        );
+        assert_eq!(netflix.user.epochs, MIN_EPOCHS);
+        assert_eq!(
+            TrainConfig::recommended(shape(10_000_000, 70_000, 10_000))
+                .user
+                .epochs,
+            24
+        );
     }
 }

@@ -7,7 +7,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{ModelError, RatingScale};
+use super::{DataShape, ModelError, RatingScale};
 
 /// A two-way map between external string ids and dense indices `0..len`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -196,6 +196,17 @@ impl SparseRatings {
         counts
     }
 
+    /// The listed rows, in their order, as a matrix of `rows.len()` rows.
+    pub fn select_rows(&self, rows: &[u32]) -> Self {
+        let triples = rows.iter().enumerate().flat_map(move |(new, &old)| {
+            let (cols, classes) = self.row(old as usize);
+            cols.iter()
+                .zip(classes)
+                .map(move |(&c, &k)| (new as u32, c, k))
+        });
+        Self::from_triples(rows.len(), self.n_cols, triples)
+    }
+
     pub fn transpose(&self) -> Self {
         let triples = (0..self.n_rows()).flat_map(move |r| {
             let (cols, classes) = self.row(r);
@@ -301,6 +312,15 @@ impl Dataset {
         if order.len() < self.ratings.len() {
             order.par_sort_unstable();
             self.ratings = order.into_iter().map(at).collect();
+        }
+    }
+
+    /// How many ratings, users and items there are.
+    pub fn shape(&self) -> DataShape {
+        DataShape {
+            ratings: self.ratings.len(),
+            users: self.users.len(),
+            items: self.items.len(),
         }
     }
 

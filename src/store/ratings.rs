@@ -9,17 +9,10 @@ use serde::Serialize;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::{Backend, Store, StoreError, now_millis};
+use crate::model::DataShape;
 
 /// Rows per multi-row INSERT: 4 parameters each stays far below both backends' bind limits.
 const INSERT_CHUNK: usize = 1000;
-
-/// The size of the data a training run would read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DataSize {
-    pub ratings: u64,
-    pub users: u64,
-    pub items: u64,
-}
 
 /// One rating to write.
 #[derive(Debug, Clone, PartialEq)]
@@ -380,16 +373,17 @@ impl Store {
     /// How many ratings, users who ever rated, and items there are: what a training run's memory
     /// is estimated from before it starts.
     #[tracing::instrument(level = "debug", skip_all)]
-    pub async fn data_size(&self) -> Result<DataSize, StoreError> {
+    pub async fn data_size(&self) -> Result<DataShape, StoreError> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM ratings), (SELECT COUNT(*) FROM user_revisions), \
              (SELECT COUNT(*) FROM items)",
         )
         .fetch_one(&self.pool)
         .await?;
-        let count =
-            |n: usize| -> Result<u64, StoreError> { Ok(row.try_get::<i64, _>(n)?.max(0) as u64) };
-        Ok(DataSize {
+        let count = |n: usize| -> Result<usize, StoreError> {
+            Ok(row.try_get::<i64, _>(n)?.max(0) as usize)
+        };
+        Ok(DataShape {
             ratings: count(0)?,
             users: count(1)?,
             items: count(2)?,

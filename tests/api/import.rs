@@ -215,7 +215,52 @@ async fn reimporting_the_same_files_changes_nothing(backend: Backend) {
     assert_eq!(titles(&store).await[1].1.as_deref(), Some("Heat (1995)"));
 }
 
+/// A first import into an empty table takes the bulk path (no per-row trigger, key built after
+/// the load): a repeated pair still keeps its last line, and every user gets a revision that
+/// later writes move on.
+async fn a_first_import_keeps_the_last_of_a_repeated_pair(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "ratings.csv",
+        b"user,item,rating\nu1,a,1\nu2,a,2\nu1,a,5\nu1,b,3\nu1,a,4\n",
+    );
+    let (store, url, _guard) = store(backend).await;
+    let path = dir.path().join("ratings.csv");
+    let summary = import(&store, &url, &path, None, RatingScale::ONE_TO_FIVE, false)
+        .await
+        .unwrap();
+    assert_eq!((summary.inserted, summary.updated), (3, 2));
+    let stored = crate::store::snapshot(&store).await;
+    let expected = [("u1", "a", 4.0), ("u1", "b", 3.0), ("u2", "a", 2.0)];
+    let expected: Vec<(String, String, f64)> = expected
+        .iter()
+        .map(|&(u, i, r)| (u.to_string(), i.to_string(), r))
+        .collect();
+    assert_eq!(stored, expected);
+    assert!(store.item("a").await.unwrap().is_some() && store.item("b").await.unwrap().is_some());
+    let before = store.user_revisions(&["u1", "u2"]).await.unwrap();
+    assert_eq!(before.len(), 2, "{before:?}");
+    store.delete_rating("u2", "a").await.unwrap();
+    let after = store.user_revisions(&["u1", "u2"]).await.unwrap();
+    assert_eq!(after["u1"], before["u1"]);
+    assert!(after["u2"] > before["u2"], "{before:?} {after:?}");
+    // The table has ratings now: a second import merges through the row-by-row path.
+    write(
+        dir.path(),
+        "more.csv",
+        b"user,item,rating\nu1,a,2\nu3,c,5\n",
+    );
+    let more = dir.path().join("more.csv");
+    let summary = import(&store, &url, &more, None, RatingScale::ONE_TO_FIVE, false)
+        .await
+        .unwrap();
+    assert_eq!((summary.inserted, summary.updated), (1, 1));
+    assert!(store.user_revisions(&["u1"]).await.unwrap()["u1"] > after["u1"]);
+}
+
 on_both_backends!(backend every_format_imports_ratings_and_titles);
+on_both_backends!(backend a_first_import_keeps_the_last_of_a_repeated_pair);
 on_both_backends!(backend a_bad_row_stops_the_import_and_writes_nothing);
 on_both_backends!(backend skip_invalid_imports_the_good_rows_and_reports_the_bad);
 on_both_backends!(backend reimporting_the_same_files_changes_nothing);

@@ -11,7 +11,7 @@ use crate::model::evaluate::{predict, ranking_metrics, rmse, sample_rows};
 use crate::model::params::{RbmParams, TrainConfig};
 use crate::model::rbm::Rbm;
 use crate::model::train::EpochStats;
-use crate::model::{Dataset, Entry, ModelError, Rating, RatingScale, SparseRatings};
+use crate::model::{Dataset, Entry, IdMap, ModelError, Rating, RatingScale, SparseRatings};
 
 /// β grid of the ranking score, searched on the validation slice.
 const RANKING_WEIGHTS: [f32; 7] = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0];
@@ -36,6 +36,50 @@ fn transpose(entries: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
         })
         .collect();
     (transposed, order)
+}
+
+/// The users the item-based RBM takes as visible units.
+struct ItemUsers {
+    /// Their indices in the data set, ascending: the item side's user j is `kept[j]`.
+    kept: Vec<u32>,
+    /// The item side's index of every data set user; None for one left out.
+    index: Vec<Option<u32>>,
+}
+
+/// All users of `data` if there are at most `cap`, else the `cap` with the most ratings, ties to
+/// the lower index.
+fn most_active(data: &Dataset, cap: usize) -> ItemUsers {
+    let n = data.users.len();
+    let mut kept: Vec<u32> = (0..n as u32).collect();
+    if n > cap {
+        let mut counts = vec![0u32; n];
+        for r in &data.ratings {
+            counts[r.user as usize] += 1;
+        }
+        kept.sort_by_key(|&u| (std::cmp::Reverse(counts[u as usize]), u));
+        kept.truncate(cap);
+        kept.sort_unstable();
+    }
+    let mut index = vec![None; n];
+    for (j, &u) in kept.iter().enumerate() {
+        index[u as usize] = Some(j as u32);
+    }
+    ItemUsers { kept, index }
+}
+
+impl ItemUsers {
+    /// The entries of kept users, renumbered to the item side's users, and for each one its
+    /// position in `entries`.
+    fn entries(&self, entries: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
+        entries
+            .iter()
+            .enumerate()
+            .filter_map(|(n, e)| {
+                let row = self.index[e.row as usize]?;
+                Some((Entry { row, ..*e }, n))
+            })
+            .unzip()
+    }
 }
 
 /// p(h | row) for every row of `matrix`.
@@ -88,11 +132,30 @@ impl Recommender {
         let valid: Vec<Entry> = valid.into_iter().map(Rating::entry).collect();
         let scale = data.scale;
         let user_matrix = train.user_matrix();
+        drop(train);
         let user_fit = user_params.fit(&user_matrix, scale, &valid, stop, |s| {
             on_epoch(Side::User, s)
         })?;
-        let item_matrix = item_params.as_ref().map(|_| user_matrix.transpose());
-        let (valid_t, valid_order) = transpose(&valid);
+        // The item-based RBM's users: all of them, or the most active up to the cap.
+        let item_users = item_params
+            .as_ref()
+            .map(|_| most_active(data, config.item_users));
+        let item_matrix = item_users
+            .as_ref()
+            .map(|users| user_matrix.select_rows(&users.kept).transpose());
+        // Validation entries of the item side's users, in its indices and item-major order,
+        // with their positions in `valid`.
+        let (valid_t, valid_order) = match &item_users {
+            Some(users) => {
+                let (entries, positions) = users.entries(&valid);
+                let (transposed, order) = transpose(&entries);
+                (
+                    transposed,
+                    order.into_iter().map(|k| positions[k]).collect(),
+                )
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         let item_fit = match (&item_params, &item_matrix) {
             (Some(params), Some(item_matrix)) => {
                 Some(params.fit(item_matrix, scale, &valid_t, stop, |s| {
@@ -104,8 +167,8 @@ impl Recommender {
         let (blend_weight, valid_rmse) = match (&item_fit, &item_matrix) {
             (Some(item_fit), Some(item_matrix)) if !valid.is_empty() => {
                 let user_pred = predict(&user_fit.rbm, &user_matrix, &valid, scale, false);
-                // Item-based predictions come in item-major order; put them back in `valid`'s.
-                let mut item_pred = vec![0.0f32; valid.len()];
+                // Item-based predictions for the item side's users, back in `valid`'s order.
+                let mut item_pred: Vec<Option<f32>> = vec![None; valid.len()];
                 for (&n, p) in valid_order.iter().zip(predict(
                     &item_fit.rbm,
                     item_matrix,
@@ -113,13 +176,22 @@ impl Recommender {
                     scale,
                     false,
                 )) {
-                    item_pred[n] = p;
+                    item_pred[n] = Some(p);
                 }
-                let weight = least_squares_blend(&user_pred, &item_pred, &valid, scale);
+                // The weight is fitted where both RBMs predict.
+                let (mut both_user, mut both_item, mut both_truth) = (vec![], vec![], vec![]);
+                for ((&truth, &u), &i) in valid.iter().zip(&user_pred).zip(&item_pred) {
+                    if let Some(i) = i {
+                        both_user.push(u);
+                        both_item.push(i);
+                        both_truth.push(truth);
+                    }
+                }
+                let weight = least_squares_blend(&both_user, &both_item, &both_truth, scale);
                 let blended: Vec<f32> = user_pred
                     .iter()
                     .zip(&item_pred)
-                    .map(|(u, i)| weight * u + (1.0 - weight) * i)
+                    .map(|(&u, i)| i.map_or(u, |i| weight * u + (1.0 - weight) * i))
                     .collect();
                 (weight, Some(rmse(&blended, &valid, scale)))
             }
@@ -132,17 +204,35 @@ impl Recommender {
                     .and_then(|s| s.valid_rmse),
             ),
         };
-        // ĥ of each item from all its known ratings, validation slice included.
-        let item_side = item_fit.as_ref().map(|fit| ItemSide {
-            item_hidden: hidden_of_rows(&fit.rbm, &data.user_matrix().transpose())
+        drop(item_matrix);
+        // ĥ of each item from all its known ratings by the item side's users, validation slice
+        // included.
+        let item_side = match (&item_fit, &item_users) {
+            (Some(fit), Some(users)) => Some(ItemSide {
+                item_hidden: hidden_of_rows(
+                    &fit.rbm,
+                    &data.user_matrix().select_rows(&users.kept).transpose(),
+                )
                 .reversed_axes()
                 .as_standard_layout()
                 .to_owned(),
-            rbm: fit.rbm.clone(),
-        });
+                rbm: fit.rbm.clone(),
+            }),
+            _ => None,
+        };
+        let users = match &item_users {
+            Some(users) if users.kept.len() < data.users.len() => IdMap::from(
+                users
+                    .kept
+                    .iter()
+                    .map(|&u| data.users.id(u).to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => data.users.clone(),
+        };
         let mut recommender = Recommender::new(
             scale,
-            data.users.clone(),
+            users,
             data.items.clone(),
             user_fit.rbm.clone(),
             item_side,

@@ -313,8 +313,10 @@ impl Recommender {
         self.scale.value_at(class)
     }
 
-    /// Predictions for queries (user, item) sorted by user, each user's context taken from `known`.
-    pub fn predict(&self, known: &SparseRatings, queries: &[Rating]) -> Vec<f32> {
+    /// Predictions for queries (user, item) sorted by user, in the indices of a data set whose
+    /// users are `users`, each user's context taken from `known`. Users the item-based RBM does
+    /// not know get the user-based prediction.
+    pub fn predict(&self, users: &IdMap, known: &SparseRatings, queries: &[Rating]) -> Vec<f32> {
         let entries: Vec<Entry> = queries.iter().map(|q| q.entry()).collect();
         let user_pred = predict(&self.user_rbm, known, &entries, self.scale, false);
         match &self.item_side {
@@ -325,10 +327,13 @@ impl Recommender {
                     .par_iter()
                     .zip(user_pred.par_iter())
                     .map(|(q, &u)| {
+                        let Some(user) = self.users.get(users.id(q.user)) else {
+                            return u;
+                        };
                         let hidden = side.item_hidden.column(q.item as usize).to_vec();
                         let item_based = self
                             .scale
-                            .value_at(side.rbm.expected_class(q.user as usize, &hidden));
+                            .value_at(side.rbm.expected_class(user as usize, &hidden));
                         weight * u + (1.0 - weight) * item_based
                     })
                     .collect()

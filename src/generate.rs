@@ -2,7 +2,7 @@
 //! (`ratings.csv`, `movies.csv`), of any size, in bounded memory. It is what the scale benchmark
 //! runs on (no research data may be redistributed) and what a user plans capacity with.
 //!
-//! The shapes follow ML-1M (DESIGN.md compares the histograms):
+//! The shapes follow ML-1M (README.md compares the histograms):
 //! - user activity: at least `MIN_PER_USER` ratings plus a log-normal part (σ = 1.14 gives
 //!   ML-1M's median 96 and mean 166 at 20 + 146 on average), cut at two thirds of the catalogue;
 //! - item popularity: log-normal weights (σ = 1.5) in a shuffled order, so a few items are rated

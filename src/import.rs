@@ -38,6 +38,8 @@ pub struct ImportSummary {
     pub titles: u64,
     pub seconds: f64,
     pub ratings_per_second: f64,
+    /// The importing process's peak resident memory (Linux).
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// Where the ratings and titles of a path come from.
@@ -218,6 +220,7 @@ pub async fn import(
     source.progress.finish_and_clear();
     summary.seconds = started.elapsed().as_secs_f64();
     summary.ratings_per_second = summary.ratings_read as f64 / summary.seconds.max(1e-9);
+    summary.peak_rss_mib = crate::metrics::peak_rss_mib();
     Ok(summary)
 }
 
@@ -502,6 +505,9 @@ async fn load_empty_postgres(
         .await?;
     summary.inserted = copied - repeated;
     summary.updated = repeated;
+    // Table statistics for the planner and for `Store::data_size`'s estimate; a sample, so
+    // about a second at any size.
+    tx.execute("ANALYZE ratings").await?;
     source.progress.set_message("user revisions");
     // Users whose ratings were all deleted before keep a row here: their revision moves on.
     let users: Vec<String> = std::mem::take(&mut seen.users).into_iter().collect();

@@ -206,3 +206,12 @@ impl Metrics {
         out
     }
 }
+
+/// This process's peak resident memory so far, in MiB (Linux's VmHWM); None where /proc does
+/// not tell. Commands that handle data of any size report it, to plan capacity by.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -334,7 +334,9 @@ impl Training {
         let (store, scale, stop) = (self.store.clone(), self.scale, cancel.clone());
         let runtime = tokio::runtime::Handle::current();
         let data = super::spawn_blocking(move || {
-            let mut data = DatasetBuilder::new(scale, size.ratings);
+            // The size is an estimate: room for a little more, so that the vector does not
+            // double (and hold two copies) for a few ratings more than estimated.
+            let mut data = DatasetBuilder::new(scale, size.ratings + size.ratings / 20);
             let read = runtime.block_on(store.for_each_rating(|user, item, value| {
                 if data.len().is_multiple_of(65_536) && stop.load(Ordering::Relaxed) {
                     return Err(CANCELLED.to_string());

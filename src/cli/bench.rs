@@ -141,6 +141,17 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         1.0,
         None,
     );
+    let model_bytes = ModelFile {
+        recommender: model.clone(),
+        config: TrainConfig {
+            user: params.clone(),
+            item: None,
+            ..TrainConfig::default()
+        },
+        metrics: json!({}),
+    }
+    .to_bytes()?
+    .len();
     let n_users = matrix.n_rows();
     let (p50, p99) = top10_latency(&model, Order::ExpectedRating, args.users, |n| {
         let (items, classes) = matrix.row((n * 7919) % n_users);
@@ -163,6 +174,8 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "gflops": flops_per_epoch / seconds_per_epoch / 1e9,
             "score_top10_p50_us": p50,
             "score_top10_p99_us": p99,
+            "model_bytes": model_bytes,
+            "peak_rss_mib": crate::metrics::peak_rss_mib(),
         })
     );
     Ok(())

@@ -234,7 +234,7 @@ const MIN_EPOCHS: usize = 10;
 /// The joint RBM's catalogue-wide draw costs users × items × (K + 1) × M multiply-adds per
 /// epoch, whatever the ratings: 4·10¹⁰ on ML-1M at M = 300, 1.5·10¹³ on the Netflix Prize
 /// (hours per epoch on two cores). Past this many user × item cells the recommended user-based
-/// RBM is the rating-only one, whose cost follows the ratings; see DESIGN.md.
+/// RBM is the rating-only one, whose cost follows the ratings; see the README.
 const MAX_JOINT_CELLS: usize = 100_000_000;
 
 impl TrainConfig {
@@ -305,8 +305,10 @@ impl TrainConfig {
             items,
         } = shape;
         const MODEL_COPIES: u64 = 8;
-        /// The snapshot's ids and values, the data set, and its two sparse matrices.
-        const RATING_BYTES: u64 = 128;
+        /// The data set's 12-byte ratings, the validation split's copy of them and its u32
+        /// positions, and the sparse matrices (5 bytes an entry): the snapshot streams, so no id
+        /// text is held per rating.
+        const RATING_BYTES: u64 = 48;
         const BASE: u64 = 64 << 20;
         let parameters = |p: &RbmParams, visible: usize| {
             let (d, k, m) = (visible as u64, classes as u64, p.hidden as u64);
@@ -390,11 +392,11 @@ mod tests {
             items: 3,
         };
         // 3 items × 2 classes: W 60, Dimp 30, b 6, c 10; 4 users: W 160, b 8, c 20. Eight copies.
-        let expected = (64 << 20) + 128 * 7 + 4 * 8 * (60 + 30 + 6 + 10 + 160 + 8 + 20);
+        let expected = (64 << 20) + 48 * 7 + 4 * 8 * (60 + 30 + 6 + 10 + 160 + 8 + 20);
         assert_eq!(config.memory_estimate(shape, 2), expected);
         // The item-based RBM over its first 3 users only: W 120, b 6.
         config.item_users = 3;
-        let expected = (64 << 20) + 128 * 7 + 4 * 8 * (60 + 30 + 6 + 10 + 120 + 6 + 20);
+        let expected = (64 << 20) + 48 * 7 + 4 * 8 * (60 + 30 + 6 + 10 + 120 + 6 + 20);
         assert_eq!(config.memory_estimate(shape, 2), expected);
         // Linear in M: ML-1M's shape with a thousand times the default hidden units is past any
         // machine this runs on, which is what a budget must catch.

@@ -444,6 +444,8 @@ impl Training {
             .insert_model(&params, &metrics, &blob)
             .await
             .map_err(TrainError::failed)?;
+        // The swap holds two models, the one serving and this one, and not this one's bytes too.
+        drop(blob);
         self.serving
             .publish(version, recommender, bytes)
             .await

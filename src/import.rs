@@ -319,7 +319,8 @@ async fn import_postgres(
     let mut seen = Seen::default();
     tx.execute("SET LOCAL work_mem = '256MB'").await?;
     tx.execute("SET LOCAL maintenance_work_mem = '1GB'").await?;
-    // Other writers wait until this import commits; readers go on.
+    // Other writers wait until this import commits; readers go on, except during a first
+    // import, whose ALTER TABLE holds them too (`load_empty_postgres`).
     tx.execute("LOCK TABLE ratings IN SHARE ROW EXCLUSIVE MODE")
         .await?;
     let has_ratings: bool = sqlx::query("SELECT EXISTS (SELECT 1 FROM ratings)")

@@ -68,6 +68,16 @@ fn most_active(data: &Dataset, cap: usize) -> ItemUsers {
 }
 
 impl ItemUsers {
+    /// The item-based RBM's matrix (rows items, columns its users) from a user-major one; the
+    /// plain transpose when every user is kept, without the copy a selection would make.
+    fn item_matrix(&self, user_matrix: &SparseRatings) -> SparseRatings {
+        if self.kept.len() == user_matrix.n_rows() {
+            user_matrix.transpose()
+        } else {
+            user_matrix.select_rows(&self.kept).transpose()
+        }
+    }
+
     /// The entries of kept users, renumbered to the item side's users, and for each one its
     /// position in `entries`.
     fn entries(&self, entries: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
@@ -142,7 +152,7 @@ impl Recommender {
             .map(|_| most_active(data, config.item_users));
         let item_matrix = item_users
             .as_ref()
-            .map(|users| user_matrix.select_rows(&users.kept).transpose());
+            .map(|users| users.item_matrix(&user_matrix));
         // Validation entries of the item side's users, in its indices and item-major order,
         // with their positions in `valid`.
         let (valid_t, valid_order) = match &item_users {
@@ -211,7 +221,7 @@ impl Recommender {
             (Some(fit), Some(users)) => Some(ItemSide {
                 item_hidden: hidden_of_rows(
                     &fit.rbm,
-                    &data.user_matrix().select_rows(&users.kept).transpose(),
+                    &users.item_matrix(&data.user_matrix()),
                 )
                 .reversed_axes()
                 .as_standard_layout()

@@ -219,13 +219,10 @@ impl Recommender {
         // included.
         let item_side = match (&item_fit, &item_users) {
             (Some(fit), Some(users)) => Some(ItemSide {
-                item_hidden: hidden_of_rows(
-                    &fit.rbm,
-                    &users.item_matrix(&data.user_matrix()),
-                )
-                .reversed_axes()
-                .as_standard_layout()
-                .to_owned(),
+                item_hidden: hidden_of_rows(&fit.rbm, &users.item_matrix(&data.user_matrix()))
+                    .reversed_axes()
+                    .as_standard_layout()
+                    .to_owned(),
                 rbm: fit.rbm.clone(),
             }),
             _ => None,

@@ -1,14 +1,15 @@
 //! The catalogue's records: users' ratings and items, with the item titles that pages show kept
-//! in a short-lived cache.
+//! in a short-lived cache, and the most rated items.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::ServiceError;
+use super::popularity::Popularity;
 use crate::metrics::Metrics;
 use crate::model::RatingScale;
-use crate::store::{Item, NewRating, Store, UpsertCounts};
+use crate::store::{Item, NewRating, PopularItem, Store, UpsertCounts};
 
 const TITLE_TTL: Duration = Duration::from_secs(30);
 const TITLE_CACHE_ENTRIES: u64 = 1_000_000;
@@ -21,18 +22,20 @@ pub struct Catalogue {
     /// the database (the user's ratings) rather than two. A PUT /items through this instance
     /// takes effect at once; changes made elsewhere (another replica, an import) within the TTL.
     titles: moka::sync::Cache<String, Option<String>>,
+    popularity: Arc<Popularity>,
 }
 
 impl Catalogue {
     pub(super) fn new(store: Store, metrics: Arc<Metrics>, scale: RatingScale) -> Self {
         Self {
-            store,
             metrics,
             scale,
             titles: moka::sync::Cache::builder()
                 .max_capacity(TITLE_CACHE_ENTRIES)
                 .time_to_live(TITLE_TTL)
                 .build(),
+            popularity: Arc::new(Popularity::new(store.clone())),
+            store,
         }
     }
 
@@ -45,6 +48,7 @@ impl Catalogue {
     /// each against `scale()` (naming the offending one), so it is not done again here.
     pub async fn post_ratings(&self, ratings: &[NewRating]) -> Result<UpsertCounts, ServiceError> {
         let counts = self.store.upsert_ratings(ratings).await?;
+        self.popularity.rated();
         self.metrics
             .add_ratings_written(counts.inserted + counts.updated);
         Ok(counts)
@@ -58,6 +62,7 @@ impl Catalogue {
     /// Deletes a rating; not found if there was none.
     pub async fn delete_rating(&self, user_id: &str, item_id: &str) -> Result<(), ServiceError> {
         if self.store.delete_rating(user_id, item_id).await? {
+            self.popularity.rated();
             Ok(())
         } else {
             Err(ServiceError::NotFound(format!(
@@ -78,6 +83,16 @@ impl Catalogue {
             .item(item_id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no item {item_id:?}")))
+    }
+
+    /// Items by number of ratings (ties by id), skipping `exclude`, from position `offset`.
+    pub(super) async fn popular(
+        &self,
+        limit: usize,
+        offset: usize,
+        exclude: &HashSet<String>,
+    ) -> Result<Vec<PopularItem>, ServiceError> {
+        self.popularity.page(limit, offset, exclude).await
     }
 
     /// Titles of the given items, from the cache where it has them.

@@ -3,6 +3,7 @@
 //! handlers and the CLI talk to these; only they talk to the store.
 
 mod catalogue;
+mod popularity;
 mod recommendations;
 pub mod revisions;
 mod serving;

@@ -186,7 +186,7 @@ impl Recommendations {
                 };
                 let mut skip = exclude;
                 skip.extend(ratings.into_iter().map(|(item, _)| item));
-                let popular = self.store.popular_items(limit, offset, &skip).await?;
+                let popular = self.catalogue.popular(limit, offset, &skip).await?;
                 let items = popular
                     .into_iter()
                     .map(|p| Recommendation {

@@ -86,6 +86,19 @@ async fn without_a_model_users_get_popular_items(app: TestApp) {
     assert_eq!(item_ids(&page), ["x", "y", "z"]);
     // Popular recommendations leave out what the user rated.
     assert_eq!(item_ids(&app.recommendations("b", "").await), ["z"]);
+    // The list is kept between requests, and a write makes the next one count again.
+    app.post_ratings(&[("d", "z", 4.0), ("e", "z", 4.0), ("f", "z", 5.0)])
+        .await;
+    assert_eq!(
+        item_ids(&app.recommendations("newcomer", "").await),
+        ["z", "x", "y"]
+    );
+    let (status, _) = app.call("DELETE", "/users/f/ratings/z", None, false).await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        item_ids(&app.recommendations("newcomer", "").await),
+        ["x", "z", "y"]
+    );
 }
 on_both_backends!(without_a_model_users_get_popular_items);
 

@@ -54,6 +54,7 @@ pub struct Metrics {
     ranking_cache_misses: Counter,
     ranking_cache_bytes: Gauge,
     revision_batch_users: Histogram,
+    scoring_batch_users: Histogram,
 }
 
 impl Default for Metrics {
@@ -72,6 +73,7 @@ impl Default for Metrics {
             ranking_cache_misses: Counter::default(),
             ranking_cache_bytes: Gauge::default(),
             revision_batch_users: Histogram::new(BATCH_BUCKETS),
+            scoring_batch_users: Histogram::new(BATCH_BUCKETS),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -134,6 +136,11 @@ impl Default for Metrics {
             "Users whose revisions one database statement read",
             metrics.revision_batch_users.clone(),
         );
+        registry.register(
+            "scoring_batch_users",
+            "Users whose uncached rankings one pass over the model's weights scored",
+            metrics.scoring_batch_users.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -173,6 +180,10 @@ impl Metrics {
 
     pub fn observe_revision_batch(&self, users: usize) {
         self.revision_batch_users.observe(users as f64);
+    }
+
+    pub fn observe_scoring_batch(&self, users: usize) {
+        self.scoring_batch_users.observe(users as f64);
     }
 
     /// Records a finished epoch of the running training run.

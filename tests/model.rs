@@ -6,8 +6,8 @@
 use ndarray::{Array1, Array2, Array3};
 use rbm_recommender::model::{
     Dataset, Entry, ItemSide, ItemSimilarity, Order, RatingScale, Rbm, RbmParams, Recommender,
-    Scratch, Similarity, TrainConfig, cd_weight_gradient, choice_scores, joint_cd_weight_gradient,
-    ranking_metrics, rmse,
+    Scratch, Similarity, TopQuery, TrainConfig, cd_weight_gradient, choice_scores,
+    joint_cd_weight_gradient, ranking_metrics, rmse,
 };
 use rbm_recommender::model_file::ModelFile;
 
@@ -761,6 +761,55 @@ fn full_ranking(
             (i, scores[at].to_bits(), expected[at].to_bits())
         })
         .collect()
+}
+
+#[test]
+fn lists_scored_together_equal_lists_scored_alone_bit_for_bit() {
+    let data = planted(200, 160, 6);
+    let mut config = small_config();
+    config.user.choice = true;
+    let model = Recommender::train(&data, &config, &Default::default(), |_, _| {})
+        .unwrap()
+        .recommender;
+    let known = data.user_matrix();
+    let bits = |list: Vec<rbm_recommender::model::Ranked>| -> Vec<(u32, u32, u32)> {
+        list.into_iter()
+            .map(|r| (r.item, r.score.to_bits(), r.expected_rating.to_bits()))
+            .collect()
+    };
+    // Users of both orders, known and unknown to the item side, short lists (screened) and one
+    // as long as the catalogue (scored in full), in one batch.
+    let queries: Vec<TopQuery> = (0..known.n_rows())
+        .step_by(7)
+        .enumerate()
+        .map(|(n, row)| {
+            let (items, classes) = known.row(row);
+            TopQuery {
+                order: [Order::Score, Order::ExpectedRating][n % 2],
+                user: (n % 3 != 0).then_some(row as u32),
+                items,
+                classes,
+                n: if n == 5 { 160 } else { 1 + n % 12 },
+            }
+        })
+        .collect();
+    let mut scratches: Vec<Scratch> = queries.iter().map(|_| Scratch::default()).collect();
+    let together = model.top_lists(&queries, |a, b| a.cmp(&b), &mut scratches);
+    assert_eq!(together.len(), queries.len());
+    let mut scratch = Scratch::default();
+    for (query, list) in queries.iter().zip(together) {
+        let alone = model.top_n(
+            query.order,
+            query.user,
+            query.items,
+            query.classes,
+            query.n,
+            |a, b| a.cmp(&b),
+            &mut scratch,
+        );
+        assert_eq!(list.len(), query.n.min(160 - query.items.len()));
+        assert_eq!(bits(list), bits(alone), "{query:?}");
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod catalogue;
 mod popularity;
 mod recommendations;
 pub mod revisions;
+mod scoring;
 mod serving;
 mod training;
 mod training_request;
@@ -16,7 +17,8 @@ use serde::Serialize;
 
 pub use catalogue::Catalogue;
 pub use recommendations::{
-    ListSource, PageOrder, Recommendation, RecommendationPage, Recommendations, SimilarItem,
+    ListSource, PageOrder, RANKING_DEPTH, Recommendation, RecommendationPage, Recommendations,
+    SimilarItem,
 };
 pub use serving::{ServedModel, Serving};
 pub use training::Training;

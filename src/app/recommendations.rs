@@ -9,9 +9,10 @@ use serde::Serialize;
 use super::ServiceError;
 use super::catalogue::Catalogue;
 use super::revisions::Revisions;
+use super::scoring::{Job, Scorer};
 use super::serving::{ServedModel, Serving};
 use crate::metrics::Metrics;
-use crate::model::{Order, Ranked, Recommender, Scratch};
+use crate::model::{Order, Ranked, Recommender};
 use crate::store::Store;
 
 /// Where a recommendation list came from: the model, or the popular fallback when there is none.
@@ -75,6 +76,7 @@ pub struct Recommendations {
     catalogue: Arc<Catalogue>,
     rankings: RankingCache,
     revisions: Revisions,
+    scorer: Scorer,
 }
 
 /// Revision reads in flight at once; more requests than this share statements.
@@ -100,12 +102,7 @@ type RankingCache = moka::sync::Cache<RankingKey, Ranking>;
 
 /// Entries kept per cached ranking; deeper pages are scored afresh. Small enough that the screened
 /// top-n pass pays (it scores exactly only the items that can reach the list).
-const RANKING_DEPTH: usize = 100;
-
-thread_local! {
-    /// Scoring buffers, reused by each blocking-pool thread from request to request.
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
-}
+pub const RANKING_DEPTH: usize = 100;
 
 impl Recommendations {
     /// Memory the ranking cache holds, as its weigher counts it (after applying the inserts
@@ -132,6 +129,7 @@ impl Recommendations {
             .build();
         Self {
             revisions: Revisions::start(store.clone(), REVISION_STATEMENTS, metrics.clone()),
+            scorer: Scorer::start(metrics.clone()),
             store,
             metrics,
             serving,
@@ -270,7 +268,7 @@ impl Recommendations {
     }
 
     /// Scores the catalogue in the key's order for the user's ratings (read at the key's
-    /// revision) on the blocking pool, caches the ranking and returns the page. None if the model
+    /// revision), with whoever else is waiting, caches the ranking and returns the page. None if the model
     /// knows none of the rated items.
     async fn score(
         &self,
@@ -292,14 +290,17 @@ impl Recommendations {
         }
         let excluded = excluded_indices(model, exclude);
         let depth = RANKING_DEPTH.max(offset + limit + excluded.len());
-        let user = model.users().get(&key.2);
-        let scoring = served.clone();
-        let order = key.1;
-        let entries = super::spawn_blocking(move || {
-            rank(&scoring.recommender, order, user, &items, &classes, depth)
-        })
-        .await
-        .map_err(|e| ServiceError::Task(e.to_string()))?;
+        let entries = self
+            .scorer
+            .rank(Job {
+                user: model.users().get(&key.2),
+                model: served.clone(),
+                order: key.1,
+                items,
+                classes,
+                depth,
+            })
+            .await?;
         let ranking = Arc::new(RankedItems {
             complete: entries.len() < depth,
             entries,
@@ -337,27 +338,4 @@ fn page(
             expected_rating: r.expected_rating,
         })
         .collect()
-}
-
-/// Scores every item for a user with these ratings and returns the best `depth`, best first, ties
-/// by item id, rated items left out.
-fn rank(
-    model: &Recommender,
-    order: Order,
-    user: Option<u32>,
-    items: &[u32],
-    classes: &[u8],
-    depth: usize,
-) -> Vec<Ranked> {
-    SCRATCH.with(|scratch| {
-        model.top_n(
-            order,
-            user,
-            items,
-            classes,
-            depth,
-            |a, b| model.items().id(a).cmp(model.items().id(b)),
-            &mut scratch.borrow_mut(),
-        )
-    })
 }

@@ -9,7 +9,8 @@ use serde_json::json;
 
 use super::DataArgs;
 use super::saved::rows_in_model;
-use crate::model::{self, Order, Recommender, Scratch, TrainConfig};
+use crate::app::RANKING_DEPTH;
+use crate::model::{self, Order, Recommender, Scratch, TopQuery, TrainConfig};
 use crate::model_file::ModelFile;
 
 #[derive(Debug, Args)]
@@ -22,6 +23,9 @@ pub struct BenchArgs {
     pub epochs: usize,
     #[arg(long, default_value_t = 1)]
     pub cd_steps: usize,
+    /// Users per mini-batch; the default chosen for the data's shape when omitted.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     #[arg(long)]
     pub threads: Option<usize>,
     /// Users to time full-catalogue top-10 scoring for.
@@ -33,12 +37,13 @@ pub struct BenchArgs {
     pub model: Option<PathBuf>,
 }
 
-/// Microseconds at the 50th and 99th percentiles of `model`'s uncached top-10 in `order` over
-/// `count` users, the n-th of them given by `user(n)`: its ratings and its index in the
+/// Microseconds at the 50th and 99th percentiles of `model`'s uncached top-`depth` in `order`
+/// over `count` users, the n-th of them given by `user(n)`: its ratings and its index in the
 /// item-based RBM.
-fn top10_latency<'a>(
+fn latency<'a>(
     model: &Recommender,
     order: Order,
+    depth: usize,
     count: usize,
     user: impl Fn(usize) -> (&'a [u32], &'a [u8], Option<u32>),
 ) -> (f64, f64) {
@@ -52,7 +57,7 @@ fn top10_latency<'a>(
                 in_model,
                 items,
                 classes,
-                10,
+                depth,
                 |a, b| a.cmp(&b),
                 &mut scratch,
             );
@@ -65,7 +70,39 @@ fn top10_latency<'a>(
     (percentile(0.5), percentile(0.99))
 }
 
-/// `bench --model`: a saved model's uncached top-10 latency in each order, on the same users.
+/// Users per second ranked to `depth` in `order` when `together` requests wait at once and are
+/// scored in one pass (as the service's scorer does), over `count` users given by `user(n)`.
+fn throughput<'a>(
+    model: &Recommender,
+    order: Order,
+    depth: usize,
+    together: usize,
+    count: usize,
+    user: impl Fn(usize) -> (&'a [u32], &'a [u8], Option<u32>),
+) -> f64 {
+    let mut scratches: Vec<Scratch> = (0..together).map(|_| Scratch::default()).collect();
+    let started = Instant::now();
+    for first in (0..count).step_by(together) {
+        let queries: Vec<TopQuery> = (first..(first + together).min(count))
+            .map(|n| {
+                let (items, classes, user) = user(n);
+                TopQuery {
+                    order,
+                    user,
+                    items,
+                    classes,
+                    n: depth,
+                }
+            })
+            .collect();
+        std::hint::black_box(model.top_lists(&queries, |a, b| a.cmp(&b), &mut scratches));
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `bench --model`: a saved model's uncached top-10 latency in each order, on the same users,
+/// and the service's uncached path: the default order to RANKING_DEPTH, one user alone and as
+/// many users per second as batches of 1, 8 and 64 waiting requests give.
 fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
     let model = ModelFile::load(path)?.recommender;
     let data = args.data.read()?;
@@ -74,13 +111,14 @@ fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
     let served = [Order::Score, Order::ExpectedRating]
         .into_iter()
         .filter(|&o| o == Order::ExpectedRating || model.default_order() == Order::Score);
+    let user = |n: usize| {
+        let user = (n * 7919) % rows.len();
+        let (items, classes) = &rows[user];
+        let in_model = model.users().get(data.users.id(user as u32));
+        (&items[..], &classes[..], in_model)
+    };
     for order in served {
-        let (p50, p99) = top10_latency(&model, order, args.users, |n| {
-            let user = (n * 7919) % rows.len();
-            let (items, classes) = &rows[user];
-            let in_model = model.users().get(data.users.id(user as u32));
-            (items, classes, in_model)
-        });
+        let (p50, p99) = latency(&model, order, 10, args.users, user);
         orders.insert(
             serde_json::to_value(order)?
                 .as_str()
@@ -89,6 +127,15 @@ fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
             json!({"top10_p50_us": p50, "top10_p99_us": p99}),
         );
     }
+    let order = model.default_order();
+    let (p50, p99) = latency(&model, order, RANKING_DEPTH, args.users, user);
+    let per_second: serde_json::Map<String, serde_json::Value> = [1, 8, 64]
+        .into_iter()
+        .map(|together| {
+            let rate = throughput(&model, order, RANKING_DEPTH, together, args.users, user);
+            (together.to_string(), json!(rate))
+        })
+        .collect();
     println!(
         "{}",
         json!({
@@ -99,6 +146,13 @@ fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
             "hidden_item_based": model.item_side().as_ref().map(|s| s.rbm.hidden()),
             "default_order": model.default_order(),
             "uncached": orders,
+            "served": {
+                "order": order,
+                "depth": RANKING_DEPTH,
+                "p50_us": p50,
+                "p99_us": p99,
+                "users_per_second_by_waiting": per_second,
+            },
         })
     );
     Ok(())
@@ -119,6 +173,10 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
         // RBM's catalogue-wide draw shows in `evaluate`'s train_seconds.
         choice: false,
         ..TrainConfig::recommended(data.shape()).user
+    };
+    let params = crate::model::RbmParams {
+        batch_size: args.batch_size.unwrap_or(params.batch_size),
+        ..params
     };
     let matrix = data.user_matrix();
     let fit =
@@ -153,7 +211,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
     .to_bytes()?
     .len();
     let n_users = matrix.n_rows();
-    let (p50, p99) = top10_latency(&model, Order::ExpectedRating, args.users, |n| {
+    let (p50, p99) = latency(&model, Order::ExpectedRating, 10, args.users, |n| {
         let (items, classes) = matrix.row((n * 7919) % n_users);
         (items, classes, None)
     });
@@ -166,6 +224,7 @@ pub(super) fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "hidden": args.hidden,
             "k": data.scale.classes(),
             "cd_steps": args.cd_steps,
+            "batch_size": params.batch_size,
             "simd": model::isa().name(),
             "threads": if params.threads == 0 { rayon::current_num_threads() } else { params.threads },
             "epochs": fit.history.len(),

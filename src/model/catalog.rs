@@ -81,14 +81,28 @@ impl CatalogWeights {
 
     /// E[class] of every item under p(v | h), into `out` (one per item).
     pub fn expected_classes(&self, hidden: &[f32], out: &mut [f32]) {
-        self.pass(&self.weights, hidden, out, None);
+        self.pass(
+            &self.weights,
+            vec![PassJob {
+                hidden,
+                out,
+                log_normalisers: None,
+            }],
+        );
     }
 
     /// For the joint RBM `rbm` (the model this was built from): E[class | rated] of every item
     /// into `expected` and log p(rated | h) = log σ(logsumexp_k(b[i][k] + W[i][k]·h) + Dimp[i]·h)
     /// into `log_rated`; one pass over W, plus one over Dimp.
     pub fn choice(&self, rbm: &Rbm, hidden: &[f32], expected: &mut [f32], log_rated: &mut [f32]) {
-        self.pass(&self.weights, hidden, expected, Some(log_rated));
+        self.pass(
+            &self.weights,
+            vec![PassJob {
+                hidden,
+                out: expected,
+                log_normalisers: Some(&mut *log_rated),
+            }],
+        );
         let implicit = rbm.implicit().expect("a joint RBM is conditional");
         log_rated
             .par_chunks_mut(CATALOG_TASK)
@@ -102,8 +116,11 @@ impl CatalogWeights {
             });
     }
 
-    /// E[class] of every item from the f16 weights into `approx`, and into `radius` a bound on how
-    /// far each is from what `expected_classes` computes.
+    /// For each of `screenings` (users scored together, so that the weights are read once for
+    /// all of them): E[class] of every item from the f16 weights into `approx`, and into
+    /// `radius` a bound on how far each is from what `expected_classes` computes; with `rated`,
+    /// for the joint RBM `rbm` (the model this was built from), bounds `low ≤ log p(rated | h) ≤
+    /// high` of what `choice` computes. Each user's values are exactly those of a pass of its own.
     ///
     /// Per logit, the f16 rounding moves the exact sum by at most max|ΔW|·Σh, and each computed
     /// sum of M + 1 terms is within γ = (M+1)u/(1 − (M+1)u) of its exact value relative to Σ|terms|
@@ -116,9 +133,65 @@ impl CatalogWeights {
     /// So a logit's radius is α·Σh + β per item, with α = max|ΔW| + γ(2·max|W| + max|ΔW|) and
     /// β = 2γ·max|b| fixed at construction; the bound arithmetic here runs in f32 with a relative
     /// slack of 1e-5 for its own rounding.
-    pub fn screen(&self, hidden: &[f32], approx: &mut [f32], radius: &mut [f32]) {
-        self.pass(&self.halves, hidden, approx, None);
-        self.expected_radii(hidden, radius);
+    ///
+    /// logsumexp is 1-Lipschitz in the largest change of its arguments, so the f16 logits' LSE is
+    /// within the logit radius of the f32 one, plus 1e-4 for the computed LSE's own error (a few
+    /// 1e-6 relative in its sum and logarithm). Dimp[i]·h is computed exactly as `choice` does,
+    /// and log σ is increasing with slope below 1; a relative slack of 1e-5 covers its rounding.
+    pub fn screen(&self, rbm: &Rbm, screenings: &mut [Screening]) {
+        self.pass(
+            &self.halves,
+            screenings
+                .iter_mut()
+                .map(|s| PassJob {
+                    hidden: s.hidden,
+                    out: &mut *s.approx,
+                    log_normalisers: s.rated.as_mut().map(|(low, _)| &mut **low),
+                })
+                .collect(),
+        );
+        for s in screenings.iter_mut() {
+            self.expected_radii(s.hidden, s.radius);
+        }
+        // Per joint user: ĥ, Σ|ĥ|, and the bounds to finish.
+        let joint: Vec<JointBounds> = screenings
+            .iter_mut()
+            .filter_map(|s| {
+                let (low, high) = s.rated.as_mut()?;
+                Some((s.hidden, self.mass(s.hidden), &mut **low, &mut **high))
+            })
+            .collect();
+        if joint.is_empty() {
+            return;
+        }
+        let implicit = rbm.implicit().expect("a joint RBM is conditional");
+        let slack = |x: f32| 1e-5 * (1.0 + x.abs());
+        by_task(joint, |(hidden, mass, low, high)| {
+            low.chunks_mut(CATALOG_TASK)
+                .zip(high.chunks_mut(CATALOG_TASK))
+                .map(move |(low, high)| (hidden, mass, low, high))
+        })
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(task, mut users)| {
+            let items = users[0].2.len();
+            for n in 0..items {
+                let i = task * CATALOG_TASK + n;
+                // Item i's row of Dimp is read once for all the users.
+                let row = implicit.row(i);
+                let row = row.as_slice().expect("contiguous");
+                let [alpha, beta] = self.radius_terms[i];
+                for (hidden, mass, low, high) in users.iter_mut() {
+                    let shared = kernels::dot(row, hidden);
+                    let reach = alpha * *mass + beta + 1e-4;
+                    let (l, h) = (
+                        log_sigmoid(low[n] + shared - reach),
+                        log_sigmoid(low[n] + shared + reach),
+                    );
+                    (low[n], high[n]) = (l - slack(l), h + slack(h));
+                }
+            }
+        });
     }
 
     /// Σ|h| rounded up: an item's logit radius is α·mass + β (see `screen`).
@@ -140,47 +213,6 @@ impl CatalogWeights {
             };
             *r = moved * (1.0 + 1e-5) + floor;
         }
-    }
-
-    /// For the joint RBM `rbm`: `screen`, and bounds `rated_low ≤ log p(rated | h) ≤ rated_high`
-    /// of what `choice` computes, for every item.
-    ///
-    /// logsumexp is 1-Lipschitz in the largest change of its arguments, so the f16 logits' LSE is
-    /// within the logit radius of the f32 one, plus 1e-4 for the computed LSE's own error (a few
-    /// 1e-6 relative in its sum and logarithm). Dimp[i]·h is computed exactly as `choice` does,
-    /// and log σ is increasing with slope below 1; a relative slack of 1e-5 covers its rounding.
-    pub fn screen_choice(
-        &self,
-        rbm: &Rbm,
-        hidden: &[f32],
-        approx: &mut [f32],
-        radius: &mut [f32],
-        rated_low: &mut [f32],
-        rated_high: &mut [f32],
-    ) {
-        self.pass(&self.halves, hidden, approx, Some(rated_low));
-        self.expected_radii(hidden, radius);
-        let implicit = rbm.implicit().expect("a joint RBM is conditional");
-        let mass = self.mass(hidden);
-        let slack = |x: f32| 1e-5 * (1.0 + x.abs());
-        rated_low
-            .par_chunks_mut(CATALOG_TASK)
-            .zip(rated_high.par_chunks_mut(CATALOG_TASK))
-            .enumerate()
-            .for_each(|(task, (low, high))| {
-                for (n, (low, high)) in low.iter_mut().zip(high).enumerate() {
-                    let i = task * CATALOG_TASK + n;
-                    let row = implicit.row(i);
-                    let shared = kernels::dot(row.as_slice().expect("contiguous"), hidden);
-                    let [alpha, beta] = self.radius_terms[i];
-                    let reach = alpha * mass + beta + 1e-4;
-                    let (l, h) = (
-                        log_sigmoid(*low + shared - reach),
-                        log_sigmoid(*low + shared + reach),
-                    );
-                    (*low, *high) = (l - slack(l), h + slack(h));
-                }
-            });
     }
 
     /// `choice` for the listed items only, exactly as it computes them.
@@ -273,48 +305,84 @@ impl CatalogWeights {
     }
 
     simd::multiversion! {
-        /// The catalogue pass over `weights` (the f32 or the f16 copy). Tasks of CATALOG_TASK items
-        /// are spread over the rayon pool, since one request's cost is reading all of W once.
-        /// With `log_normalisers`, also each item's log Σ_k e^{logit_k}.
-        fn pass / pass_avx2<T: kernels::Weight>(
-            &self,
-            weights: &[T],
-            hidden: &[f32],
-            out: &mut [f32],
-            log_normalisers: Option<&mut [f32]>,
-        ) {
+        /// The catalogue pass over `weights` (the f32 or the f16 copy) for every job's hidden
+        /// vector. Tasks of CATALOG_TASK items are spread over the rayon pool, and within a task
+        /// each pair of blocks serves every job while it is in cache: one pass over memory
+        /// whatever the number of users, which is what a request's cost is. A job's values are
+        /// the same, bit for bit, as from a pass of its own.
+        fn pass / pass_avx2<T: kernels::Weight>(&self, weights: &[T], jobs: Vec<PassJob>) {
             use kernels::LANES;
             let (k, m) = (self.classes, self.hidden);
-            assert_eq!(out.len(), self.items);
             let block_len = m * k * LANES;
-            let task = |task: usize, out: &mut [f32], mut lse: Option<&mut [f32]>| {
-                // Two blocks per kernel call: twice the independent sums in flight.
-                for (n, out) in out.chunks_mut(2 * LANES).enumerate() {
-                    let first = task * (CATALOG_TASK / LANES) + 2 * n;
-                    let blocks = out.len().div_ceil(LANES);
-                    let at = n * 2 * LANES;
-                    self.blocks_expected(
-                        &weights[first * block_len..(first + blocks) * block_len],
-                        &hidden[..m],
-                        &self.bias[first * k * LANES..(first + blocks) * k * LANES],
-                        out,
-                        lse.as_deref_mut().map(|l| &mut l[at..at + out.len()]),
-                    );
-                }
-            };
-            match log_normalisers {
-                Some(lse) => out
-                    .par_chunks_mut(CATALOG_TASK)
-                    .zip(lse.par_chunks_mut(CATALOG_TASK))
-                    .enumerate()
-                    .for_each(|(t, (out, lse))| task(t, out, Some(lse))),
-                None => out
-                    .par_chunks_mut(CATALOG_TASK)
-                    .enumerate()
-                    .for_each(|(t, out)| task(t, out, None)),
+            for job in &jobs {
+                assert_eq!(job.out.len(), self.items);
             }
+            by_task(jobs, |job| {
+                let mut lse = job.log_normalisers.map(|l| l.chunks_mut(CATALOG_TASK));
+                job.out.chunks_mut(CATALOG_TASK).map(move |out| {
+                    let lse = lse.as_mut().map(|l| l.next().expect("as long as out"));
+                    (job.hidden, out, lse)
+                })
+            })
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(task, mut users)| {
+                let items = users[0].1.len();
+                // Two blocks per kernel call: twice the independent sums in flight.
+                for (n, at) in (0..items).step_by(2 * LANES).enumerate() {
+                    let first = task * (CATALOG_TASK / LANES) + 2 * n;
+                    let end = (at + 2 * LANES).min(items);
+                    let blocks = (end - at).div_ceil(LANES);
+                    let weights = &weights[first * block_len..(first + blocks) * block_len];
+                    let bias = &self.bias[first * k * LANES..(first + blocks) * k * LANES];
+                    for (hidden, out, lse) in users.iter_mut() {
+                        self.blocks_expected(
+                            weights,
+                            &hidden[..m],
+                            bias,
+                            &mut out[at..end],
+                            lse.as_deref_mut().map(|l| &mut l[at..end]),
+                        );
+                    }
+                }
+            });
         }
     }
+}
+
+type JointBounds<'a> = (&'a [f32], f32, &'a mut [f32], &'a mut [f32]);
+
+/// One user's share of a catalogue pass: the hidden vector, one value per item out, and each
+/// item's log Σ_k e^{logit_k} if asked.
+struct PassJob<'a> {
+    hidden: &'a [f32],
+    out: &'a mut [f32],
+    log_normalisers: Option<&'a mut [f32]>,
+}
+
+/// One user of `CatalogWeights::screen`: ĥ in, per-item bounds out (each as long as the catalogue).
+pub struct Screening<'a> {
+    pub hidden: &'a [f32],
+    pub approx: &'a mut [f32],
+    pub radius: &'a mut [f32],
+    /// For the joint RBM's score order: where the bounds of log p(rated | h) go.
+    pub rated: Option<(&'a mut [f32], &'a mut [f32])>,
+}
+
+/// Cuts each job by `chunks` into its CATALOG_TASK-item pieces and regroups them by task: the
+/// i-th list holds every job's i-th piece, in job order.
+fn by_task<J, P, C: Iterator<Item = P>>(jobs: Vec<J>, chunks: impl Fn(J) -> C) -> Vec<Vec<P>> {
+    let mut tasks: Vec<Vec<P>> = Vec::new();
+    let count = jobs.len();
+    for job in jobs {
+        for (task, piece) in chunks(job).enumerate() {
+            if task == tasks.len() {
+                tasks.push(Vec::with_capacity(count));
+            }
+            tasks[task].push(piece);
+        }
+    }
+    tasks
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 mod fit;
 mod top_n;
 
+pub use top_n::TopQuery;
+
 use super::catalog::CatalogWeights;
 use super::evaluate::predict;
 use super::kernels;

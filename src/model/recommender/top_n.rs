@@ -2,6 +2,7 @@
 //! still make the list are scored exactly, so a list equals the full f32 pass's.
 
 use super::{Order, Ranked, Recommender, Scratch};
+use crate::model::catalog::Screening;
 use crate::model::evaluate::best_n;
 use crate::model::kernels;
 use crate::model::simd;
@@ -95,6 +96,18 @@ fn nth_largest(values: impl Iterator<Item = f32>, n: usize) -> f32 {
     }
 }
 
+/// One user's query for `Recommender::top_lists`.
+#[derive(Debug, Clone, Copy)]
+pub struct TopQuery<'a> {
+    pub order: Order,
+    /// The user's index in the item-based RBM, if it knows the user.
+    pub user: Option<u32>,
+    /// The user's current ratings, sorted by item.
+    pub items: &'a [u32],
+    pub classes: &'a [u8],
+    pub n: usize,
+}
+
 impl Recommender {
     /// The `n` best items the user has not rated, best first, ties ordered by `tie`: the same
     /// items and expected ratings as ranking `expected_ratings`, at a fraction of the memory
@@ -110,26 +123,69 @@ impl Recommender {
         items: &[u32],
         classes: &[u8],
         n: usize,
+        tie: impl Fn(u32, u32) -> std::cmp::Ordering + Sync,
+        scratch: &mut Scratch,
+    ) -> Vec<Ranked> {
+        let query = TopQuery {
+            order,
+            user,
+            items,
+            classes,
+            n,
+        };
+        let mut lists = self.top_lists(&[query], tie, std::slice::from_mut(scratch));
+        lists.pop().expect("one list per query")
+    }
+
+    /// `top_n` for several users at once, one scratch each: the screening pass, which reads the
+    /// whole of W, reads it once for all of them, and each list is the one `top_n` gives alone.
+    pub fn top_lists(
+        &self,
+        queries: &[TopQuery],
+        tie: impl Fn(u32, u32) -> std::cmp::Ordering + Sync,
+        scratches: &mut [Scratch],
+    ) -> Vec<Vec<Ranked>> {
+        assert!(scratches.len() >= queries.len(), "a scratch per query");
+        let d = self.items.len();
+        let mut lists = vec![Vec::new(); queries.len()];
+        let mut screened = Vec::new();
+        for ((query, scratch), list) in queries.iter().zip(scratches.iter_mut()).zip(&mut lists) {
+            scratch.rated.clear();
+            scratch.rated.resize(d, false);
+            for &i in query.items {
+                scratch.rated[i as usize] = true;
+            }
+            if query.n.saturating_mul(4) < d {
+                screened.push((query, scratch, list));
+            } else {
+                *list = self.ranked_in_full(query, &tie, scratch);
+            }
+        }
+        if !screened.is_empty() {
+            self.screened(&mut screened, &tie);
+        }
+        lists
+    }
+
+    /// `top_n` by scoring every item.
+    fn ranked_in_full(
+        &self,
+        query: &TopQuery,
         tie: impl Fn(u32, u32) -> std::cmp::Ordering,
         scratch: &mut Scratch,
     ) -> Vec<Ranked> {
         let d = self.items.len();
-        let mut rated = std::mem::take(&mut scratch.rated);
-        rated.clear();
-        rated.resize(d, false);
-        for &i in items {
-            rated[i as usize] = true;
-        }
-        if n.saturating_mul(4) < d {
-            let beta = self.ranking_weight.filter(|_| order == Order::Score);
-            let best = self.screened(beta, user, items, classes, n, &rated, &tie, scratch);
-            scratch.rated = rated;
-            return best;
-        }
         let mut score = std::mem::take(&mut scratch.scores);
         let mut expected = std::mem::take(&mut scratch.approx);
         score.resize(d, 0.0);
         expected.resize(d, 0.0);
+        let TopQuery {
+            order,
+            user,
+            items,
+            classes,
+            n,
+        } = *query;
         self.scores(
             order,
             user,
@@ -140,68 +196,97 @@ impl Recommender {
             &mut expected,
         );
         let all = (0..d as u32)
-            .filter(|&i| !rated[i as usize])
+            .filter(|&i| !scratch.rated[i as usize])
             .map(|i| Ranked {
                 item: i,
                 score: score[i as usize],
                 expected_rating: expected[i as usize],
             })
             .collect();
-        scratch.rated = rated;
         scratch.scores = score;
         scratch.approx = expected;
         best_ranked(all, n, tie)
     }
 
+    /// β of the score order, None for the expected-rating order.
+    fn beta(&self, order: Order) -> Option<f32> {
+        self.ranking_weight.filter(|_| order == Order::Score)
+    }
+
     simd::multiversion! {
-        /// `top_n` through the f16 screening, in the expected-rating order (`beta` None) or by the
-        /// score log p(rated) + β·E[rating] (`beta` Some). An item's bounds are the sum of its terms'
-        /// bounds: both terms are non-decreasing in what the screening bounds, and β ≥ 0.
+        /// `top_lists` through the f16 screening: ĥ of every user, one screening pass for them
+        /// all, then each user's exact scoring, users in parallel. Each list goes to its slot.
+        fn screened / screened_avx2(
+            &self,
+            users: &mut [(&TopQuery, &mut Scratch, &mut Vec<Ranked>)],
+            tie: &(impl Fn(u32, u32) -> std::cmp::Ordering + Sync),
+        ) {
+            use rayon::prelude::*;
+            let d = self.items.len();
+            let mut screenings = Vec::with_capacity(users.len());
+            for (query, scratch, _) in users.iter_mut() {
+                self.user_hidden(query.items, query.classes, scratch);
+                let Scratch {
+                    hidden,
+                    approx,
+                    radius,
+                    rated_low,
+                    rated_high,
+                    ..
+                } = &mut **scratch;
+                for buffer in [&mut *approx, &mut *radius, &mut *rated_low, &mut *rated_high] {
+                    buffer.resize(d, 0.0);
+                }
+                let rated = match self.beta(query.order) {
+                    Some(_) => Some((&mut rated_low[..], &mut rated_high[..])),
+                    None => {
+                        // log p(rated) does not enter the expected-rating order.
+                        rated_low.fill(0.0);
+                        rated_high.fill(0.0);
+                        None
+                    }
+                };
+                screenings.push(Screening {
+                    hidden,
+                    approx,
+                    radius,
+                    rated,
+                });
+            }
+            self.catalog.screen(&self.user_rbm, &mut screenings);
+            drop(screenings);
+            users.par_iter_mut().for_each(|(query, scratch, list)| {
+                **list = self.screened_list(query, tie, scratch);
+            });
+        }
+    }
+
+    simd::multiversion! {
+        /// One user's list from the screening's bounds in `scratch`: an item's bounds are the sum of
+        /// its terms' bounds, since both terms are non-decreasing in what the screening bounds, and
+        /// β ≥ 0.
         ///
         /// The item side's E[class] enters the rating through (1 − blend weight) and costs K·M
         /// multiply-adds an item, as much as the screening: it is first bounded by the range of
         /// E[class], then computed exactly for the items that can still reach the list, whose bounds
         /// it tightens; only the items that can reach it after that are scored exactly.
-        #[allow(clippy::too_many_arguments)]
-        fn screened / screened_avx2(
+        fn screened_list / screened_list_avx2(
             &self,
-            beta: Option<f32>,
-            user: Option<u32>,
-            items: &[u32],
-            classes: &[u8],
-            n: usize,
-            rated: &[bool],
+            query: &TopQuery,
             tie: impl Fn(u32, u32) -> std::cmp::Ordering,
             scratch: &mut Scratch,
         ) -> Vec<Ranked> {
-            self.user_hidden(items, classes, scratch);
             let d = self.items.len();
+            let (beta, user, n) = (self.beta(query.order), query.user, query.n);
             let take = |buffer: &mut Vec<f32>| {
                 let mut taken = std::mem::take(buffer);
                 taken.resize(d, 0.0);
                 taken
             };
-            let (mut approx, mut radius) = (take(&mut scratch.approx), take(&mut scratch.radius));
-            // Bounds of log p(rated) under the score order, 0 under the expected-rating order.
-            let (mut rated_low, mut rated_high) =
-                (take(&mut scratch.rated_low), take(&mut scratch.rated_high));
+            let (approx, radius) = (take(&mut scratch.approx), take(&mut scratch.radius));
+            let (rated_low, rated_high) = (take(&mut scratch.rated_low), take(&mut scratch.rated_high));
             let (mut lower, mut upper) = (take(&mut scratch.scores), take(&mut scratch.bound));
-            match beta {
-                Some(_) => self.catalog.screen_choice(
-                    &self.user_rbm,
-                    &scratch.hidden,
-                    &mut approx,
-                    &mut radius,
-                    &mut rated_low,
-                    &mut rated_high,
-                ),
-                None => {
-                    self.catalog
-                        .screen(&scratch.hidden, &mut approx, &mut radius);
-                    rated_low.fill(0.0);
-                    rated_high.fill(0.0);
-                }
-            }
+            let rated = std::mem::take(&mut scratch.rated);
             let weight = beta.unwrap_or(1.0);
             let bound = |i: usize, item_low: Option<f32>, item_high: Option<f32>| {
                 (
@@ -219,7 +304,7 @@ impl Recommender {
             for i in 0..d {
                 (lower[i], upper[i]) = bound(i, range.map(|r| r.0), range.map(|r| r.1));
             }
-            let mut reach = reachable(&lower, &upper, rated, n);
+            let mut reach = reachable(&lower, &upper, &rated, n);
             let mut item_based = take(&mut scratch.item_based);
             let exact = self.item_based_classes_of(
                 item_user,
@@ -272,6 +357,7 @@ impl Recommender {
             (scratch.rated_low, scratch.rated_high) = (rated_low, rated_high);
             (scratch.scores, scratch.bound) = (lower, upper);
             scratch.item_based = item_based;
+            scratch.rated = rated;
             best
         }
     }

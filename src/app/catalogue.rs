@@ -34,7 +34,7 @@ impl Catalogue {
                 .max_capacity(TITLE_CACHE_ENTRIES)
                 .time_to_live(TITLE_TTL)
                 .build(),
-            popularity: Arc::new(Popularity::new(store.clone())),
+            popularity: Popularity::start(store.clone()),
             store,
         }
     }

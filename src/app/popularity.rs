@@ -4,7 +4,8 @@
 //! POPULAR_TTL for writes made elsewhere (another replica, an import). A request that finds the
 //! list out of date waits up to REFRESH_WAIT for the new one, which on small data always arrives
 //! (so a write shows at once); past that it gets the previous list while the refresh finishes in
-//! the background. Only when there is no list yet does a request wait for the query.
+//! the background. The first count starts with the service; only a request that comes before it
+//! ends waits for it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,12 +43,19 @@ struct Kept {
 }
 
 impl Popularity {
-    pub fn new(store: Store) -> Self {
-        Self {
+    /// Starts counting at once, in the background, so that the first page need not wait for a
+    /// count over every rating (which at 100 M outlasts a request's timeout).
+    pub fn start(store: Store) -> Arc<Self> {
+        let popularity = Arc::new(Self {
             store,
             writes: AtomicU64::new(0),
             kept: Mutex::new(Kept::default()),
-        }
+        });
+        // Under the lock, so that the count cannot finish (and clear `refresh`) before it is set.
+        let mut kept = popularity.kept.lock().expect("popularity lock");
+        kept.refresh = Some(popularity.start_refresh());
+        drop(kept);
+        popularity
     }
 
     /// Marks the kept list out of date.

@@ -2,6 +2,7 @@
 //! model, recommendations from it, the catalogue of ratings and items, and training runs. The HTTP
 //! handlers and the CLI talk to these; only they talk to the store.
 
+mod batching;
 mod catalogue;
 mod popularity;
 mod recommendations;

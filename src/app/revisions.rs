@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+
+use super::batching::Batches;
 
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -60,25 +62,12 @@ impl Revisions {
 
 async fn read_batches(
     store: Store,
-    mut waiting: mpsc::Receiver<(String, Reply)>,
+    waiting: mpsc::Receiver<(String, Reply)>,
     in_flight: usize,
     metrics: Arc<Metrics>,
 ) {
-    let statements = Arc::new(Semaphore::new(in_flight));
-    while let Some(first) = waiting.recv().await {
-        let permit = statements
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        // Whatever queued up while a statement slot was busy goes into this one.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match waiting.try_recv() {
-                Ok(lookup) => batch.push(lookup),
-                Err(_) => break,
-            }
-        }
+    let mut batches = Batches::new(waiting, in_flight, MAX_BATCH);
+    while let Some((permit, batch)) = batches.next(|_, _| true).await {
         metrics.observe_revision_batch(batch.len());
         let store = store.clone();
         tokio::spawn(async move {

@@ -8,9 +8,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::ServiceError;
+use super::batching::Batches;
 use super::serving::ServedModel;
 use crate::metrics::Metrics;
 use crate::model::{Order, Ranked, Scratch, TopQuery};
@@ -64,36 +65,12 @@ impl Scorer {
     }
 }
 
-async fn score_batches(mut waiting: mpsc::Receiver<Queued>, metrics: Arc<Metrics>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+async fn score_batches(waiting: mpsc::Receiver<Queued>, metrics: Arc<Metrics>) {
+    let mut batches = Batches::new(waiting, IN_FLIGHT, MAX_BATCH);
     let scratches = Scratches::default();
-    // A job for another model version than the batch it was taken for starts the next batch.
-    let mut next: Option<Queued> = None;
-    loop {
-        let first = match next.take() {
-            Some(job) => job,
-            None => match waiting.recv().await {
-                Some(job) => job,
-                None => return,
-            },
-        };
-        let slot = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        // Whatever queued up while the slots were busy goes into this batch.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match waiting.try_recv() {
-                Ok(job) if Arc::ptr_eq(&job.0.model, &batch[0].0.model) => batch.push(job),
-                Ok(job) => {
-                    next = Some(job);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+    // One pass serves one model: a job for another version starts the next batch.
+    let same_model = |a: &Queued, b: &Queued| Arc::ptr_eq(&a.0.model, &b.0.model);
+    while let Some((slot, batch)) = batches.next(same_model).await {
         metrics.observe_scoring_batch(batch.len());
         let scratches = scratches.clone();
         super::spawn_blocking(move || {

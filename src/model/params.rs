@@ -451,7 +451,10 @@ mod tests {
         };
         let ml_1m = TrainConfig::recommended(shape(1_000_209, 6040, 3706));
         assert!(ml_1m.user.choice);
-        assert_eq!((ml_1m.user.epochs, ml_1m.item.as_ref().unwrap().epochs), (120, 120));
+        assert_eq!(
+            (ml_1m.user.epochs, ml_1m.item.as_ref().unwrap().epochs),
+            (120, 120)
+        );
         let netflix = TrainConfig::recommended(shape(100_480_507, 480_189, 17_770));
         assert!(
             !netflix.user.choice,

@@ -1,12 +1,12 @@
-//! Uncached rankings, scored together. A ranking's cost is one pass over the model's weights (11
-//! MB of f16 for ML-1M's user side, 53 MB at Netflix's size), which for one user is bound by
-//! memory; so the users whose requests wait at the same time are scored in one pass
+//! Uncached rankings, scored together. A ranking's cost is one pass over the model's weights (11 MB
+//! of f16 for ML-1M's user side, 53 MB at Netflix's size), which for one user is bound by memory;
+//! so the users whose requests wait at the same time are scored in one pass
 //! (`Recommender::top_lists`), each list the same as scored alone. (`bench --model` on ML-1M: 30%
-//! more users a second, the pass then bound by arithmetic; at 100 M ratings the cold service,
-//! with mimalloc as well, answered twice the requests of the version before.) Requests queue to one task, which sends whatever is waiting for the same model
-//! version (up to MAX_BATCH) to the blocking pool, with up to IN_FLIGHT batches running: an idle
-//! service scores a lone request at once, a busy one scores everyone who arrived while the last
-//! batches ran.
+//! more users a second, the pass then bound by arithmetic; at 100 M ratings the cold service, with
+//! mimalloc as well, answered twice the requests of the version before.) Requests queue to one
+//! task, which sends whatever is waiting for the same model version (up to MAX_BATCH) to the
+//! blocking pool, with up to IN_FLIGHT batches running: an idle service scores a lone request at
+//! once, a busy one scores everyone who arrived while the last batches ran.
 
 use std::sync::{Arc, Mutex};
 

@@ -18,9 +18,9 @@ use futures_util::future::{BoxFuture, Shared};
 use super::ServiceError;
 use crate::store::{PopularItem, Store};
 
-/// How many of the most rated items are kept; a page that needs more (a user who rated many of
-/// them) queries the store.
-const KEPT: usize = 1000;
+/// How many of the most rated items are kept, and so listed: pages past them are empty rather
+/// than a count over every rating per request.
+const KEPT: usize = 10_000;
 const POPULAR_TTL: Duration = Duration::from_secs(60);
 const REFRESH_WAIT: Duration = Duration::from_millis(50);
 
@@ -70,9 +70,6 @@ impl Popularity {
         offset: usize,
         exclude: &HashSet<String>,
     ) -> Result<Vec<PopularItem>, ServiceError> {
-        if limit + offset + exclude.len() > KEPT {
-            return Ok(self.store.popular_items(limit, offset, exclude).await?);
-        }
         let list = self.list().await?;
         Ok(list
             .iter()

@@ -334,17 +334,19 @@ impl Training {
         let (store, scale, stop) = (self.store.clone(), self.scale, cancel.clone());
         let runtime = tokio::runtime::Handle::current();
         let data = super::spawn_blocking(move || {
-            // The size is an estimate: room for a little more, so that the vector does not
-            // double (and hold two copies) for a few ratings more than estimated.
-            let mut data = DatasetBuilder::new(scale, size.ratings + size.ratings / 20);
-            let read = runtime.block_on(store.for_each_rating(|user, item, value| {
-                if data.len().is_multiple_of(65_536) && stop.load(Ordering::Relaxed) {
-                    return Err(CANCELLED.to_string());
-                }
-                data.push(user, item, value as f32)
-                    .map_err(|e| e.to_string())
-            }));
-            read.map(|_| data.finish())
+            at_background_priority(move || {
+                // The size is an estimate: room for a little more, so that the vector does not
+                // double (and hold two copies) for a few ratings more than estimated.
+                let mut data = DatasetBuilder::new(scale, size.ratings + size.ratings / 20);
+                let read = runtime.block_on(store.for_each_rating(|user, item, value| {
+                    if data.len().is_multiple_of(65_536) && stop.load(Ordering::Relaxed) {
+                        return Err(CANCELLED.to_string());
+                    }
+                    data.push(user, item, value as f32)
+                        .map_err(|e| e.to_string())
+                }));
+                read.map(|_| data.finish())
+            })
         })
         .await
         .map_err(TrainError::failed)?;
@@ -363,28 +365,30 @@ impl Training {
         let trainer = super::spawn_blocking({
             let config = config.clone();
             move || {
-                let trained = Recommender::train(&data, &config, &cancel, |side, stats| {
-                    let _ = sender.send((side, stats.clone()));
-                })?;
-                let metrics = ModelMetrics {
-                    valid_rmse: trained.valid_rmse,
-                    best_epoch: trained.user_fit.best_epoch,
-                    n_train: data.ratings.len(),
-                    users: data.users.len(),
-                    items: data.items.len(),
-                };
-                let metrics = serde_json::to_value(metrics).expect("metrics serialise");
-                let file = ModelFile {
-                    recommender: trained.recommender,
-                    config,
-                    metrics: metrics.clone(),
-                };
-                let blob = file.to_bytes().map_err(|e| ModelError::InvalidParameter {
-                    name: "model",
-                    value: e.to_string(),
-                    rule: "must serialise",
-                })?;
-                Ok::<_, ModelError>((file.recommender, metrics, blob))
+                at_background_priority(move || {
+                    let trained = Recommender::train(&data, &config, &cancel, |side, stats| {
+                        let _ = sender.send((side, stats.clone()));
+                    })?;
+                    let metrics = ModelMetrics {
+                        valid_rmse: trained.valid_rmse,
+                        best_epoch: trained.user_fit.best_epoch,
+                        n_train: data.ratings.len(),
+                        users: data.users.len(),
+                        items: data.items.len(),
+                    };
+                    let metrics = serde_json::to_value(metrics).expect("metrics serialise");
+                    let file = ModelFile {
+                        recommender: trained.recommender,
+                        config,
+                        metrics: metrics.clone(),
+                    };
+                    let blob = file.to_bytes().map_err(|e| ModelError::InvalidParameter {
+                        name: "model",
+                        value: e.to_string(),
+                        rule: "must serialise",
+                    })?;
+                    Ok::<_, ModelError>((file.recommender, metrics, blob))
+                })
             }
         });
         // The lock is what keeps a second process from training (and activating) beside this
@@ -512,5 +516,83 @@ impl Progress {
 
     fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("progress serialises")
+    }
+}
+
+/// The nice value of a run's threads: the lowest priority, so that requests take the cores
+/// whenever they need them and training takes what is left. On two cores a retrain at the
+/// default priority doubled the p99 of the requests served beside it.
+const TRAINING_NICE: i32 = 19;
+
+/// Runs `work` on a thread of its own at `TRAINING_NICE`. Threads it starts (the trainer's rayon
+/// pool) inherit the priority. A thread's priority cannot be raised again without privilege, so
+/// the work does not run on the blocking pool's thread itself, which goes on to serve requests.
+fn at_background_priority<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    // Requests are scored on rayon's global pool, so it must not be started from the training
+    // thread (its threads would inherit the low priority): asking its size starts it here.
+    rayon::current_num_threads();
+    let span = tracing::Span::current();
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("training".to_string())
+            .spawn_scoped(scope, move || {
+                lower_priority();
+                span.in_scope(work)
+            })
+            .expect("spawn the training thread")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// On Linux the nice value belongs to the thread, not the process.
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: setpriority reads no memory of ours; `who` 0 is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, TRAINING_NICE) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the training threads' priority"
+        );
+    }
+}
+
+/// Elsewhere the nice value may be the whole process's: training keeps the default priority.
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn nice() -> i32 {
+        // SAFETY: as above; errno is cleared first, since -1 is a valid nice value.
+        unsafe {
+            *libc::__errno_location() = 0;
+            libc::getpriority(libc::PRIO_PROCESS, 0)
+        }
+    }
+
+    #[test]
+    fn training_threads_run_at_the_lowest_priority_and_the_caller_keeps_its_own() {
+        let before = nice();
+        let (inside, pool, global) = at_background_priority(|| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            let global = rayon::broadcast(|_| nice());
+            (nice(), pool.broadcast(|_| nice()), global)
+        });
+        assert_eq!(inside, TRAINING_NICE);
+        assert_eq!(pool, vec![TRAINING_NICE; 2]);
+        assert!(global.iter().all(|&n| n == before), "{global:?}");
+        assert_eq!(nice(), before);
+    }
+
+    #[test]
+    fn a_panic_in_training_work_reaches_the_caller() {
+        let caught = std::panic::catch_unwind(|| at_background_priority(|| panic!("boom")));
+        assert!(caught.is_err());
     }
 }

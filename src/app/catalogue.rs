@@ -112,9 +112,10 @@ impl Catalogue {
             }
         }
         if !missing.is_empty() {
-            let mut fetched = self.store.titles(&missing).await?;
+            let fetched = self.store.titles(&missing).await?;
+            // `get`, not `remove`: an id asked for twice must find its title both times.
             for id in missing {
-                let title = fetched.remove(id);
+                let title = fetched.get(id).cloned();
                 self.titles.insert(id.to_string(), title.clone());
                 if let Some(title) = title {
                     found.insert(id.to_string(), title);

@@ -4,8 +4,11 @@
 //! POPULAR_TTL for writes made elsewhere (another replica, an import). A request that finds the
 //! list out of date waits up to REFRESH_WAIT for the new one, which on small data always arrives
 //! (so a write shows at once); past that it gets the previous list while the refresh finishes in
-//! the background. The first count starts with the service; only a request that comes before it
-//! ends waits for it.
+//! the background. A count slower than REFRESH_WAIT is run again only once the list is
+//! SLOW_COUNT_SPACING times as old as that count took (and at least POPULAR_TTL old without
+//! writes), so that neither a steady stream of writes nor the TTL keeps the database counting more
+//! than a tenth of the time. The first count starts with the service; only a
+//! request that comes before it ends waits for it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +26,8 @@ use crate::store::{PopularItem, Store};
 const KEPT: usize = 10_000;
 const POPULAR_TTL: Duration = Duration::from_secs(60);
 const REFRESH_WAIT: Duration = Duration::from_millis(50);
+/// A slow count runs at most one tenth of the time.
+const SLOW_COUNT_SPACING: u32 = 10;
 
 type Refresh = Shared<BoxFuture<'static, Result<Arc<[PopularItem]>, String>>>;
 
@@ -39,7 +44,17 @@ struct Kept {
     /// `writes` when the query that produced `list` started, and when it started.
     writes: u64,
     at: Option<Instant>,
+    /// How long that query took.
+    took: Duration,
     refresh: Option<Refresh>,
+}
+
+/// Whether a list counted `age` ago, by a query that took `took`, is still served without a new
+/// count, `written` saying whether ratings were written through this instance since.
+fn is_current(age: Duration, took: Duration, written: bool) -> bool {
+    let spacing = took * SLOW_COUNT_SPACING;
+    let throttled = took > REFRESH_WAIT && age < spacing;
+    age < POPULAR_TTL.max(spacing) && (!written || throttled)
 }
 
 impl Popularity {
@@ -83,8 +98,10 @@ impl Popularity {
     async fn list(self: &Arc<Self>) -> Result<Arc<[PopularItem]>, ServiceError> {
         let (previous, refresh) = {
             let mut kept = self.kept.lock().expect("popularity lock");
-            let current = kept.at.is_some_and(|at| at.elapsed() < POPULAR_TTL)
-                && kept.writes == self.writes.load(Ordering::Relaxed);
+            let written = kept.writes != self.writes.load(Ordering::Relaxed);
+            let current = kept
+                .at
+                .is_some_and(|at| is_current(at.elapsed(), kept.took, written));
             if let (true, Some(list)) = (current, &kept.list) {
                 return Ok(list.clone());
             }
@@ -122,11 +139,38 @@ impl Popularity {
                 kept.list = Some(list.clone());
                 kept.writes = writes;
                 kept.at = Some(at);
+                kept.took = at.elapsed();
             }
             result
         });
         async move { task.await.map_err(|e| e.to_string())? }
             .boxed()
             .shared()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fast_count_follows_every_write_and_a_slow_one_is_spaced_out() {
+        let ms = Duration::from_millis;
+        // A count that takes 2 ms: a write always means a new count.
+        assert!(is_current(ms(1), ms(2), false));
+        assert!(!is_current(ms(1), ms(2), true));
+        assert!(is_current(POPULAR_TTL - ms(1), ms(2), false));
+        assert!(!is_current(POPULAR_TTL, ms(2), false));
+        // A 20 s count (100 M ratings) is counted again 200 s after it started, writes or not.
+        let slow = Duration::from_secs(20);
+        assert!(is_current(Duration::from_secs(30), slow, true));
+        assert!(is_current(Duration::from_secs(199), slow, false));
+        assert!(!is_current(Duration::from_secs(201), slow, true));
+        assert!(!is_current(Duration::from_secs(201), slow, false));
+        // A 3 s count: recounted 30 s after it started after a write, else at the TTL.
+        let medium = Duration::from_secs(3);
+        assert!(is_current(Duration::from_secs(29), medium, true));
+        assert!(!is_current(Duration::from_secs(31), medium, true));
+        assert!(is_current(Duration::from_secs(31), medium, false));
     }
 }

@@ -899,6 +899,150 @@ fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
     );
 }
 
+/// Every item's score in `order` for a user whose ratings are (`items`, `classes`), by the full
+/// catalogue pass.
+fn all_scores(
+    model: &Recommender,
+    order: Order,
+    user: Option<u32>,
+    items: &[u32],
+    classes: &[u8],
+) -> Vec<f32> {
+    let d = model.items().len();
+    let (mut scores, mut expected) = (vec![0.0; d], vec![0.0; d]);
+    let scratch = &mut Scratch::default();
+    model.scores(
+        order,
+        user,
+        items,
+        classes,
+        scratch,
+        &mut scores,
+        &mut expected,
+    );
+    scores
+}
+
+fn without<T: Copy>(values: &[T], left_out: usize) -> Vec<T> {
+    let mut kept = values.to_vec();
+    kept.remove(left_out);
+    kept
+}
+
+#[test]
+fn contributions_equal_a_brute_force_leave_one_out() {
+    let data = planted(200, 160, 6);
+    let train = |config: &TrainConfig| {
+        Recommender::train(&data, config, &Default::default(), |_, _| {})
+            .unwrap()
+            .recommender
+    };
+    let mut joint_config = small_config();
+    joint_config.user.choice = true;
+    let (blend, joint) = (train(&small_config()), train(&joint_config));
+    let known = data.user_matrix();
+    let mut checked = 0;
+    for model in [&blend, &joint] {
+        for row in (0..known.n_rows()).step_by(37) {
+            let (items, classes) = known.row(row);
+            for (user, order) in [Some(row as u32), None]
+                .into_iter()
+                .flat_map(|u| [Order::ExpectedRating, model.default_order()].map(|o| (u, o)))
+            {
+                let targets: Vec<u32> = model
+                    .top_n(
+                        order,
+                        user,
+                        items,
+                        classes,
+                        5,
+                        |a, b| a.cmp(&b),
+                        &mut Scratch::default(),
+                    )
+                    .iter()
+                    .map(|r| r.item)
+                    .collect();
+                let explained = model.explain(order, user, items, classes, &targets, items.len());
+                let all = all_scores(model, order, user, items, classes);
+                // Each rating left out of the ratings themselves, scored by the served pass.
+                let left_out: Vec<Vec<f32>> = (0..items.len())
+                    .map(|r| {
+                        all_scores(model, order, user, &without(items, r), &without(classes, r))
+                    })
+                    .collect();
+                for (&target, reasons) in targets.iter().zip(&explained) {
+                    let t = target as usize;
+                    let mut expected: Vec<(u32, f32)> = items
+                        .iter()
+                        .zip(&left_out)
+                        .map(|(&i, scores)| (i, all[t] - scores[t]))
+                        .collect();
+                    expected.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    let positive = expected.iter().filter(|e| e.1 > 1e-5).count();
+                    assert!(
+                        reasons.len() >= positive,
+                        "{reasons:?} against {expected:?}"
+                    );
+                    for reason in reasons {
+                        assert!(reason.contribution > 0.0);
+                        let (_, brute) = expected.iter().find(|e| e.0 == reason.rated).unwrap();
+                        assert!(
+                            (reason.contribution - brute).abs() < 2e-5,
+                            "item {target}, rating of {}: {} against {brute}",
+                            reason.rated,
+                            reason.contribution
+                        );
+                    }
+                    assert!(
+                        reasons
+                            .windows(2)
+                            .all(|w| w[0].contribution >= w[1].contribution)
+                    );
+                    checked += reasons.len();
+                }
+                let top = model.explain(order, user, items, classes, &targets, 3);
+                for (top, all) in top.iter().zip(&explained) {
+                    assert_eq!(top[..], all[..all.len().min(3)]);
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} contributions were checked");
+}
+
+#[test]
+fn a_recommendation_is_explained_by_ratings_of_its_own_taste_group() {
+    let data = planted(300, 60, 1);
+    let model = Recommender::train(&data, &small_config(), &Default::default(), |_, _| {})
+        .unwrap()
+        .recommender;
+    // A new user who loved group 0 and disliked group 1, five items of each.
+    let liked: Vec<String> = (0..5).map(|n| format!("i{}", 3 * n)).collect();
+    let disliked: Vec<String> = (0..5).map(|n| format!("i{}", 3 * n + 1)).collect();
+    let ratings = liked
+        .iter()
+        .map(|i| (i.as_str(), 5.0))
+        .chain(disliked.iter().map(|i| (i.as_str(), 1.0)));
+    let (items, classes) = model.rated(ratings);
+    let order = model.default_order();
+    let list = model.top_n(
+        order,
+        None,
+        &items,
+        &classes,
+        5,
+        |a, b| a.cmp(&b),
+        &mut Scratch::default(),
+    );
+    let group = |i: u32| model.items().id(i)[1..].parse::<usize>().unwrap() % 3;
+    assert!(list.iter().all(|r| group(r.item) == 0), "{list:?}");
+    let targets: Vec<u32> = list.iter().map(|r| r.item).collect();
+    for reasons in model.explain(order, None, &items, &classes, &targets, 3) {
+        assert_eq!(reasons.len(), 3);
+        assert!(reasons.iter().all(|r| group(r.rated) == 0), "{reasons:?}");
+    }
+}
+
 /// Cosine of rows `a` and `b` of a row-major matrix with `dim` columns, in f64.
 fn cosine(matrix: &[f32], dim: usize, a: usize, b: usize) -> f64 {
     let row = |r: usize| matrix[r * dim..(r + 1) * dim].iter().map(|&x| f64::from(x));

@@ -18,8 +18,8 @@ use serde::Serialize;
 
 pub use catalogue::Catalogue;
 pub use recommendations::{
-    ListSource, PageOrder, RANKING_DEPTH, Recommendation, RecommendationPage, Recommendations,
-    SimilarItem,
+    Because, ListSource, MAX_EXPLAINED, PageOrder, PageRequest, RANKING_DEPTH, Recommendation,
+    RecommendationPage, Recommendations, SimilarItem,
 };
 pub use serving::{ServedModel, Serving};
 pub use training::Training;

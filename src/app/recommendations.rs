@@ -32,6 +32,9 @@ pub struct Recommendation {
     /// carries the shortest digits that give back the same value.
     pub score: f32,
     pub expected_rating: f32,
+    /// Only on explained pages: the user's ratings that raised this item's score most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub because: Option<Vec<Because>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +64,40 @@ impl From<Order> for PageOrder {
         }
     }
 }
+
+/// One of the user's ratings and how much it raised a recommended item's score (see
+/// `Recommender::explain`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Because {
+    pub item_id: String,
+    pub title: Option<String>,
+    pub rating: f64,
+    /// The drop in the recommended item's score, in the units of the page's order, when this
+    /// rating is left out of the v→h pass.
+    pub contribution: f32,
+}
+
+/// A request for a page of recommendations, checked by the caller.
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    pub user_id: String,
+    /// The model's default order if None.
+    pub order: Option<Order>,
+    pub limit: usize,
+    pub offset: usize,
+    /// Item ids left out of the list.
+    pub exclude: HashSet<String>,
+    /// Whether each item says which of the user's ratings raised it most (at most
+    /// `MAX_EXPLAINED` items a page).
+    pub explain: bool,
+}
+
+/// Most items an explained page may hold: each costs R·(K + 1)·M multiply-adds for a user with
+/// R ratings.
+pub const MAX_EXPLAINED: usize = 50;
+
+/// Ratings named per explained item.
+const REASONS: usize = 3;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SimilarItem {
@@ -138,22 +175,27 @@ impl Recommendations {
         }
     }
 
-    /// The user's top unrated items under the active model in `order` (the model's default order
-    /// if None), from the user's ratings as they are in the store now; the most popular items
-    /// when there is no model or the model knows none of the user's items.
-    pub async fn page(
-        &self,
-        user_id: &str,
-        order: Option<Order>,
-        limit: usize,
-        offset: usize,
-        exclude: HashSet<String>,
-    ) -> Result<RecommendationPage, ServiceError> {
+    /// The user's top unrated items under the active model in the request's order (the model's
+    /// default order if none), from the user's ratings as they are in the store now; the most
+    /// popular items when there is no model or the model knows none of the user's items.
+    pub async fn page(&self, request: PageRequest) -> Result<RecommendationPage, ServiceError> {
+        let PageRequest {
+            user_id,
+            order,
+            limit,
+            offset,
+            exclude,
+            explain,
+        } = request;
+        let user_id = user_id.as_str();
         let model = self.serving.current();
         let mut ordered = None;
-        let mut ratings = None;
+        // An explanation needs the ratings the list was scored from, so it reads them first.
+        let mut ratings = match explain {
+            true => Some(self.store.user_ratings(user_id).await?),
+            false => None,
+        };
         if let Some(served) = &model {
-            let mut scored;
             let order = order.unwrap_or_else(|| served.recommender.default_order());
             // A model that did not learn choice ranks by expected rating whatever is asked.
             let order = match served.recommender.ranking_weight() {
@@ -162,24 +204,36 @@ impl Recommendations {
             };
             // One indexed read tells whether a ranking computed earlier still matches the user's
             // ratings; only when it does not are they read and the catalogue scored.
-            let revision = self.revisions.get(user_id).await?;
+            let revision = match &ratings {
+                Some((revision, _)) => *revision,
+                None => self.revisions.get(user_id).await?,
+            };
             let key = (served.version, order, user_id.to_string(), revision);
-            scored = self.cached_page(served, key, limit, offset, &exclude);
+            let mut scored = self.cached_page(served, key, limit, offset, &exclude);
             if scored.is_none() {
-                let (revision, read) = self.store.user_ratings(user_id).await?;
+                let (revision, read) = match ratings.take() {
+                    Some(read) => read,
+                    None => self.store.user_ratings(user_id).await?,
+                };
                 let key = (served.version, order, user_id.to_string(), revision);
                 scored = self
                     .score(served.clone(), key, &read, limit, offset, &exclude)
                     .await?;
-                ratings = Some(read);
+                ratings = Some((revision, read));
             }
-            ordered = scored.take().map(|items| (order, items));
+            ordered = scored.map(|items| (served, order, items));
         }
         let (source, order, mut items) = match ordered {
-            Some((order, items)) => (ListSource::Model, PageOrder::from(order), items),
+            Some((served, order, mut items)) => {
+                if explain {
+                    let (_, read) = ratings.take().expect("read for the explanation");
+                    explain_items(served.clone(), user_id, order, read, &mut items).await?;
+                }
+                (ListSource::Model, PageOrder::from(order), items)
+            }
             None => {
                 let ratings = match ratings {
-                    Some(ratings) => ratings,
+                    Some((_, ratings)) => ratings,
                     None => self.store.user_ratings(user_id).await?.1,
                 };
                 let mut skip = exclude;
@@ -192,16 +246,14 @@ impl Recommendations {
                         title: None,
                         score: p.ratings as f32,
                         expected_rating: p.mean_rating as f32,
+                        // The fallback does not come from the user's ratings.
+                        because: explain.then(Vec::new),
                     })
                     .collect();
                 (ListSource::Popular, PageOrder::Popularity, items)
             }
         };
-        let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
-        let titles = self.catalogue.titles(&ids).await?;
-        for item in &mut items {
-            item.title = titles.get(&item.item_id).cloned();
-        }
+        self.add_titles(&mut items).await?;
         Ok(RecommendationPage {
             user_id: user_id.to_string(),
             model_version: model.map(|m| m.version),
@@ -209,6 +261,24 @@ impl Recommendations {
             order,
             items,
         })
+    }
+
+    /// The titles of the items and of the ratings that explain them.
+    async fn add_titles(&self, items: &mut [Recommendation]) -> Result<(), ServiceError> {
+        let reasons = items.iter().flat_map(|r| r.because.iter().flatten());
+        let ids: Vec<&str> = items
+            .iter()
+            .map(|r| r.item_id.as_str())
+            .chain(reasons.map(|b| b.item_id.as_str()))
+            .collect();
+        let titles = self.catalogue.titles(&ids).await?;
+        for item in items {
+            item.title = titles.get(&item.item_id).cloned();
+            for because in item.because.iter_mut().flatten() {
+                because.title = titles.get(&because.item_id).cloned();
+            }
+        }
+        Ok(())
     }
 
     /// The items most like `item_id`: the list of a user whose one rating is its top rating.
@@ -336,6 +406,60 @@ fn page(
             title: None,
             score: r.score,
             expected_rating: r.expected_rating,
+            because: None,
         })
         .collect()
+}
+
+/// Fills in `because` of every item: the user's ratings (`ratings`, as the list was scored from)
+/// that raised its score in `order` most, by `Recommender::explain`.
+async fn explain_items(
+    served: Arc<ServedModel>,
+    user_id: &str,
+    order: Order,
+    ratings: Vec<(String, f64)>,
+    items: &mut [Recommendation],
+) -> Result<(), ServiceError> {
+    let model = &served.recommender;
+    let user = model.users().get(user_id);
+    let targets: Vec<u32> = items
+        .iter()
+        .map(|r| model.items().get(&r.item_id).expect("listed by this model"))
+        .collect();
+    let explained = super::spawn_blocking(move || {
+        let model = &served.recommender;
+        let (rated, classes) = model.rated(
+            ratings
+                .iter()
+                .map(|(item, value)| (item.as_str(), *value as f32)),
+        );
+        let value: std::collections::HashMap<&str, f64> = ratings
+            .iter()
+            .map(|(item, v)| (item.as_str(), *v))
+            .collect();
+        model
+            .explain(order, user, &rated, &classes, &targets, REASONS)
+            .into_iter()
+            .map(|reasons| {
+                reasons
+                    .into_iter()
+                    .map(|reason| {
+                        let item_id = model.items().id(reason.rated);
+                        Because {
+                            item_id: item_id.to_string(),
+                            title: None,
+                            rating: value[item_id],
+                            contribution: reason.contribution,
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| ServiceError::Task(e.to_string()))?;
+    for (item, because) in items.iter_mut().zip(explained) {
+        item.because = Some(because);
+    }
+    Ok(())
 }

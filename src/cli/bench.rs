@@ -100,9 +100,58 @@ fn throughput<'a>(
     count as f64 / started.elapsed().as_secs_f64()
 }
 
-/// `bench --model`: a saved model's uncached top-10 latency in each order, on the same users,
-/// and the service's uncached path: the default order to RANKING_DEPTH, one user alone and as
-/// many users per second as batches of 1, 8 and 64 waiting requests give.
+/// Ratings of the users an explanation is timed for (or as near as the data set has).
+const EXPLAINED_RATINGS: usize = 200;
+
+/// Microseconds at the 50th and 99th percentiles that explaining a 10-item page adds to it, over
+/// up to `count` users whose ratings number nearest `EXPLAINED_RATINGS`, and their mean number of
+/// ratings.
+fn explain_cost<'a>(
+    model: &Recommender,
+    users: usize,
+    count: usize,
+    user: impl Fn(usize) -> (&'a [u32], &'a [u8], Option<u32>),
+) -> serde_json::Value {
+    let order = model.default_order();
+    let mut nearest: Vec<usize> = (0..users).collect();
+    nearest.sort_by_key(|&n| user(n).0.len().abs_diff(EXPLAINED_RATINGS));
+    nearest.truncate(count.max(1));
+    let mut scratch = Scratch::default();
+    let mut latencies: Vec<f64> = nearest
+        .iter()
+        .map(|&n| {
+            let (items, classes, in_model) = user(n);
+            let page = model.top_n(
+                order,
+                in_model,
+                items,
+                classes,
+                10,
+                |a, b| a.cmp(&b),
+                &mut scratch,
+            );
+            let targets: Vec<u32> = page.iter().map(|r| r.item).collect();
+            let started = Instant::now();
+            std::hint::black_box(model.explain(order, in_model, items, classes, &targets, 3));
+            started.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    let ratings = nearest.iter().map(|&n| user(n).0.len()).sum::<usize>() as f64;
+    json!({
+        "users": nearest.len(),
+        "mean_ratings": ratings / nearest.len() as f64,
+        "page_items": 10,
+        "added_p50_us": percentile(0.5),
+        "added_p99_us": percentile(0.99),
+    })
+}
+
+/// `bench --model`: a saved model's uncached top-10 latency in each order, on the same users;
+/// the service's uncached path: the default order to RANKING_DEPTH, one user alone and as many
+/// users per second as batches of 1, 8 and 64 waiting requests give; and what explaining a
+/// 10-item page adds.
 fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
     let model = ModelFile::load(path)?.recommender;
     let data = args.data.read()?;
@@ -127,6 +176,7 @@ fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
             json!({"top10_p50_us": p50, "top10_p99_us": p99}),
         );
     }
+    let explain = explain_cost(&model, rows.len(), args.users.min(500), user);
     let order = model.default_order();
     let (p50, p99) = latency(&model, order, RANKING_DEPTH, args.users, user);
     let per_second: serde_json::Map<String, serde_json::Value> = [1, 8, 64]
@@ -153,6 +203,7 @@ fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
                 "p99_us": p99,
                 "users_per_second_by_waiting": per_second,
             },
+            "explain": explain,
         })
     );
     Ok(())

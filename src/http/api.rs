@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppJson, AppPath};
-use crate::app::Service;
+use crate::app::{MAX_EXPLAINED, PageRequest, Service};
 use crate::model::{Order, RatingScale};
 use crate::store::{self, Item, NewRating};
 
@@ -227,6 +227,7 @@ struct PageQuery {
     /// Comma-separated item ids to leave out.
     exclude: Option<String>,
     order: Option<String>,
+    explain: Option<String>,
 }
 
 fn check_limit(limit: Option<usize>) -> Result<usize, ApiError> {
@@ -257,7 +258,21 @@ async fn recommendations(
             )));
         }
     };
+    let explain = match query.explain.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::Invalid(format!(
+                "explain: must be true or false, got {other:?}"
+            )));
+        }
+    };
     let limit = check_limit(query.limit)?;
+    if explain && limit > MAX_EXPLAINED {
+        return Err(ApiError::Invalid(format!(
+            "limit: an explained page holds at most {MAX_EXPLAINED} items, got {limit}"
+        )));
+    }
     let offset = query.offset.unwrap_or(0);
     if offset > MAX_OFFSET {
         return Err(ApiError::Invalid(format!(
@@ -274,7 +289,14 @@ async fn recommendations(
     Ok(AppJson(
         service
             .recommendations()
-            .page(&user_id, order, limit, offset, exclude)
+            .page(PageRequest {
+                user_id,
+                order,
+                limit,
+                offset,
+                exclude,
+                explain,
+            })
             .await?,
     ))
 }

@@ -24,7 +24,9 @@ pub use optimizer::OptimizerKind;
 pub use params::{DEFAULT_SEED, DataShape, ITEM_USERS, RbmParams, TrainConfig, ValidRbmParams};
 pub use ratings::{Dataset, DatasetBuilder, Entry, IdMap, Rating, SparseRatings, Split};
 pub use rbm::Rbm;
-pub use recommender::{ItemSide, Order, Ranked, Recommender, Scratch, Side, TopQuery, Trained};
+pub use recommender::{
+    ItemSide, Order, Ranked, Reason, Recommender, Scratch, Side, TopQuery, Trained,
+};
 pub use scale::RatingScale;
 pub use simd::{Isa, isa};
 pub use similarity::{ItemSimilarity, Similarity};

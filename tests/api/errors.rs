@@ -172,6 +172,8 @@ async fn invalid_values_are_named_and_nothing_is_written(app: TestApp) {
         "?limit=abc",
         "?offset=-1",
         "?bogus=1",
+        "?explain=yes",
+        "?explain=true&limit=51",
     ] {
         let (status, body) = app
             .call(

@@ -187,6 +187,98 @@ async fn folds_in_new_ratings(app: &TestApp, user: &str, query: &str) {
     );
 }
 
+async fn recommendations_explain_themselves_from_the_users_own_ratings(app: TestApp) {
+    seed(&app, 90, 18).await;
+    app.retrain(fast_training()).await;
+    // Items of group 1 are Sci-Fi, of group 2 Horror; the users love three of each.
+    let (sci_fi, horror) = (["i01", "i04", "i07"], ["i02", "i05", "i08"]);
+    let genre = |id: &str| match id[1..].parse::<usize>().unwrap() % 3 {
+        1 => "Sci-Fi",
+        2 => "Horror",
+        _ => "Drama",
+    };
+    for item in sci_fi.iter().chain(&horror) {
+        let title = json!({"title": format!("{} {item}", genre(item))});
+        let (status, _) = app
+            .call("PUT", &format!("/items/{item}"), Some(title), false)
+            .await;
+        assert_eq!(status, 200, "the ratings created the item");
+    }
+    for (user, order) in [("fan", ""), ("rater", "&order=expected_rating")] {
+        let ratings: Vec<(&str, &str, f64)> = sci_fi
+            .iter()
+            .chain(&horror)
+            .map(|&i| (user, i, 5.0))
+            .collect();
+        app.post_ratings(&ratings).await;
+        let plain = app.recommendations(user, &format!("?limit=4{order}")).await;
+        assert!(
+            plain["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i.get("because").is_none())
+        );
+        let page = app
+            .recommendations(user, &format!("?limit=4&explain=true{order}"))
+            .await;
+        assert_eq!(item_ids(&page), item_ids(&plain));
+        let mut genres = HashSet::new();
+        for item in page["items"].as_array().unwrap() {
+            let recommended = genre(item["item_id"].as_str().unwrap());
+            genres.insert(recommended);
+            let because = item["because"].as_array().unwrap();
+            assert!(!because.is_empty() && because.len() <= 3, "{item}");
+            for reason in because {
+                let id = reason["item_id"].as_str().unwrap();
+                // A Sci-Fi item is explained by the Sci-Fi ratings, a Horror one by the Horror.
+                assert_eq!(genre(id), recommended, "{item}");
+                assert_eq!(reason["title"], format!("{recommended} {id}"));
+                assert_eq!(reason["rating"], 5.0);
+                assert!(reason["contribution"].as_f64().unwrap() > 0.0);
+            }
+            let contributions: Vec<f64> = because
+                .iter()
+                .map(|r| r["contribution"].as_f64().unwrap())
+                .collect();
+            assert!(contributions.windows(2).all(|w| w[0] >= w[1]), "{item}");
+        }
+        assert_eq!(genres, HashSet::from(["Sci-Fi", "Horror"]), "{page}");
+        // Deleting the rating that explains the top item most lowers its score by exactly the
+        // contribution, and the rating is named no more.
+        let top = &page["items"][0];
+        let reason = top["because"][0]["item_id"].as_str().unwrap();
+        let (status, _) = app
+            .call(
+                "DELETE",
+                &format!("/users/{user}/ratings/{reason}"),
+                None,
+                false,
+            )
+            .await;
+        assert_eq!(status, 204);
+        let after = app
+            .recommendations(user, &format!("?limit=50&explain=true{order}"))
+            .await;
+        let items = after["items"].as_array().unwrap();
+        let moved = items
+            .iter()
+            .find(|i| i["item_id"] == top["item_id"])
+            .unwrap();
+        let score = |item: &Value| item["score"].as_f64().unwrap();
+        let contribution = top["because"][0]["contribution"].as_f64().unwrap();
+        assert!(
+            (score(top) - contribution - score(moved)).abs() < 1e-4,
+            "{top} then {moved}"
+        );
+        for item in items {
+            let named = item["because"].as_array().unwrap();
+            assert!(named.iter().all(|r| r["item_id"] != reason), "{item}");
+        }
+    }
+}
+on_both_backends!(recommendations_explain_themselves_from_the_users_own_ratings);
+
 async fn rated_and_excluded_items_are_never_recommended(app: TestApp) {
     seed(&app, 90, 18).await;
     app.retrain(fast_training()).await;

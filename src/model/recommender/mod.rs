@@ -6,9 +6,11 @@ use ndarray::Array2;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+mod explain;
 mod fit;
 mod top_n;
 
+pub use explain::Reason;
 pub use top_n::TopQuery;
 
 use super::catalog::CatalogWeights;

@@ -209,7 +209,7 @@ impl Recommender {
     }
 
     /// β of the score order, None for the expected-rating order.
-    fn beta(&self, order: Order) -> Option<f32> {
+    pub(super) fn beta(&self, order: Order) -> Option<f32> {
         self.ranking_weight.filter(|_| order == Order::Score)
     }
 

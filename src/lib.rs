@@ -23,5 +23,6 @@ pub mod import;
 pub mod metrics;
 pub mod model;
 pub mod model_file;
+pub mod plot;
 pub mod readers;
 pub mod store;

@@ -29,6 +29,9 @@ pub struct EvaluateArgs {
     pub include_test_items: bool,
     #[command(flatten)]
     pub hyper: TrainingRequest,
+    /// Also draw the train and validation RMSE per epoch of each RBM into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 /// Largest catalogue whose similar-item measures `evaluate` compares (its JSON has null beyond).
@@ -48,7 +51,7 @@ pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let entries: Vec<Entry> = test.iter().map(|r| r.entry()).collect();
     let data = &split.train;
     let config = args.hyper.config(data.shape())?;
-    let trained = train_with_progress(data, &config)?;
+    let trained = train_with_progress(data, &config, args.plot.as_deref())?;
     let model = &trained.recommender;
     let scale = data.scale;
     let known = data.user_matrix();

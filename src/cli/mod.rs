@@ -156,17 +156,26 @@ impl Progress {
     }
 }
 
+/// Trains with a progress bar per RBM; with `plot`, writes the RMSE curves there as SVG.
 pub(crate) fn train_with_progress(
     data: &Dataset,
     config: &TrainConfig,
+    plot: Option<&std::path::Path>,
 ) -> anyhow::Result<crate::model::Trained> {
     let progress = Progress::new(config);
     // Nothing stops a run from the command line but Ctrl-C, which ends the process.
     let never = std::sync::atomic::AtomicBool::new(false);
+    let mut epochs = Vec::new();
     let trained = Recommender::train(data, config, &never, |side, stats| {
-        progress.report(side, stats)
+        progress.report(side, stats);
+        epochs.push((side, stats.clone()));
     });
     progress.finish();
+    if let Some(path) = plot {
+        let svg = crate::plot::training_curves(&epochs)?;
+        std::fs::write(path, svg)
+            .with_context(|| format!("cannot write the plot to {}", path.display()))?;
+    }
     Ok(trained?)
 }
 

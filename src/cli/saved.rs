@@ -20,6 +20,9 @@ pub struct TrainArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub hyper: TrainingRequest,
+    /// Also draw the train and validation RMSE per epoch of each RBM into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -57,7 +60,7 @@ impl From<OrderArg> for Order {
 pub(super) fn train(args: TrainArgs) -> anyhow::Result<()> {
     let data = args.data.read()?;
     let config = args.hyper.config(data.shape())?;
-    let trained = train_with_progress(&data, &config)?;
+    let trained = train_with_progress(&data, &config, args.plot.as_deref())?;
     let metrics = json!({
         "valid_rmse": trained.valid_rmse,
         "best_epoch": trained.user_fit.best_epoch,

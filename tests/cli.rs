@@ -1,0 +1,80 @@
+//! The command line on real files: `generate` makes a small data set, `train --plot` trains on it
+//! and draws its RMSE curves.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> std::process::Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_rbm-recommender"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[test]
+fn train_draws_the_rmse_of_every_epoch_of_both_rbms() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    run(&[
+        "generate",
+        "--out",
+        &path("data"),
+        "--users",
+        "300",
+        "--items",
+        "40",
+        "--ratings",
+        "6000",
+        "--seed",
+        "3",
+    ]);
+    run(&[
+        "train",
+        "--ratings",
+        &path("data/ratings.csv"),
+        "--out",
+        &path("model.safetensors"),
+        "--plot",
+        &path("curve.svg"),
+        "--epochs",
+        "4",
+        "--patience",
+        "0",
+        "--hidden",
+        "8",
+        "--threads",
+        "2",
+    ]);
+    let svg = std::fs::read_to_string(path("curve.svg")).unwrap();
+    let texts: Vec<&str> = svg.lines().collect();
+    for label in [
+        "user RBM, train RMSE",
+        "user RBM, validation RMSE",
+        "item RBM, train RMSE",
+        "item RBM, validation RMSE",
+        "epoch",
+        "RMSE",
+    ] {
+        assert!(texts.contains(&label), "{label} is not in the plot");
+    }
+    // Four curves of four epochs each, beside the legend's two-point marks.
+    let curves = svg
+        .split("<polyline")
+        .filter(|l| l.contains("stroke-width=\"2\""))
+        .map(|l| {
+            l.split("points=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+        })
+        .filter(|points| points.split_whitespace().count() == 4)
+        .count();
+    assert_eq!(curves, 4, "{svg}");
+}

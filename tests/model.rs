@@ -731,17 +731,15 @@ fn models_are_send_and_sync() {
     assert_send_sync::<ModelFile>();
 }
 
-/// The top list by `order` from `scores` over the whole catalogue, ties by `tie`: (item, score
-/// bits, expected rating bits).
-fn full_ranking(
+/// Every item's score in `order` and expected rating for a user whose ratings are (`items`,
+/// `classes`), by the full catalogue pass.
+fn all_scores(
     model: &Recommender,
     order: Order,
     user: Option<u32>,
     items: &[u32],
     classes: &[u8],
-    n: usize,
-    tie: impl Fn(u32, u32) -> std::cmp::Ordering,
-) -> Vec<(u32, u32, u32)> {
+) -> (Vec<f32>, Vec<f32>) {
     let d = model.items().len();
     let (mut scores, mut expected) = (vec![0.0; d], vec![0.0; d]);
     let scratch = &mut Scratch::default();
@@ -754,6 +752,21 @@ fn full_ranking(
         &mut scores,
         &mut expected,
     );
+    (scores, expected)
+}
+
+/// The top list by `order` from `scores` over the whole catalogue, ties by `tie`: (item, score
+/// bits, expected rating bits).
+fn full_ranking(
+    model: &Recommender,
+    order: Order,
+    user: Option<u32>,
+    items: &[u32],
+    classes: &[u8],
+    n: usize,
+    tie: impl Fn(u32, u32) -> std::cmp::Ordering,
+) -> Vec<(u32, u32, u32)> {
+    let (scores, expected) = all_scores(model, order, user, items, classes);
     rbm_recommender::model::top_n_by(&scores, n, |i| items.contains(&i), tie)
         .into_iter()
         .map(|i| {
@@ -899,30 +912,6 @@ fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
     );
 }
 
-/// Every item's score in `order` for a user whose ratings are (`items`, `classes`), by the full
-/// catalogue pass.
-fn all_scores(
-    model: &Recommender,
-    order: Order,
-    user: Option<u32>,
-    items: &[u32],
-    classes: &[u8],
-) -> Vec<f32> {
-    let d = model.items().len();
-    let (mut scores, mut expected) = (vec![0.0; d], vec![0.0; d]);
-    let scratch = &mut Scratch::default();
-    model.scores(
-        order,
-        user,
-        items,
-        classes,
-        scratch,
-        &mut scores,
-        &mut expected,
-    );
-    scores
-}
-
 fn without<T: Copy>(values: &[T], left_out: usize) -> Vec<T> {
     let mut kept = values.to_vec();
     kept.remove(left_out);
@@ -963,11 +952,11 @@ fn contributions_equal_a_brute_force_leave_one_out() {
                     .map(|r| r.item)
                     .collect();
                 let explained = model.explain(order, user, items, classes, &targets, items.len());
-                let all = all_scores(model, order, user, items, classes);
+                let all = all_scores(model, order, user, items, classes).0;
                 // Each rating left out of the ratings themselves, scored by the served pass.
                 let left_out: Vec<Vec<f32>> = (0..items.len())
                     .map(|r| {
-                        all_scores(model, order, user, &without(items, r), &without(classes, r))
+                        all_scores(model, order, user, &without(items, r), &without(classes, r)).0
                     })
                     .collect();
                 for (&target, reasons) in targets.iter().zip(&explained) {

@@ -825,18 +825,22 @@ fn lists_scored_together_equal_lists_scored_alone_bit_for_bit() {
     }
 }
 
-#[test]
-fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
-    let data = planted(200, 160, 6);
+/// The blend and the blend with a joint user-based RBM, trained on `data`.
+fn blend_and_joint(data: &Dataset) -> (Recommender, Recommender) {
     let train = |config: &TrainConfig| {
-        Recommender::train(&data, config, &Default::default(), |_, _| {})
+        Recommender::train(data, config, &Default::default(), |_, _| {})
             .unwrap()
             .recommender
     };
-    let trained = train(&small_config());
     let mut joint_config = small_config();
     joint_config.user.choice = true;
-    let joint = train(&joint_config);
+    (train(&small_config()), train(&joint_config))
+}
+
+#[test]
+fn screened_top_lists_equal_the_full_ranking_bit_for_bit() {
+    let data = planted(200, 160, 6);
+    let (trained, joint) = blend_and_joint(&data);
     let known = data.user_matrix();
     let mut scratch = Scratch::default();
     for model in [&trained, &joint] {
@@ -921,14 +925,7 @@ fn without<T: Copy>(values: &[T], left_out: usize) -> Vec<T> {
 #[test]
 fn contributions_equal_a_brute_force_leave_one_out() {
     let data = planted(200, 160, 6);
-    let train = |config: &TrainConfig| {
-        Recommender::train(&data, config, &Default::default(), |_, _| {})
-            .unwrap()
-            .recommender
-    };
-    let mut joint_config = small_config();
-    joint_config.user.choice = true;
-    let (blend, joint) = (train(&small_config()), train(&joint_config));
+    let (blend, joint) = blend_and_joint(&data);
     let known = data.user_matrix();
     let mut checked = 0;
     for model in [&blend, &joint] {

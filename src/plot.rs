@@ -3,38 +3,41 @@
 
 use plotters::prelude::*;
 
-use crate::model::{EpochStats, Side};
+use serde::{Deserialize, Serialize};
 
 const SIZE: (u32, u32) = (720, 420);
 
 /// A curve's legend label, colour, and (epoch, RMSE) points.
 type Curve = (String, RGBColor, Vec<(f64, f64)>);
 
+/// One epoch of one RBM: what a run's `progress` records of it and what the chart draws.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochPoint {
+    pub epoch: usize,
+    pub train_rmse: f64,
+    pub valid_rmse: Option<f64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot draw the training curves: {0}")]
 pub struct PlotError(String);
 
-/// The RMSE curves of the epochs reported so far, in the order they came, as an SVG document.
-/// An empty list gives an empty chart with its axes.
-pub fn training_curves(epochs: &[(Side, EpochStats)]) -> Result<String, PlotError> {
+/// The RMSE curves of the user-based and the item-based RBM's epochs so far, as an SVG document.
+/// No epochs give an empty chart with its axes.
+pub fn training_curves(user: &[EpochPoint], item: &[EpochPoint]) -> Result<String, PlotError> {
     let fail = |e: &dyn std::fmt::Display| PlotError(e.to_string());
     let mut curves: Vec<Curve> = Vec::new();
     // Train and validation colours of each side (matplotlib's first four).
-    let user = [RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
-    let item = [RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
-    for (side, colours) in [(Side::User, user), (Side::Item, item)] {
-        let of_side = || {
-            epochs
-                .iter()
-                .filter(move |(s, _)| *s == side)
-                .map(|(_, e)| e)
-        };
-        let name = match side {
-            Side::User => "user",
-            Side::Item => "item",
-        };
-        let train = of_side().map(|e| (e.epoch as f64, e.train_rmse)).collect();
-        let valid: Vec<(f64, f64)> = of_side()
+    let user_colours = [RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
+    let item_colours = [RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+    let sides = [("user", user, user_colours), ("item", item, item_colours)];
+    for (name, epochs, colours) in sides {
+        let train = epochs
+            .iter()
+            .map(|e| (e.epoch as f64, e.train_rmse))
+            .collect();
+        let valid: Vec<(f64, f64)> = epochs
+            .iter()
             .filter_map(|e| Some((e.epoch as f64, e.valid_rmse?)))
             .collect();
         curves.push((format!("{name} RBM, train RMSE"), colours[0], train));
@@ -107,28 +110,23 @@ pub fn training_curves(epochs: &[(Side, EpochStats)]) -> Result<String, PlotErro
 mod tests {
     use super::*;
 
-    fn epoch(epoch: usize, train: f64, valid: Option<f64>) -> EpochStats {
-        EpochStats {
+    fn epoch(epoch: usize, train_rmse: f64, valid_rmse: Option<f64>) -> EpochPoint {
+        EpochPoint {
             epoch,
-            epochs: 3,
-            cd_steps: 1,
-            train_rmse: train,
-            valid_rmse: valid,
-            valid_ndcg: None,
-            seconds: 0.1,
+            train_rmse,
+            valid_rmse,
         }
     }
 
     #[test]
     fn every_curve_is_drawn_with_its_legend_and_axes() {
-        let epochs = vec![
-            (Side::User, epoch(1, 0.95, Some(0.97))),
-            (Side::User, epoch(2, 0.90, Some(0.93))),
-            (Side::User, epoch(3, 0.87, Some(0.92))),
-            (Side::Item, epoch(1, 0.99, None)),
-            (Side::Item, epoch(2, 0.94, None)),
+        let user = [
+            epoch(1, 0.95, Some(0.97)),
+            epoch(2, 0.90, Some(0.93)),
+            epoch(3, 0.87, Some(0.92)),
         ];
-        let svg = training_curves(&epochs).unwrap();
+        let item = [epoch(1, 0.99, None), epoch(2, 0.94, None)];
+        let svg = training_curves(&user, &item).unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..100]);
         // Each text element's content is on a line of its own.
         let texts: Vec<&str> = svg.lines().collect();
@@ -163,7 +161,7 @@ mod tests {
 
     #[test]
     fn no_epochs_give_an_empty_chart() {
-        let svg = training_curves(&[]).unwrap();
+        let svg = training_curves(&[], &[]).unwrap();
         assert!(svg.lines().any(|l| l == "epoch") && !svg.contains("train RMSE"));
     }
 }

@@ -16,6 +16,7 @@ use crate::model::{
     DataShape, DatasetBuilder, EpochStats, ModelError, RatingScale, Recommender, Side,
 };
 use crate::model_file::ModelFile;
+use crate::plot::EpochPoint;
 use crate::store::{RunStatus, Store, TrainingLock, TrainingRun};
 
 /// Runs listed by `runs`, newest first.
@@ -265,6 +266,24 @@ impl Training {
             .ok_or_else(|| ServiceError::NotFound(format!("no training run {run_id}")))
     }
 
+    /// The run's RMSE per epoch of each RBM so far, as an SVG chart.
+    pub async fn curves(&self, run_id: i64) -> Result<String, ServiceError> {
+        #[derive(serde::Deserialize)]
+        struct Curves {
+            #[serde(default)]
+            user: Vec<EpochPoint>,
+            #[serde(default)]
+            item: Vec<EpochPoint>,
+        }
+        let run = self.run(run_id).await?;
+        // Before its first epoch a run's progress is `{}`: empty curves.
+        let curves: Curves = serde_json::from_value(run.progress).map_err(|e| {
+            ServiceError::Task(format!("run {run_id}'s progress is unreadable: {e}"))
+        })?;
+        crate::plot::training_curves(&curves.user, &curves.item)
+            .map_err(|e| ServiceError::Task(e.to_string()))
+    }
+
     /// The latest runs, newest first.
     pub async fn runs(&self) -> Result<Vec<TrainingRun>, ServiceError> {
         Ok(self.store.runs(LISTED_RUNS).await?)
@@ -479,14 +498,6 @@ struct ModelMetrics {
     items: usize,
 }
 
-/// One epoch of one RBM in a run's `progress`.
-#[derive(Serialize)]
-struct EpochRecord {
-    epoch: usize,
-    train_rmse: f64,
-    valid_rmse: Option<f64>,
-}
-
 /// Per-epoch history of a run, as stored in its `progress`.
 #[derive(Default, Serialize)]
 struct Progress {
@@ -494,8 +505,8 @@ struct Progress {
     rbm: Option<Side>,
     epoch: usize,
     epochs: usize,
-    user: Vec<EpochRecord>,
-    item: Vec<EpochRecord>,
+    user: Vec<EpochPoint>,
+    item: Vec<EpochPoint>,
 }
 
 impl Progress {
@@ -503,7 +514,7 @@ impl Progress {
         self.rbm = Some(side);
         self.epoch = stats.epoch;
         self.epochs = stats.epochs;
-        let record = EpochRecord {
+        let record = EpochPoint {
             epoch: stats.epoch,
             train_rmse: stats.train_rmse,
             valid_rmse: stats.valid_rmse,

@@ -165,14 +165,22 @@ pub(crate) fn train_with_progress(
     let progress = Progress::new(config);
     // Nothing stops a run from the command line but Ctrl-C, which ends the process.
     let never = std::sync::atomic::AtomicBool::new(false);
-    let mut epochs = Vec::new();
+    let (mut user, mut item) = (Vec::new(), Vec::new());
     let trained = Recommender::train(data, config, &never, |side, stats| {
         progress.report(side, stats);
-        epochs.push((side, stats.clone()));
+        let point = crate::plot::EpochPoint {
+            epoch: stats.epoch,
+            train_rmse: stats.train_rmse,
+            valid_rmse: stats.valid_rmse,
+        };
+        match side {
+            Side::User => user.push(point),
+            Side::Item => item.push(point),
+        }
     });
     progress.finish();
     if let Some(path) = plot {
-        let svg = crate::plot::training_curves(&epochs)?;
+        let svg = crate::plot::training_curves(&user, &item)?;
         std::fs::write(path, svg)
             .with_context(|| format!("cannot write the plot to {}", path.display()))?;
     }

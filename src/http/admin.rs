@@ -25,6 +25,7 @@ pub fn router(admin_token: Option<Secret>) -> Router<Arc<Service>> {
         .route("/training-runs", get(runs))
         .route("/training-runs/{id}", get(run))
         .route("/training-runs/{id}/cancel", post(cancel))
+        .route("/training-runs/{id}/curves.svg", get(curves))
         .route("/models", get(models))
         .route("/models/{version}/activate", post(activate))
         .route_layer(middleware::from_fn_with_state(admin_token, require_admin))
@@ -98,6 +99,14 @@ async fn run(
     AppPath(id): AppPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(AppJson(service.training().run(id).await?))
+}
+
+async fn curves(
+    State(service): AppState,
+    AppPath(id): AppPath<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    let svg = service.training().curves(id).await?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg))
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(run_id = id))]

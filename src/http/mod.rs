@@ -42,6 +42,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/retrain"),
     ("GET", "/admin/training-runs"),
     ("GET", "/admin/training-runs/{id}"),
+    ("GET", "/admin/training-runs/{id}/curves.svg"),
     ("POST", "/admin/training-runs/{id}/cancel"),
     ("GET", "/admin/models"),
     ("POST", "/admin/models/{version}/activate"),

@@ -109,6 +109,54 @@ async fn an_orphaned_run_can_be_cancelled(app: TestApp) {
 }
 on_both_backends!(an_orphaned_run_can_be_cancelled);
 
+/// A run's RMSE curves as an SVG chart: a point per epoch of each RBM, for the admin only.
+async fn a_run_draws_its_curves(app: TestApp) {
+    seed(&app, 60, 12).await;
+    let overrides = json!({"epochs": 7, "patience": 0, "hidden": 8, "valid_frac": 0.1});
+    let finished = app.retrain(overrides).await;
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    let path = format!("/admin/training-runs/{}/curves.svg", finished["id"]);
+    let response = app
+        .client
+        .get(app.url(&path))
+        .bearer_auth(crate::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "image/svg+xml");
+    let (status, svg) = app.checked("GET", &path, response).await;
+    assert_eq!(status, 200);
+    let svg = svg.as_str().unwrap();
+    let texts: Vec<&str> = svg.lines().collect();
+    for curve in ["user", "item"] {
+        for rmse in ["train", "validation"] {
+            let label = format!("{curve} RBM, {rmse} RMSE");
+            assert!(texts.contains(&label.as_str()), "{label} is missing");
+        }
+    }
+    let curves = svg
+        .split("<polyline")
+        .filter(|l| l.contains("stroke-width=\"2\""))
+        .map(|l| {
+            l.split("points=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+        })
+        .filter(|points| points.split_whitespace().count() == 7)
+        .count();
+    assert_eq!(curves, 4, "a point per epoch on each of the four curves");
+    let (status, _) = app.call("GET", &path, None, false).await;
+    assert_eq!(status, 401);
+    let (status, _) = app
+        .call("GET", "/admin/training-runs/999999/curves.svg", None, true)
+        .await;
+    assert_eq!(status, 404);
+}
+on_both_backends!(a_run_draws_its_curves);
+
 /// SIGTERM to `serve` in the middle of a run: the run is recorded as cancelled and the process
 /// exits within the grace period, rather than living on until the run's epoch ends.
 async fn sigterm_cancels_the_run_and_exits(backend: Backend) {

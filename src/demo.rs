@@ -130,8 +130,9 @@ impl Story {
     }
 }
 
-/// The walkthrough printed once the demo serves at `base`.
-pub fn walkthrough(base: &str, story: &Story) -> String {
+/// The walkthrough printed once the demo serves at `base`; `admin` says whether an admin token
+/// was set, which the dashboard's admin pages need.
+pub fn walkthrough(base: &str, story: &Story, admin: bool) -> String {
     let post = |items: &[(&String, f64)]| {
         let list: Vec<String> = items
             .iter()
@@ -154,8 +155,16 @@ pub fn walkthrough(base: &str, story: &Story) -> String {
         .chain(story.second.1.iter().map(|id| (id, 5.0)))
         .collect();
     let similar = story.first.1.first().map(String::as_str).unwrap_or("m00");
+    let dashboard = if admin {
+        format!("Open {base}/ in a browser for the dashboard; enter your ADMIN_TOKEN there.")
+    } else {
+        format!(
+            "Open {base}/ in a browser for the dashboard (start the demo with ADMIN_TOKEN=<a secret> \
+             for its Training and Models pages)."
+        )
+    };
     format!(
-        "\nThe demo is serving at {base}. Try, in another terminal:\n\n\
+        "\nThe demo is serving at {base}.\n{dashboard}\nOr try, in another terminal:\n\n\
          # 1. A new user gets the most popular items:\n{recommend}\n\n\
          # 2. Say you love {}…\n{}\n\
          # …and the next answer is personalised (no retraining):\n{recommend}\n\n\

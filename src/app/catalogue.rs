@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::ServiceError;
 use super::popularity::Popularity;
 use crate::metrics::Metrics;
-use crate::model::RatingScale;
+use crate::model::{DataShape, RatingScale};
 use crate::store::{Item, NewRating, PopularItem, Store, UpsertCounts};
 
 const TITLE_TTL: Duration = Duration::from_secs(30);
@@ -52,6 +52,12 @@ impl Catalogue {
         self.metrics
             .add_ratings_written(counts.inserted + counts.updated);
         Ok(counts)
+    }
+
+    /// How many users, items and ratings there are; the ratings are an estimate on PostgreSQL
+    /// (see `Store::data_size`).
+    pub async fn counts(&self) -> Result<DataShape, ServiceError> {
+        Ok(self.store.data_size().await?)
     }
 
     /// The user's ratings as (item id, rating), by item id.

@@ -388,9 +388,16 @@ impl Training {
                     let trained = Recommender::train(&data, &config, &cancel, |side, stats| {
                         let _ = sender.send((side, stats.clone()));
                     })?;
+                    let best = trained.user_fit.best_epoch;
                     let metrics = ModelMetrics {
                         valid_rmse: trained.valid_rmse,
-                        best_epoch: trained.user_fit.best_epoch,
+                        valid_ndcg: trained
+                            .user_fit
+                            .history
+                            .iter()
+                            .find(|stats| stats.epoch == best)
+                            .and_then(|stats| stats.valid_ndcg),
+                        best_epoch: best,
                         n_train: data.ratings.len(),
                         users: data.users.len(),
                         items: data.items.len(),
@@ -492,6 +499,9 @@ impl TrainError {
 #[derive(Serialize)]
 struct ModelMetrics {
     valid_rmse: Option<f64>,
+    /// The joint RBM's NDCG@10 on the validation slice at its kept epoch (see `EpochStats`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valid_ndcg: Option<f64>,
     best_epoch: usize,
     n_train: usize,
     users: usize,

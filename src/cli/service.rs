@@ -118,7 +118,10 @@ pub(super) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .context("failed to bind the listen address")?;
     let base = format!("http://{}", app.local_addr()?);
-    eprintln!("{}", crate::demo::walkthrough(&base, &story));
+    eprintln!(
+        "{}",
+        crate::demo::walkthrough(&base, &story, settings.admin_token.is_some())
+    );
     app.run_until_stopped().await?;
     service.close().await;
     Ok(())

@@ -36,6 +36,7 @@ pub fn router() -> Router<Arc<Service>> {
             get(|| async { AppJson(json!({"status": "ok"})) }),
         )
         .route("/readyz", get(ready))
+        .route("/stats", get(stats))
         .route("/metrics", get(metrics))
 }
 
@@ -329,6 +330,10 @@ async fn ready(State(service): AppState) -> Result<impl IntoResponse, ApiError> 
         .await
         .map_err(|e| ApiError::Unavailable(format!("database unreachable: {e}")))?;
     Ok(AppJson(readiness))
+}
+
+async fn stats(State(service): AppState) -> Result<impl IntoResponse, ApiError> {
+    Ok(AppJson(service.catalogue().counts().await?))
 }
 
 async fn metrics(State(service): AppState) -> impl IntoResponse {

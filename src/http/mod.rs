@@ -3,6 +3,7 @@
 
 mod admin;
 mod api;
+mod dashboard;
 mod error;
 mod server;
 
@@ -48,6 +49,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/admin/models/{version}/activate"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/stats"),
+    ("GET", "/"),
+    ("GET", "/dashboard/{file}"),
     ("GET", "/metrics"),
 ];
 
@@ -73,6 +77,7 @@ impl<T: serde::Serialize> IntoResponse for AppJson<T> {
 pub fn router(service: Arc<Service>, settings: &Settings) -> Router {
     Router::new()
         .merge(api::router())
+        .merge(dashboard::router())
         .nest("/admin", admin::router(settings.admin_token.clone()))
         .fallback(|| async { ApiError::NotFound("no such route".to_string()) })
         .method_not_allowed_fallback(|| async {

@@ -29,6 +29,11 @@ async fn ratings_are_upserted_and_counted(app: TestApp) {
         )
         .await;
     assert_eq!((status, body), (200, json!({"inserted": 0, "updated": 1})));
+    let (status, stats) = app.call("GET", "/stats", None, false).await;
+    assert_eq!(
+        (status, stats),
+        (200, json!({"users": 1, "items": 2, "ratings": 2}))
+    );
     let (_, body) = app.call("GET", "/users/alice/ratings", None, false).await;
     assert_eq!(
         body["ratings"],

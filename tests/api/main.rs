@@ -3,6 +3,7 @@
 //! on a fresh embedded SQLite file. An unreachable PostgreSQL fails the tests; it never skips them.
 
 mod contract;
+mod dashboard;
 mod errors;
 mod flows;
 mod fuzz;

@@ -3,6 +3,9 @@
 
 use std::process::Command;
 
+#[path = "support/svg.rs"]
+mod svg;
+
 fn run(args: &[&str]) -> std::process::Output {
     let output = Command::new(env!("CARGO_BIN_EXE_rbm-recommender"))
         .args(args)
@@ -51,7 +54,6 @@ fn train_draws_the_rmse_of_every_epoch_of_both_rbms() {
         "2",
     ]);
     let svg = std::fs::read_to_string(path("curve.svg")).unwrap();
-    let texts: Vec<&str> = svg.lines().collect();
     for label in [
         "user RBM, train RMSE",
         "user RBM, validation RMSE",
@@ -60,21 +62,9 @@ fn train_draws_the_rmse_of_every_epoch_of_both_rbms() {
         "epoch",
         "RMSE",
     ] {
-        assert!(texts.contains(&label), "{label} is not in the plot");
+        assert!(svg::has_text(&svg, label), "{label} is not in the plot");
     }
     // Four curves of four epochs each, beside the legend's two-point marks.
-    let curves = svg
-        .split("<polyline")
-        .filter(|l| l.contains("stroke-width=\"2\""))
-        .map(|l| {
-            l.split("points=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-        })
-        .filter(|points| points.split_whitespace().count() == 4)
-        .count();
+    let curves = svg::line_points(&svg).iter().filter(|&&n| n == 4).count();
     assert_eq!(curves, 4, "{svg}");
 }

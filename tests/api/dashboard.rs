@@ -1,8 +1,8 @@
 //! The dashboard in a real browser: headless Chromium, driven through chromedriver, against a real
 //! server on each database. It enters the admin token, starts a retrain and watches its curve gain
-//! points, sees the new version go live, rolls back, and explores a user whose list changes with
-//! its explanations when a rating is posted. Screenshots of every page land in
-//! target/tmp/dashboard/.
+//! points, cancels it, sees the version of a second one go live, rolls back, and explores a user
+//! whose list changes with its explanations when a rating is posted. Screenshots of every page
+//! land in target/tmp/dashboard/.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -143,7 +143,7 @@ impl Browser {
     {
         let started = Instant::now();
         while !check().await {
-            if started.elapsed() > Duration::from_secs(120) {
+            if started.elapsed() > Duration::from_secs(300) {
                 self.shoot(&format!("failed-{}", what.replace(' ', "-")))
                     .await;
                 panic!("timed out waiting until {what}");
@@ -245,9 +245,10 @@ async fn drive(app: &TestApp, browser: &Browser) {
     );
     b.shoot("2-overview").await;
 
-    // A retrain from the page: its curve gains points while it runs.
+    // A retrain from the page that runs until it is cancelled: its curve gains points while it
+    // runs, however fast the machine.
     b.click("#nav-training").await;
-    b.fill("#retrain-epochs", "3000").await;
+    b.fill("#retrain-epochs", "100000").await;
     b.fill("#retrain-hidden", "48").await;
     b.fill("#retrain-valid", "0.1").await;
     b.fill("#retrain-patience", "0").await;
@@ -262,8 +263,22 @@ async fn drive(app: &TestApp, browser: &Browser) {
     })
     .await;
     b.shoot("3-training-running").await;
-    b.wait("the run succeeds", || async {
-        b.text("#run-status").await == "succeeded"
+    b.click("#run-cancel").await;
+    b.wait("the run is cancelled", || async {
+        b.text("#run-status").await == "cancelled"
+    })
+    .await;
+    assert_eq!(
+        active_version(app).await,
+        Some(1),
+        "a cancelled run changes nothing"
+    );
+
+    // A short one that ends: its model goes live.
+    b.fill("#retrain-epochs", "300").await;
+    b.click("#retrain-start").await;
+    b.wait("the second run succeeds", || async {
+        b.text("#run-title").await == "Run 3" && b.text("#run-status").await == "succeeded"
     })
     .await;
     b.wait("the run names its model", || async {

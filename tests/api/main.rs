@@ -10,6 +10,8 @@ mod fuzz;
 mod import;
 mod runs;
 mod store;
+#[path = "../support/svg.rs"]
+mod svg;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

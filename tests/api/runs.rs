@@ -127,26 +127,14 @@ async fn a_run_draws_its_curves(app: TestApp) {
     let (status, svg) = app.checked("GET", &path, response).await;
     assert_eq!(status, 200);
     let svg = svg.as_str().unwrap();
-    let texts: Vec<&str> = svg.lines().collect();
     for curve in ["user", "item"] {
         for rmse in ["train", "validation"] {
             let label = format!("{curve} RBM, {rmse} RMSE");
-            assert!(texts.contains(&label.as_str()), "{label} is missing");
+            assert!(crate::svg::has_text(svg, &label), "{label} is missing");
         }
     }
-    let curves = svg
-        .split("<polyline")
-        .filter(|l| l.contains("stroke-width=\"2\""))
-        .map(|l| {
-            l.split("points=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-        })
-        .filter(|points| points.split_whitespace().count() == 7)
-        .count();
+    let points = crate::svg::line_points(svg);
+    let curves = points.iter().filter(|&&n| n == 7).count();
     assert_eq!(curves, 4, "a point per epoch on each of the four curves");
     let (status, _) = app.call("GET", &path, None, false).await;
     assert_eq!(status, 401);

@@ -68,3 +68,49 @@ fn train_draws_the_rmse_of_every_epoch_of_both_rbms() {
     let curves = svg::line_points(&svg).iter().filter(|&&n| n == 4).count();
     assert_eq!(curves, 4, "{svg}");
 }
+
+/// `evaluate` when the item-based RBM keeps fewer users than the data has (ITEM_USERS is 50,000 by
+/// default, so Netflix-sized data): every user's list is scored with the item side's own index of
+/// that user, and the joint RBM's ranking weight is fitted the same way.
+#[test]
+fn evaluate_scores_users_the_item_side_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    run(&[
+        "generate",
+        "--out",
+        &path("data"),
+        "--users",
+        "300",
+        "--items",
+        "40",
+        "--ratings",
+        "6000",
+        "--seed",
+        "4",
+    ]);
+    let output = run(&[
+        "evaluate",
+        "--ratings",
+        &path("data/ratings.csv"),
+        "--epochs",
+        "3",
+        "--hidden",
+        "8",
+        "--item-users",
+        "40",
+        "--threads",
+        "2",
+    ]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(
+        report["rmse"].as_f64().is_some_and(f64::is_finite),
+        "{report}"
+    );
+    assert!(
+        report["ndcg_at_10"].as_f64().is_some_and(|n| n > 0.0),
+        "{report}"
+    );
+    assert_eq!(report["params"]["item_users"], 40, "{report}");
+}

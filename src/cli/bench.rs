@@ -163,7 +163,7 @@ fn bench_model(path: &std::path::Path, args: &BenchArgs) -> anyhow::Result<()> {
     let user = |n: usize| {
         let user = (n * 7919) % rows.len();
         let (items, classes) = &rows[user];
-        let in_model = model.users().get(data.users.id(user as u32));
+        let in_model = model.item_side_user(&data.users, user as u32);
         (&items[..], &classes[..], in_model)
     };
     for order in served {

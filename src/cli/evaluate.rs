@@ -69,7 +69,7 @@ pub(super) fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             let mut scratch = Scratch::default();
             model.scores(
                 order,
-                Some(user),
+                model.item_side_user(&data.users, user),
                 items,
                 classes,
                 &mut scratch,

@@ -250,7 +250,7 @@ impl Recommender {
             recommender.ranking_weight = Some(if valid.is_empty() {
                 DEFAULT_RANKING_WEIGHT
             } else {
-                recommender.fit_ranking_weight(&user_matrix, &valid, stop)
+                recommender.fit_ranking_weight(&data.users, &user_matrix, &valid, stop)
             });
         }
         // The passes after the epochs (ĥ of every item, β's catalogue passes) see `stop` too.
@@ -266,8 +266,14 @@ impl Recommender {
     }
 
     /// The β, from RANKING_WEIGHTS, whose score ranks the validation slice's relevant items best
-    /// (NDCG@10 over up to VALIDATION_USERS users, ĥ from `known`).
-    fn fit_ranking_weight(&self, known: &SparseRatings, valid: &[Entry], stop: &AtomicBool) -> f32 {
+    /// (NDCG@10 over up to VALIDATION_USERS users, whose ids are `ids`, ĥ from `known`).
+    fn fit_ranking_weight(
+        &self,
+        ids: &IdMap,
+        known: &SparseRatings,
+        valid: &[Entry],
+        stop: &AtomicBool,
+    ) -> f32 {
         let sample = sample_rows(valid, known.n_rows(), VALIDATION_USERS);
         let d = self.items.len();
         // Per sampled user, log p(rated) and the expected rating of every item, computed once.
@@ -282,7 +288,7 @@ impl Recommender {
                     return (expected, log_rated);
                 }
                 self.choice_parts(
-                    Some(user),
+                    self.item_side_user(ids, user),
                     items,
                     classes,
                     scratch,

@@ -123,6 +123,13 @@ impl Recommender {
         &self.users
     }
 
+    /// The item-based RBM's index of user `user` of `users` (a data set's ids), if the user is one
+    /// of its visible units. A data set's own index is not one: past ITEM_USERS users the item
+    /// side keeps only the most active ones, in its own order.
+    pub fn item_side_user(&self, users: &IdMap, user: u32) -> Option<u32> {
+        self.users.get(users.id(user))
+    }
+
     /// The catalogue: every item the model can score.
     pub fn items(&self) -> &IdMap {
         &self.items
@@ -331,7 +338,7 @@ impl Recommender {
                     .par_iter()
                     .zip(user_pred.par_iter())
                     .map(|(q, &u)| {
-                        let Some(user) = self.users.get(users.id(q.user)) else {
+                        let Some(user) = self.item_side_user(users, q.user) else {
                             return u;
                         };
                         let hidden = side.item_hidden.column(q.item as usize).to_vec();

@@ -19,14 +19,11 @@ fn run(args: &[&str]) -> std::process::Output {
     output
 }
 
-#[test]
-fn train_draws_the_rmse_of_every_epoch_of_both_rbms() {
+/// A fresh folder holding `data/ratings.csv`: 6,000 generated ratings of 300 users on 40 items.
+fn generated(seed: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    run(&[
-        "generate",
-        "--out",
-        &path("data"),
+    let out = dir.path().join("data");
+    let args = [
         "--users",
         "300",
         "--items",
@@ -34,8 +31,16 @@ fn train_draws_the_rmse_of_every_epoch_of_both_rbms() {
         "--ratings",
         "6000",
         "--seed",
-        "3",
-    ]);
+        seed,
+    ];
+    run(&[&["generate", "--out", out.to_str().unwrap()][..], &args[..]].concat());
+    dir
+}
+
+#[test]
+fn train_draws_the_rmse_of_every_epoch_of_both_rbms() {
+    let dir = generated("3");
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     run(&[
         "train",
         "--ratings",
@@ -74,21 +79,8 @@ fn train_draws_the_rmse_of_every_epoch_of_both_rbms() {
 /// that user, and the joint RBM's ranking weight is fitted the same way.
 #[test]
 fn evaluate_scores_users_the_item_side_left_out() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = generated("4");
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    run(&[
-        "generate",
-        "--out",
-        &path("data"),
-        "--users",
-        "300",
-        "--items",
-        "40",
-        "--ratings",
-        "6000",
-        "--seed",
-        "4",
-    ]);
     let output = run(&[
         "evaluate",
         "--ratings",

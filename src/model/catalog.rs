@@ -12,6 +12,10 @@ use super::simd;
 /// Items per parallel task of the catalogue pass.
 const CATALOG_TASK: usize = 512;
 
+/// Items whose rows of Dimp `screen` reads for all its users before moving on: 32 rows of M = 300
+/// are 38 KB.
+const IMPLICIT_RUN: usize = 32;
+
 /// W and b re-laid for scoring the whole catalogue: items in blocks of `kernels::LANES`, each block
 /// `[M][K][LANES]` (and b `[K][LANES]`), so that a block's K logits build up in registers while
 /// its weights stream through memory in one sequential pass. Derived from an `Rbm`; used to serve.
@@ -137,7 +141,8 @@ impl CatalogWeights {
     /// logsumexp is 1-Lipschitz in the largest change of its arguments, so the f16 logits' LSE is
     /// within the logit radius of the f32 one, plus 1e-4 for the computed LSE's own error (a few
     /// 1e-6 relative in its sum and logarithm). Dimp[i]·h is computed exactly as `choice` does,
-    /// and log σ is increasing with slope below 1; a relative slack of 1e-5 covers its rounding.
+    /// and log σ is increasing with slope below 1; `kernels::log_sigmoid_bounds` then bounds it,
+    /// with a slack that covers its own approximation.
     pub fn screen(&self, rbm: &Rbm, screenings: &mut [Screening]) {
         self.pass(
             &self.halves,
@@ -165,7 +170,6 @@ impl CatalogWeights {
             return;
         }
         let implicit = rbm.implicit().expect("a joint RBM is conditional");
-        let slack = |x: f32| 1e-5 * (1.0 + x.abs());
         by_task(joint, |(hidden, mass, low, high)| {
             low.chunks_mut(CATALOG_TASK)
                 .zip(high.chunks_mut(CATALOG_TASK))
@@ -175,21 +179,23 @@ impl CatalogWeights {
         .enumerate()
         .for_each(|(task, mut users)| {
             let items = users[0].2.len();
-            for n in 0..items {
-                let i = task * CATALOG_TASK + n;
-                // Item i's row of Dimp is read once for all the users.
-                let row = implicit.row(i);
-                let row = row.as_slice().expect("contiguous");
-                let [alpha, beta] = self.radius_terms[i];
+            // A run of Dimp's rows small enough to stay in L1 serves every user in turn, and
+            // each user's bounds are then written in order.
+            for run in (0..items).step_by(IMPLICIT_RUN) {
+                let run = run..(run + IMPLICIT_RUN).min(items);
                 for (hidden, mass, low, high) in users.iter_mut() {
-                    let shared = kernels::dot(row, hidden);
-                    let reach = alpha * *mass + beta + 1e-4;
-                    let (l, h) = (
-                        log_sigmoid(low[n] + shared - reach),
-                        log_sigmoid(low[n] + shared + reach),
-                    );
-                    (low[n], high[n]) = (l - slack(l), h + slack(h));
+                    for n in run.clone() {
+                        let i = task * CATALOG_TASK + n;
+                        let row = implicit.row(i);
+                        let [alpha, beta] = self.radius_terms[i];
+                        let centre = low[n] + kernels::dot(row.as_slice().expect("contiguous"), hidden);
+                        let reach = alpha * *mass + beta + 1e-4;
+                        (low[n], high[n]) = (centre - reach, centre + reach);
+                    }
                 }
+            }
+            for (_, _, low, high) in users.iter_mut() {
+                kernels::log_sigmoid_bounds(low, high);
             }
         });
     }
@@ -281,13 +287,25 @@ impl CatalogWeights {
         hidden: &[f32],
         bias: &[f32],
         out: &mut [f32],
+        log_normalisers: Option<&mut [f32]>,
+    ) {
+        let mut logits = [0.0f32; MAX_CLASSES * 2 * kernels::LANES];
+        let logits = &mut logits[..bias.len()];
+        kernels::lane_logits(weights, hidden, bias, self.classes, logits);
+        self.logits_expected(logits, out, log_normalisers);
+    }
+
+    /// E[class] (and log Σ_k e^{logit_k} if asked) of the items of one or two blocks from their
+    /// logits, laid out as `lane_logits` writes them; the logits are used as scratch.
+    #[inline(always)]
+    fn logits_expected(
+        &self,
+        logits: &mut [f32],
+        out: &mut [f32],
         mut log_normalisers: Option<&mut [f32]>,
     ) {
         use kernels::LANES;
         let k = self.classes;
-        let mut logits = [0.0f32; MAX_CLASSES * 2 * LANES];
-        let logits = &mut logits[..bias.len()];
-        kernels::lane_logits(weights, hidden, bias, k, logits);
         for (block, (logits, out)) in logits
             .chunks_mut(k * LANES)
             .zip(out.chunks_mut(LANES))
@@ -328,18 +346,21 @@ impl CatalogWeights {
             .enumerate()
             .for_each(|(task, mut users)| {
                 let items = users[0].1.len();
-                // Two blocks per kernel call: twice the independent sums in flight.
+                let hiddens: Vec<&[f32]> = users.iter().map(|(hidden, ..)| &hidden[..m]).collect();
+                let mut logits = vec![0.0f32; users.len() * 2 * k * LANES];
+                // Two blocks at a time: a lone user's kernel interleaves them, for twice the
+                // independent sums in flight; users together have sums enough of their own.
                 for (n, at) in (0..items).step_by(2 * LANES).enumerate() {
                     let first = task * (CATALOG_TASK / LANES) + 2 * n;
                     let end = (at + 2 * LANES).min(items);
                     let blocks = (end - at).div_ceil(LANES);
                     let weights = &weights[first * block_len..(first + blocks) * block_len];
                     let bias = &self.bias[first * k * LANES..(first + blocks) * k * LANES];
-                    for (hidden, out, lse) in users.iter_mut() {
-                        self.blocks_expected(
-                            weights,
-                            &hidden[..m],
-                            bias,
+                    let logits = &mut logits[..users.len() * bias.len()];
+                    kernels::lane_logits_each(weights, &hiddens, bias, k, logits);
+                    for ((_, out, lse), logits) in users.iter_mut().zip(logits.chunks_mut(bias.len())) {
+                        self.logits_expected(
+                            logits,
                             &mut out[at..end],
                             lse.as_deref_mut().map(|l| &mut l[at..end]),
                         );

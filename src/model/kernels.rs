@@ -398,6 +398,162 @@ unsafe fn lane_sums<T: Weight, const B: usize, const K: usize>(
     }
 }
 
+/// `lane_logits` of the same blocks for several hidden vectors: `out` holds one `bias.len()` run
+/// per vector, and the u-th is, bit for bit, what `lane_logits(weights, hiddens[u], ..)` writes
+/// (every sum is the same chain of multiply-adds). Each weight is loaded, and widened from f16,
+/// once for a group of vectors, so that with users waiting together the catalogue pass is bound by
+/// multiply-adds rather than by loads and conversions; the group is as large as the registers
+/// allow, four with AVX-512VL's 32 at K ≤ 6.
+#[inline(always)]
+pub fn lane_logits_each<T: Weight>(
+    weights: &[T],
+    hiddens: &[&[f32]],
+    bias: &[f32],
+    classes: usize,
+    out: &mut [f32],
+) {
+    let (block, m) = (classes * LANES, hiddens.first().map_or(0, |h| h.len()));
+    let blocks = bias.len() / block;
+    assert!(
+        bias.len() == blocks * block
+            && out.len() == hiddens.len() * bias.len()
+            && weights.len() == blocks * m * block
+            && hiddens.iter().all(|h| h.len() == m)
+    );
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx2() && classes <= 10 && hiddens.len() > 1 {
+        // SAFETY: avx2() found AVX2, FMA and F16C on this CPU (and wide_registers() AVX-512F and
+        // VL); the lengths are checked above.
+        unsafe {
+            if simd::wide_registers() {
+                lane_logits_each_wide(weights, hiddens, bias, classes, out);
+            } else {
+                lane_logits_each_avx2(weights, hiddens, bias, classes, out);
+            }
+        }
+        return;
+    }
+    for (hidden, out) in hiddens.iter().zip(out.chunks_mut(bias.len())) {
+        lane_logits(weights, hidden, bias, classes, out);
+    }
+}
+
+/// The most vectors one kernel call serves at K classes, with `registers` vector registers: U·K
+/// sums, U broadcast hidden values and one weight must fit.
+const fn group_size(classes: usize, registers: usize) -> usize {
+    let fit = (registers - 1) / (classes + 1);
+    if fit > 4 {
+        4
+    } else if fit < 1 {
+        1
+    } else {
+        fit
+    }
+}
+
+/// The `sums::<T, U, K>` kernel for `classes` = K among the literals listed.
+macro_rules! sums_for_classes {
+    ($sums:ident, $t:ident, $u:literal, $classes:expr; $($k:literal)*) => {
+        match $classes {
+            $($k => $sums::<$t, $u, $k> as Kernel<$t>,)*
+            _ => unreachable!("classes ≤ 10"),
+        }
+    };
+}
+
+/// Emits `lane_logits_each` for AVX2 under `$features`: split the vectors into near-equal groups
+/// of at most `group_size(K, $registers)` and run each block through `lane_sums_each`. The kernel
+/// is emitted inside so that it is compiled with the caller's registers.
+macro_rules! lane_logits_each_for {
+    ($name:ident, $features:literal, $registers:literal) => {
+        /// # Safety
+        /// The CPU must have the features named; lengths as `lane_logits_each` checks them.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<T: Weight>(
+            weights: &[T],
+            hiddens: &[&[f32]],
+            bias: &[f32],
+            classes: usize,
+            out: &mut [f32],
+        ) {
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn sums<T: Weight, const U: usize, const K: usize>(
+                weights: &[T],
+                hiddens: &[&[f32]],
+                bias: &[f32],
+                out: &mut [f32],
+                stride: usize,
+            ) {
+                use std::arch::x86_64::*;
+                assert!(hiddens.len() == U && out.len() >= (U - 1) * stride + K * LANES);
+                unsafe {
+                    let mut acc = [[_mm256_setzero_ps(); K]; U];
+                    for acc in acc.iter_mut() {
+                        for (c, acc) in acc.iter_mut().enumerate() {
+                            *acc = _mm256_loadu_ps(bias.as_ptr().add(c * LANES));
+                        }
+                    }
+                    let mut p = weights.as_ptr();
+                    for j in 0..hiddens[0].len() {
+                        let mut h = [_mm256_setzero_ps(); U];
+                        for (h, hidden) in h.iter_mut().zip(hiddens) {
+                            *h = _mm256_set1_ps(*hidden.get_unchecked(j));
+                        }
+                        for c in 0..K {
+                            let w = p.add(c * LANES);
+                            let w = if T::HALF {
+                                _mm256_cvtph_ps(_mm_loadu_si128(w.cast::<__m128i>()))
+                            } else {
+                                _mm256_loadu_ps(w.cast::<f32>())
+                            };
+                            for u in 0..U {
+                                acc[u][c] = _mm256_fmadd_ps(h[u], w, acc[u][c]);
+                            }
+                        }
+                        p = p.add(K * LANES);
+                    }
+                    for (u, acc) in acc.iter().enumerate() {
+                        for (c, acc) in acc.iter().enumerate() {
+                            _mm256_storeu_ps(out.as_mut_ptr().add(u * stride + c * LANES), *acc);
+                        }
+                    }
+                }
+            }
+
+            type Kernel<T> = unsafe fn(&[T], &[&[f32]], &[f32], &mut [f32], usize);
+            let block = classes * LANES;
+            let span = hiddens[0].len() * block;
+            let stride = bias.len();
+            let most = group_size(classes, $registers);
+            let groups = hiddens.len().div_ceil(most);
+            let mut first = 0;
+            for g in 0..groups {
+                // Sizes differ by at most one: 5 vectors in groups of up to 4 run as 3 + 2.
+                let size = (hiddens.len() - first).div_ceil(groups - g);
+                let group = &hiddens[first..first + size];
+                let kernel = match size {
+                    1 => sums_for_classes!(sums, T, 1, classes; 1 2 3 4 5 6 7 8 9 10),
+                    2 => sums_for_classes!(sums, T, 2, classes; 1 2 3 4 5 6 7 8 9 10),
+                    3 => sums_for_classes!(sums, T, 3, classes; 1 2 3 4 5 6 7 8 9 10),
+                    _ => sums_for_classes!(sums, T, 4, classes; 1 2 3 4 5 6 7 8 9 10),
+                };
+                for (n, bias) in bias.chunks(block).enumerate() {
+                    let weights = &weights[n * span..(n + 1) * span];
+                    let out = &mut out[first * stride + n * block..];
+                    // SAFETY: the caller's contract, for this block and group.
+                    unsafe { kernel(weights, group, bias, out, stride) };
+                }
+                first += size;
+            }
+        }
+    };
+}
+
+lane_logits_each_for!(lane_logits_each_avx2, "avx2,fma,f16c", 16);
+lane_logits_each_for!(lane_logits_each_wide, "avx2,fma,f16c,avx512f,avx512vl", 32);
+
 /// `y += x`
 #[inline(always)]
 pub fn add_assign(y: &mut [f32], x: &[f32]) {
@@ -457,6 +613,37 @@ pub fn fast_exp(x: f32) -> f32 {
             + r * (0.5
                 + r * (0.166_666_67 + r * (0.041_666_5 + r * (0.008_333_6 + r * 0.001_394_5)))));
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+simd::multiversion! {
+    /// Moves each `low[n]` to a number at or below log σ(low[n]) and each `high[n]` to one at or
+    /// above log σ(high[n]), each within 2e-5·(1 + |log σ|) of it: bounds of log σ over an
+    /// interval, in vector lanes (libm's log1pf is a call per element).
+    ///
+    /// log σ(x) = min(x, 0) − ln(1 + z) with z = e^{−|x|} ∈ (0, 1], and ln(1 + z) = 2·atanh(s) =
+    /// 2(s + s³/3 + s⁵/5 + …) with s = z/(2 + z) ≤ 1/3. Stopping after s⁹ leaves out less than
+    /// 2s¹¹/(11(1 − s²)) < 1.2e-6; fast_exp's relative error (< 1e-6) moves ln(1 + z) by less
+    /// than 1e-6; the f32 arithmetic of s and the polynomial adds a few ulps of a value below
+    /// ln 2, and the last subtraction half an ulp of the result. So the computed value is within
+    /// 3e-6 + 1e-7·|log σ| of the true one, and a slack of 1e-5·(1 + |value|) covers it.
+    pub fn log_sigmoid_bounds / log_sigmoid_bounds_avx2(low: &mut [f32], high: &mut [f32]) {
+        #[inline(always)]
+        fn log_sigmoid(x: f32) -> f32 {
+            let z = fast_exp(-x.abs());
+            let s = z / (2.0 + z);
+            let s2 = s * s;
+            let series = 1.0 + s2 * (1.0 / 3.0 + s2 * (0.2 + s2 * (1.0 / 7.0 + s2 * (1.0 / 9.0))));
+            x.min(0.0) - 2.0 * s * series
+        }
+        for l in low.iter_mut() {
+            let v = log_sigmoid(*l);
+            *l = v - 1e-5 * (1.0 - v);
+        }
+        for h in high.iter_mut() {
+            let v = log_sigmoid(*h);
+            *h = v + 1e-5 * (1.0 - v);
+        }
+    }
 }
 
 /// `v.round_ties_even()` for |v| < 2²²: adding and taking off 1.5·2²³ leaves no bits below the
@@ -615,6 +802,56 @@ mod tests {
         }
     }
 
+    /// Users scored together get, bit for bit, the logits each gets alone, in every group size
+    /// and shape, from both register budgets' kernels (the wide one where the CPU has AVX-512VL).
+    #[test]
+    fn lane_logits_each_gives_each_vector_its_own_logits() {
+        let m = 29;
+        for k in 1..=10 {
+            for blocks in [1, 2] {
+                let len = blocks * m * k * LANES;
+                let weights: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+                let halves: Vec<u16> = weights
+                    .iter()
+                    .map(|&w| half::f16::from_f32(w).to_bits())
+                    .collect();
+                let bias: Vec<f32> = (0..blocks * k * LANES).map(|i| i as f32 * 0.03).collect();
+                let hiddens: Vec<Vec<f32>> = (0..9)
+                    .map(|u| (0..m).map(|j| ((u * m + j) as f32 * 0.61).cos().abs()).collect())
+                    .collect();
+                for users in 1..=hiddens.len() {
+                    let hiddens: Vec<&[f32]> = hiddens[..users].iter().map(|h| &h[..]).collect();
+                    let mut alone = vec![0.0f32; users * bias.len()];
+                    let mut together = alone.clone();
+                    for (hidden, out) in hiddens.iter().zip(alone.chunks_mut(bias.len())) {
+                        lane_logits(&halves, hidden, &bias, k, out);
+                    }
+                    lane_logits_each(&halves, &hiddens, &bias, k, &mut together);
+                    assert_eq!(alone, together, "f16 k={k} blocks={blocks} users={users}");
+                    #[cfg(target_arch = "x86_64")]
+                    if cpu_has_avx2() && users > 1 {
+                        // SAFETY: the CPU has AVX2, FMA and F16C; shapes as checked above.
+                        unsafe { lane_logits_each_avx2(&halves, &hiddens, &bias, k, &mut together) };
+                        assert_eq!(alone, together, "avx2 k={k} blocks={blocks} users={users}");
+                        if is_x86_feature_detected!("avx512vl") {
+                            together.fill(0.0);
+                            // SAFETY: and AVX-512F and VL.
+                            unsafe {
+                                lane_logits_each_wide(&halves, &hiddens, &bias, k, &mut together)
+                            };
+                            assert_eq!(alone, together, "wide k={k} users={users}");
+                        }
+                    }
+                    for (hidden, out) in hiddens.iter().zip(alone.chunks_mut(bias.len())) {
+                        lane_logits(&weights, hidden, &bias, k, out);
+                    }
+                    lane_logits_each(&weights, &hiddens, &bias, k, &mut together);
+                    assert_eq!(alone, together, "f32 k={k} blocks={blocks} users={users}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn softmax_sums_to_one_and_survives_large_logits() {
         let mut z = [1000.0, 999.0, -5.0];
@@ -708,6 +945,27 @@ mod tests {
                     assert!(close(*p, *f), "f16 lane_logits k={k} blocks={blocks}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn log_sigmoid_bounds_enclose_the_exact_value() {
+        let exact = |x: f32| {
+            let x = f64::from(x);
+            if x > 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() }
+        };
+        let xs: Vec<f32> = (-200_000..=200_000)
+            .map(|i| i as f32 * 1e-3)
+            .chain([-1e4, -150.0, -88.5, 88.5, 150.0, 1e4, f32::MIN_POSITIVE, -0.0])
+            .collect();
+        let (mut low, mut high) = (xs.clone(), xs.clone());
+        log_sigmoid_bounds(&mut low, &mut high);
+        for ((&x, &l), &h) in xs.iter().zip(&low).zip(&high) {
+            let e = exact(x);
+            assert!(f64::from(l) <= e && e <= f64::from(h), "x={x}: {l} ≤ {e} ≤ {h}");
+            // Tight enough to prune: the slack and a few 1e-6.
+            let room = 2.5e-5 * (1.0 + e.abs());
+            assert!(e - f64::from(l) < room && f64::from(h) - e < room, "x={x}: {l} {e} {h}");
         }
     }
 

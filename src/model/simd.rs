@@ -2,7 +2,8 @@
 //! baseline x86-64 so that it runs on any x86-64 server; the loops that matter are compiled a second
 //! time with AVX2, FMA and F16C (x86-64-v3, every x86 server CPU since 2013) by [`multiversion!`], and
 //! that copy runs when the CPU has them. `RBM_SIMD=portable` forces the baseline code, to compare the
-//! two paths or to rule the vector code out.
+//! two paths or to rule the vector code out. Where the CPU also has AVX-512VL, the kernels that keep many
+//! sums in registers run a third copy that may use its 32 registers (`RBM_SIMD=avx2` forbids it).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -11,6 +12,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub enum Isa {
     /// AVX2, FMA and F16C, with hand-written kernels for the dot products and catalogue passes.
     Avx2,
+    /// The AVX2 kernels, and those that keep many sums in registers compiled with AVX-512VL's 32
+    /// vector registers (same 256-bit instructions, hence the same results).
+    Avx2Wide,
     /// Whatever the build targets (SSE2 on x86-64), in plain Rust.
     Portable,
 }
@@ -19,6 +23,7 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx2 => "avx2+fma+f16c",
+            Isa::Avx2Wide => "avx2+fma+f16c+avx512vl",
             Isa::Portable => "portable",
         }
     }
@@ -27,12 +32,17 @@ impl Isa {
 const UNKNOWN: u8 = 0;
 const AVX2: u8 = 1;
 const PORTABLE: u8 = 2;
+const AVX2_WIDE: u8 = 3;
 
 static SELECTED: AtomicU8 = AtomicU8::new(UNKNOWN);
 
 /// The instruction set in use: detected on first call, and fixed for the life of the process.
 pub fn isa() -> Isa {
-    if avx2() { Isa::Avx2 } else { Isa::Portable }
+    match (avx2(), wide_registers()) {
+        (true, true) => Isa::Avx2Wide,
+        (true, false) => Isa::Avx2,
+        _ => Isa::Portable,
+    }
 }
 
 /// Whether the AVX2 copies run. One relaxed load once known, cheap enough to sit in a kernel's
@@ -41,25 +51,44 @@ pub fn isa() -> Isa {
 #[inline(always)]
 pub fn avx2() -> bool {
     match SELECTED.load(Ordering::Relaxed) {
-        AVX2 => true,
+        AVX2 | AVX2_WIDE => true,
         PORTABLE => false,
-        _ => detect(),
+        _ => detect() != PORTABLE,
+    }
+}
+
+/// Whether the AVX2 path may also use AVX-512VL's 32 vector registers (x86-64-v4, Intel servers
+/// since 2017 and AMD since Zen 4). `RBM_SIMD=avx2` keeps it to 16, to compare the two.
+#[inline(always)]
+pub fn wide_registers() -> bool {
+    match SELECTED.load(Ordering::Relaxed) {
+        AVX2_WIDE => true,
+        AVX2 | PORTABLE => false,
+        _ => detect() == AVX2_WIDE,
     }
 }
 
 #[cold]
-fn detect() -> bool {
-    let forced_portable = std::env::var("RBM_SIMD").is_ok_and(|v| v == "portable");
+fn detect() -> u8 {
+    let forced = std::env::var("RBM_SIMD").unwrap_or_default();
     #[cfg(target_arch = "x86_64")]
-    let capable = std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c");
+    let (capable, wide) = (
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c"),
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl"),
+    );
     #[cfg(not(target_arch = "x86_64"))]
-    let capable = false;
-    let fast = capable && !forced_portable;
+    let (capable, wide) = (false, false);
+    let selected = match (capable && forced != "portable", wide && forced != "avx2") {
+        (true, true) => AVX2_WIDE,
+        (true, false) => AVX2,
+        (false, _) => PORTABLE,
+    };
     // Racing first calls compute the same answer, so whichever store lands is right.
-    SELECTED.store(if fast { AVX2 } else { PORTABLE }, Ordering::Relaxed);
-    fast
+    SELECTED.store(selected, Ordering::Relaxed);
+    selected
 }
 
 /// Defines a function twice: as written, for the build's baseline, and under the second name with

@@ -262,12 +262,13 @@ impl CatalogWeights {
             let mut bias = [0.0f32; MAX_CLASSES * LANES];
             let bias = &mut bias[..k * LANES];
             for (n, (group, out)) in items.chunks(LANES).zip(out.chunks_mut(LANES)).enumerate() {
-                for (lane, &item) in group.iter().enumerate() {
-                    for class in 0..k {
-                        for (j, &w) in rbm.weight_row(item as usize, class).iter().enumerate() {
-                            block[(j * k + class) * LANES + lane] = w;
-                        }
-                        bias[class * LANES + lane] = rbm.visible_bias[[item as usize, class]];
+                // A short group repeats its first item in the spare lanes, whose results are dropped.
+                let lane_item = |lane: usize| *group.get(lane).unwrap_or(&group[0]) as usize;
+                for class in 0..k {
+                    let rows = std::array::from_fn(|lane| rbm.weight_row(lane_item(lane), class));
+                    kernels::rows_to_lanes(rows, &mut block[class * LANES..], k * LANES);
+                    for lane in 0..LANES {
+                        bias[class * LANES + lane] = rbm.visible_bias[[lane_item(lane), class]];
                     }
                 }
                 let lse = log_normalisers

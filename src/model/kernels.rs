@@ -222,6 +222,76 @@ unsafe fn dots_avx2<const R: usize, const E: usize>(
     }
 }
 
+/// `out[j·stride + l] = rows[l][j]` for every j < n = rows[l].len(): LANES item-major rows of
+/// one class turned into that class's lane-major column of a catalogue block (stride K·LANES), as
+/// `lane_logits` reads it. With AVX2 eight rows go through an 8×8 transpose in registers, one
+/// store a vector, where element by element the stores land 4·K·LANES bytes apart.
+#[inline(always)]
+pub fn rows_to_lanes(rows: [&[f32]; LANES], out: &mut [f32], stride: usize) {
+    let n = rows[0].len();
+    assert!(rows.iter().all(|r| r.len() == n) && stride >= LANES);
+    assert!(n == 0 || out.len() >= (n - 1) * stride + LANES);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx2() {
+        // SAFETY: avx2() found AVX2 on this CPU; the lengths are checked above.
+        done = unsafe { rows_to_lanes_avx2(&rows, out, stride) };
+    }
+    for j in done..n {
+        for (l, row) in rows.iter().enumerate() {
+            out[j * stride + l] = row[j];
+        }
+    }
+}
+
+/// The whole groups of eight columns of `rows_to_lanes`; returns how many columns it wrote.
+///
+/// # Safety
+/// The CPU must have AVX2, and the lengths must be as `rows_to_lanes` checks them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn rows_to_lanes_avx2(rows: &[&[f32]; LANES], out: &mut [f32], stride: usize) -> usize {
+    use std::arch::x86_64::*;
+    let full = rows[0].len() / 8 * 8;
+    let mut j = 0;
+    // SAFETY: loads read columns below `full` of each row; stores land below (full−1)·stride + 8.
+    unsafe {
+        while j < full {
+            let r: [__m256; 8] = std::array::from_fn(|l| _mm256_loadu_ps(rows[l].as_ptr().add(j)));
+            let t = [
+                _mm256_unpacklo_ps(r[0], r[1]),
+                _mm256_unpackhi_ps(r[0], r[1]),
+                _mm256_unpacklo_ps(r[2], r[3]),
+                _mm256_unpackhi_ps(r[2], r[3]),
+                _mm256_unpacklo_ps(r[4], r[5]),
+                _mm256_unpackhi_ps(r[4], r[5]),
+                _mm256_unpacklo_ps(r[6], r[7]),
+                _mm256_unpackhi_ps(r[6], r[7]),
+            ];
+            let q = [
+                _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+                _mm256_shuffle_ps::<0xee>(t[0], t[2]),
+                _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+                _mm256_shuffle_ps::<0xee>(t[1], t[3]),
+                _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+                _mm256_shuffle_ps::<0xee>(t[4], t[6]),
+                _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+                _mm256_shuffle_ps::<0xee>(t[5], t[7]),
+            ];
+            // Column j + c: lanes 0–3 from the first half of q[c % 4], 4–7 from q[c % 4 + 4].
+            for c in 0..4 {
+                let low = _mm256_permute2f128_ps::<0x20>(q[c], q[c + 4]);
+                let high = _mm256_permute2f128_ps::<0x31>(q[c], q[c + 4]);
+                _mm256_storeu_ps(out.as_mut_ptr().add((j + c) * stride), low);
+                _mm256_storeu_ps(out.as_mut_ptr().add((j + c + 4) * stride), high);
+            }
+            j += 8;
+        }
+    }
+    full
+}
+
 /// Asks for `data` to be brought into the L1 cache: the next row of a walk whose rows the
 /// hardware prefetcher cannot predict, loaded while the current one is worked on.
 #[inline(always)]
@@ -858,6 +928,24 @@ mod tests {
                     lane_logits_each(&weights, &hiddens, &bias, k, &mut together);
                     assert_eq!(alone, together, "f32 k={k} blocks={blocks} users={users}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_to_lanes_transposes_every_length() {
+        for n in [0, 1, 7, 8, 9, 16, 23, 300] {
+            let rows: Vec<Vec<f32>> = (0..LANES)
+                .map(|l| (0..n).map(|j| (l * 1000 + j) as f32).collect())
+                .collect();
+            let stride = 5 * LANES;
+            let mut out = vec![-1.0f32; n.max(1) * stride];
+            rows_to_lanes(std::array::from_fn(|l| &rows[l][..]), &mut out, stride);
+            for j in 0..n {
+                for l in 0..LANES {
+                    assert_eq!(out[j * stride + l], rows[l][j], "n={n} j={j} l={l}");
+                }
+                assert!(out[j * stride + LANES..(j + 1) * stride].iter().all(|&x| x == -1.0));
             }
         }
     }

@@ -77,7 +77,10 @@ fn cpu_has_avx512vl() -> bool {
 fn both_instruction_set_paths_train_and_rank_alike() {
     let dir = tempfile::tempdir().unwrap();
     let ratings = planted_csv(dir.path());
-    let (fast, portable) = (evaluate(&ratings, None), evaluate(&ratings, Some("portable")));
+    let (fast, portable) = (
+        evaluate(&ratings, None),
+        evaluate(&ratings, Some("portable")),
+    );
 
     let expected = match (cpu_has_avx2(), cpu_has_avx512vl()) {
         (true, true) => "avx2+fma+f16c+avx512vl",
@@ -101,7 +104,10 @@ fn both_instruction_set_paths_train_and_rank_alike() {
     // AVX-512VL's registers change how many users a kernel call serves, never a result.
     if cpu_has_avx2() {
         let narrow = evaluate(&ratings, Some("avx2"));
-        assert_eq!(narrow["simd"], "avx2+fma+f16c", "RBM_SIMD=avx2 keeps 16 registers");
+        assert_eq!(
+            narrow["simd"], "avx2+fma+f16c",
+            "RBM_SIMD=avx2 keeps 16 registers"
+        );
         for key in ["rmse", "mae", "ndcg_at_10", "precision_at_10", "valid_rmse"] {
             assert_eq!(narrow[key], fast[key], "{key}");
         }

@@ -188,7 +188,8 @@ impl CatalogWeights {
                         let i = task * CATALOG_TASK + n;
                         let row = implicit.row(i);
                         let [alpha, beta] = self.radius_terms[i];
-                        let centre = low[n] + kernels::dot(row.as_slice().expect("contiguous"), hidden);
+                        let centre =
+                            low[n] + kernels::dot(row.as_slice().expect("contiguous"), hidden);
                         let reach = alpha * *mass + beta + 1e-4;
                         (low[n], high[n]) = (centre - reach, centre + reach);
                     }

@@ -897,7 +897,11 @@ mod tests {
                     .collect();
                 let bias: Vec<f32> = (0..blocks * k * LANES).map(|i| i as f32 * 0.03).collect();
                 let hiddens: Vec<Vec<f32>> = (0..9)
-                    .map(|u| (0..m).map(|j| ((u * m + j) as f32 * 0.61).cos().abs()).collect())
+                    .map(|u| {
+                        (0..m)
+                            .map(|j| ((u * m + j) as f32 * 0.61).cos().abs())
+                            .collect()
+                    })
                     .collect();
                 for users in 1..=hiddens.len() {
                     let hiddens: Vec<&[f32]> = hiddens[..users].iter().map(|h| &h[..]).collect();
@@ -911,7 +915,9 @@ mod tests {
                     #[cfg(target_arch = "x86_64")]
                     if cpu_has_avx2() && users > 1 {
                         // SAFETY: the CPU has AVX2, FMA and F16C; shapes as checked above.
-                        unsafe { lane_logits_each_avx2(&halves, &hiddens, &bias, k, &mut together) };
+                        unsafe {
+                            lane_logits_each_avx2(&halves, &hiddens, &bias, k, &mut together)
+                        };
                         assert_eq!(alone, together, "avx2 k={k} blocks={blocks} users={users}");
                         if is_x86_feature_detected!("avx512vl") {
                             together.fill(0.0);
@@ -945,7 +951,11 @@ mod tests {
                 for l in 0..LANES {
                     assert_eq!(out[j * stride + l], rows[l][j], "n={n} j={j} l={l}");
                 }
-                assert!(out[j * stride + LANES..(j + 1) * stride].iter().all(|&x| x == -1.0));
+                assert!(
+                    out[j * stride + LANES..(j + 1) * stride]
+                        .iter()
+                        .all(|&x| x == -1.0)
+                );
             }
         }
     }
@@ -1050,27 +1060,50 @@ mod tests {
     fn log_sigmoid_bounds_enclose_the_exact_value() {
         let exact = |x: f32| {
             let x = f64::from(x);
-            if x > 0.0 { -(-x).exp().ln_1p() } else { x - x.exp().ln_1p() }
+            if x > 0.0 {
+                -(-x).exp().ln_1p()
+            } else {
+                x - x.exp().ln_1p()
+            }
         };
         let xs: Vec<f32> = (-200_000..=200_000)
             .map(|i| i as f32 * 1e-3)
-            .chain([-1e4, -150.0, -88.5, 88.5, 150.0, 1e4, f32::MIN_POSITIVE, -0.0])
+            .chain([
+                -1e4,
+                -150.0,
+                -88.5,
+                88.5,
+                150.0,
+                1e4,
+                f32::MIN_POSITIVE,
+                -0.0,
+            ])
             .collect();
         let (mut low, mut high) = (xs.clone(), xs.clone());
         log_sigmoid_bounds(&mut low, &mut high);
         for ((&x, &l), &h) in xs.iter().zip(&low).zip(&high) {
             let e = exact(x);
-            assert!(f64::from(l) <= e && e <= f64::from(h), "x={x}: {l} ≤ {e} ≤ {h}");
+            assert!(
+                f64::from(l) <= e && e <= f64::from(h),
+                "x={x}: {l} ≤ {e} ≤ {h}"
+            );
             // Tight enough to prune: the slack and a few 1e-6.
             let room = 2.5e-5 * (1.0 + e.abs());
-            assert!(e - f64::from(l) < room && f64::from(h) - e < room, "x={x}: {l} {e} {h}");
+            assert!(
+                e - f64::from(l) < room && f64::from(h) - e < room,
+                "x={x}: {l} {e} {h}"
+            );
         }
     }
 
     #[test]
     fn biased_exponent_is_two_to_the_n() {
         for n in -126..=127 {
-            assert_eq!(f32::from_bits(biased_exponent(n as f32)), 2f32.powi(n), "n={n}");
+            assert_eq!(
+                f32::from_bits(biased_exponent(n as f32)),
+                2f32.powi(n),
+                "n={n}"
+            );
         }
     }
 

@@ -258,7 +258,12 @@ unsafe fn rows_to_lanes_avx2(rows: &[&[f32]; LANES], out: &mut [f32], stride: us
     // SAFETY: loads read columns below `full` of each row; stores land below (full−1)·stride + 8.
     unsafe {
         while j < full {
-            let r: [__m256; 8] = std::array::from_fn(|l| _mm256_loadu_ps(rows[l].as_ptr().add(j)));
+            // A loop, not array::from_fn: a closure's caller is compiled without AVX2 (see
+            // `dots_avx2`).
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (r, row) in r.iter_mut().zip(rows) {
+                *r = _mm256_loadu_ps(row.as_ptr().add(j));
+            }
             let t = [
                 _mm256_unpacklo_ps(r[0], r[1]),
                 _mm256_unpackhi_ps(r[0], r[1]),
@@ -510,15 +515,8 @@ pub fn lane_logits_each<T: Weight>(
 
 /// The most vectors one kernel call serves at K classes, with `registers` vector registers: U·K
 /// sums, U broadcast hidden values and one weight must fit.
-const fn group_size(classes: usize, registers: usize) -> usize {
-    let fit = (registers - 1) / (classes + 1);
-    if fit > 4 {
-        4
-    } else if fit < 1 {
-        1
-    } else {
-        fit
-    }
+fn group_size(classes: usize, registers: usize) -> usize {
+    ((registers - 1) / (classes + 1)).clamp(1, 4)
 }
 
 /// The `sums::<T, U, K>` kernel for `classes` = K among the literals listed.
@@ -532,8 +530,8 @@ macro_rules! sums_for_classes {
 }
 
 /// Emits `lane_logits_each` for AVX2 under `$features`: split the vectors into near-equal groups
-/// of at most `group_size(K, $registers)` and run each block through `lane_sums_each`. The kernel
-/// is emitted inside so that it is compiled with the caller's registers.
+/// of at most `group_size(K, $registers)` and run each block through `sums`. The kernel is emitted
+/// inside so that it is compiled with the caller's registers.
 macro_rules! lane_logits_each_for {
     ($name:ident, $features:literal, $registers:literal) => {
         /// # Safety
@@ -786,6 +784,14 @@ pub fn expected_class_of_logits(
 mod tests {
     use super::*;
 
+    /// The f16 bits of each weight, as the screening copy holds them.
+    fn halves_of(weights: &[f32]) -> Vec<u16> {
+        weights
+            .iter()
+            .map(|&w| half::f16::from_f32(w).to_bits())
+            .collect()
+    }
+
     #[test]
     #[should_panic]
     fn row_dots_each_refuses_rows_shorter_than_its_vectors() {
@@ -853,10 +859,7 @@ mod tests {
             let bias: Vec<f32> = (0..k * LANES).map(|i| i as f32 * 0.01).collect();
             let mut out = vec![0.0f32; k * LANES];
             // f16 weights give the same sums as their f32 values, up to rounding.
-            let halves: Vec<u16> = weights
-                .iter()
-                .map(|&w| half::f16::from_f32(w).to_bits())
-                .collect();
+            let halves = halves_of(&weights);
             let mut from_halves = vec![0.0f32; k * LANES];
             lane_logits(&halves, &hidden, &bias, k, &mut from_halves);
             for (n, &o) in from_halves.iter().enumerate() {
@@ -891,10 +894,7 @@ mod tests {
             for blocks in [1, 2] {
                 let len = blocks * m * k * LANES;
                 let weights: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
-                let halves: Vec<u16> = weights
-                    .iter()
-                    .map(|&w| half::f16::from_f32(w).to_bits())
-                    .collect();
+                let halves = halves_of(&weights);
                 let bias: Vec<f32> = (0..blocks * k * LANES).map(|i| i as f32 * 0.03).collect();
                 let hiddens: Vec<Vec<f32>> = (0..9)
                     .map(|u| {
@@ -1032,10 +1032,7 @@ mod tests {
             for blocks in [1, 2] {
                 let len = blocks * m * k * LANES;
                 let weights: Vec<f32> = (0..len).map(|i| (i as f32 * 0.31).sin()).collect();
-                let halves: Vec<u16> = weights
-                    .iter()
-                    .map(|&w| half::f16::from_f32(w).to_bits())
-                    .collect();
+                let halves = halves_of(&weights);
                 let hidden: Vec<f32> = (0..m).map(|j| (j as f32 * 0.7).cos().abs()).collect();
                 let bias: Vec<f32> = (0..blocks * k * LANES).map(|i| i as f32 * 0.01).collect();
                 let mut plain = vec![0.0f32; bias.len()];

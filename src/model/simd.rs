@@ -2,8 +2,9 @@
 //! baseline x86-64 so that it runs on any x86-64 server; the loops that matter are compiled a second
 //! time with AVX2, FMA and F16C (x86-64-v3, every x86 server CPU since 2013) by [`multiversion!`], and
 //! that copy runs when the CPU has them. `RBM_SIMD=portable` forces the baseline code, to compare the
-//! two paths or to rule the vector code out. Where the CPU also has AVX-512VL, the kernels that keep many
-//! sums in registers run a third copy that may use its 32 registers (`RBM_SIMD=avx2` forbids it).
+//! two paths or to rule the vector code out. Where the CPU also has AVX-512VL, the kernels that
+//! keep many sums in registers run a third copy that may use its 32 registers (`RBM_SIMD=avx2`
+//! forbids it).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

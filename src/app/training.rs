@@ -542,7 +542,10 @@ impl Progress {
 
 /// The nice value of a run's threads: the lowest priority, so that requests take the cores
 /// whenever they need them and training takes what is left. On two cores a retrain at the
-/// default priority doubled the p99 of the requests served beside it.
+/// default priority doubled the p99 of the requests served beside it. Where the kernel allows,
+/// the threads also take the SCHED_IDLE policy: a nice-19 thread still keeps a core until the
+/// scheduler's next tick decides otherwise, while a request's thread that wakes up preempts a
+/// SCHED_IDLE one at once.
 const TRAINING_NICE: i32 = 19;
 
 /// Runs `work` on a thread of its own at `TRAINING_NICE`. Threads it starts (the trainer's rayon
@@ -566,7 +569,8 @@ fn at_background_priority<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// On Linux the nice value belongs to the thread, not the process.
+/// On Linux the nice value and the scheduling policy belong to the thread, not the process, and
+/// threads it starts inherit both.
 #[cfg(target_os = "linux")]
 fn lower_priority() {
     // SAFETY: setpriority reads no memory of ours; `who` 0 is the calling thread.
@@ -574,6 +578,14 @@ fn lower_priority() {
         tracing::warn!(
             error = %std::io::Error::last_os_error(),
             "cannot lower the training threads' priority"
+        );
+    }
+    let idle = libc::sched_param { sched_priority: 0 };
+    // SAFETY: the parameter outlives the call, which only reads it; pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot give the training threads the idle scheduling policy"
         );
     }
 }
@@ -594,21 +606,31 @@ mod tests {
         }
     }
 
+    fn policy() -> i32 {
+        // SAFETY: pid 0 is the calling thread; the call reads no memory of ours.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
     #[test]
     fn training_threads_run_at_the_lowest_priority_and_the_caller_keeps_its_own() {
-        let before = nice();
+        let before = (nice(), policy());
         let (inside, pool, global) = at_background_priority(|| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(2)
                 .build()
                 .unwrap();
-            let global = rayon::broadcast(|_| nice());
-            (nice(), pool.broadcast(|_| nice()), global)
+            let global = rayon::broadcast(|_| (nice(), policy()));
+            (
+                (nice(), policy()),
+                pool.broadcast(|_| (nice(), policy())),
+                global,
+            )
         });
-        assert_eq!(inside, TRAINING_NICE);
-        assert_eq!(pool, vec![TRAINING_NICE; 2]);
+        let lowest = (TRAINING_NICE, libc::SCHED_IDLE);
+        assert_eq!(inside, lowest);
+        assert_eq!(pool, vec![lowest; 2]);
         assert!(global.iter().all(|&n| n == before), "{global:?}");
-        assert_eq!(nice(), before);
+        assert_eq!((nice(), policy()), before);
     }
 
     #[test]

@@ -48,6 +48,13 @@ impl Scales {
             negative: scale,
         }
     }
+
+    pub fn times(self, factor: f32) -> Self {
+        Self {
+            positive: self.positive * factor,
+            negative: self.negative * factor,
+        }
+    }
 }
 
 /// Which visible state a hidden pass conditions on.
@@ -369,12 +376,12 @@ impl MiniBatch {
         &self.entries[self.item_start[g]..self.item_start[g + 1]]
     }
 
-    /// The gradient of item i's K rows of W, Σ over the batch of v[i][k]·p(h|v) − v_T[i][k]·p(h|v_T)
-    /// with the halves scaled by `scale`, into `out` (K·M), from one pass over the item's entries.
+    /// Adds the gradient of item i's K rows of W, Σ over the batch of v[i][k]·p(h|v) −
+    /// v_T[i][k]·p(h|v_T) with the halves scaled by `scale`, to `out` (K·M), from one pass over the
+    /// item's entries.
     #[inline(always)]
-    pub fn item_weight_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
+    pub fn add_item_weight_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
         let m = self.m;
-        out.fill(0.0);
         for e in self.group(item) {
             let slot = e.slot as usize * m;
             let (class, sampled) = (e.class as usize, e.sampled as usize);
@@ -391,20 +398,20 @@ impl MiniBatch {
         }
     }
 
-    /// Σ v[i][k] − v_T[i][k] over the batch, the halves scaled by `scale`.
+    /// Adds Σ v[i][k] − v_T[i][k] over the batch, the halves scaled by `scale`, to `out` (K).
     #[inline(always)]
-    pub fn visible_bias_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
-        out.fill(0.0);
+    pub fn add_visible_bias_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
         for e in self.group(item) {
             out[e.class as usize] += scale.positive;
             out[e.sampled as usize] -= scale.negative;
         }
     }
 
-    pub fn hidden_bias_gradient(&self, scale: Scales, out: &mut [f32]) {
+    /// Adds Σ p(h|v) − p(h|v_T) over the batch, the halves scaled by `scale`, to `out` (M).
+    pub fn add_hidden_bias_gradient(&self, scale: Scales, out: &mut [f32]) {
         let (positive, negative) = self.hidden_sums.split_at(self.m);
         for ((o, p), n) in out.iter_mut().zip(positive).zip(negative) {
-            *o = scale.positive * p - scale.negative * n;
+            *o += scale.positive * p - scale.negative * n;
         }
     }
 
@@ -413,11 +420,11 @@ impl MiniBatch {
         &self.positive
     }
 
-    /// Σ over the cases that rated item i of p(h|v) − p(h|v_T), the halves scaled by `scale` (the gradient of Dimp[i]).
+    /// Adds Σ over the cases that rated item i of p(h|v) − p(h|v_T), the halves scaled by `scale`
+    /// (the gradient of Dimp[i]), to `out` (M).
     #[inline(always)]
-    pub fn implicit_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
+    pub fn add_implicit_gradient(&self, item: usize, scale: Scales, out: &mut [f32]) {
         let m = self.m;
-        out.fill(0.0);
         for e in self.group(item) {
             let slot = e.slot as usize;
             kernels::axpy(

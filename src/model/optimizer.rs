@@ -65,17 +65,18 @@ impl TensorState {
 
     simd::multiversion! {
         /// Applies step number `step` (1-based) to `values`. `touched(row)` says whether the row has a
-        /// gradient; `gradient(row, out)` writes the batch-averaged log-likelihood gradient (an ascent
-        /// direction) of a touched row into `out`. With momentum, untouched rows stay lazy.
+        /// gradient; `gradient(row, factor, out)` adds `factor` times the batch-averaged
+        /// log-likelihood gradient (an ascent direction) of a touched row to `out`. With momentum,
+        /// untouched rows stay lazy, and the gradient is added straight into the row's velocity, so
+        /// no gradient buffer is written and read again.
         pub fn step / step_avx2(
             &mut self,
             values: &mut [f32],
             step: u64,
             touched: impl Fn(usize) -> bool + Sync,
-            gradient: impl Fn(usize, &mut [f32]) + Sync,
+            gradient: impl Fn(usize, f32, &mut [f32]) + Sync,
         ) {
             let (rule, row_len, decay) = (self.rule, self.row_len, self.decay);
-            let scratch = || vec![0.0f32; row_len];
             match rule.kind {
                 OptimizerKind::Momentum => {
                     let catch_up = &self.catch_up;
@@ -86,7 +87,7 @@ impl TensorState {
                         .zip(self.first.par_chunks_mut(row_len * TASK))
                         .zip(self.last_step.par_chunks_mut(TASK))
                         .enumerate()
-                        .for_each_init(scratch, |grad, (task, ((ws, vs), lasts))| {
+                        .for_each(|(task, ((ws, vs), lasts))| {
                             let first_row = task * TASK;
                             let mut rows = (0..lasts.len())
                                 .filter(|r| touched(first_row + r))
@@ -99,12 +100,14 @@ impl TensorState {
                                 let row = first_row + r;
                                 let w = &mut ws[r * row_len..(r + 1) * row_len];
                                 let v = &mut vs[r * row_len..(r + 1) * row_len];
-                                gradient(row, grad);
                                 catch_up.apply(w, v, step - 1 - lasts[r]);
-                                for ((w, v), g) in w.iter_mut().zip(v.iter_mut()).zip(grad.iter()) {
-                                    *v = rule.momentum * *v + rule.learning_rate * (g - decay * *w);
-                                    *w += *v;
+                                // v ← μv + η(g − λw), w ← w + v, with ηg added into v in place.
+                                let shrink = rule.learning_rate * decay;
+                                for (w, v) in w.iter().zip(v.iter_mut()) {
+                                    *v = rule.momentum * *v - shrink * *w;
                                 }
+                                gradient(row, rule.learning_rate, v);
+                                kernels::add_assign(w, v);
                                 lasts[r] = step;
                             }
                         });
@@ -117,11 +120,10 @@ impl TensorState {
                         .zip(self.first.par_chunks_mut(row_len))
                         .zip(self.second.par_chunks_mut(row_len))
                         .enumerate()
-                        .for_each_init(scratch, |grad, (row, ((w, m), s))| {
+                        .for_each_init(|| vec![0.0f32; row_len], |grad, (row, ((w, m), s))| {
+                            grad.fill(0.0);
                             if touched(row) {
-                                gradient(row, grad);
-                            } else {
-                                grad.fill(0.0);
+                                gradient(row, 1.0, grad);
                             }
                             for (((w, m), s), g) in w
                                 .iter_mut()
@@ -261,9 +263,9 @@ mod tests {
         let rows = 3;
         let init: Vec<f32> = vec![0.5, -0.2, 0.1, 0.3, 1.0, -1.0];
         // Row r has a gradient only on steps where (step + r) % 3 == 0.
-        let grad_of = |row: usize, step: u64, out: &mut [f32]| {
+        let grad_of = |row: usize, step: u64, factor: f32, out: &mut [f32]| {
             for (j, g) in out.iter_mut().enumerate() {
-                *g = ((row + j) as f32 * 0.7 + step as f32).sin();
+                *g += factor * ((row + j) as f32 * 0.7 + step as f32).sin();
             }
         };
         let mut lazy = init.clone();
@@ -281,16 +283,16 @@ mod tests {
                 );
             }
             let has = |row: usize| (step as usize + row).is_multiple_of(3);
-            lazy_state.step(&mut lazy, step, has, |row, out| grad_of(row, step, out));
+            lazy_state.step(&mut lazy, step, has, |row, factor, out| {
+                grad_of(row, step, factor, out)
+            });
             dense_state.step(
                 &mut dense,
                 step,
                 |_| true,
-                |row, out| {
+                |row, factor, out| {
                     if has(row) {
-                        grad_of(row, step, out)
-                    } else {
-                        out.fill(0.0)
+                        grad_of(row, step, factor, out)
                     }
                 },
             );

@@ -174,24 +174,26 @@ impl ValidRbmParams {
                         },
                     };
                     let (batch, choice) = (&batch, choice.as_ref());
-                    let gradient = |rating: &dyn Fn(&mut [f32]),
-                                    joint: &dyn Fn(&ChoiceBatch, &mut [f32]),
+                    // Each adds `factor` times a row's gradient: the rating term's where the batch
+                    // rated the item, then the joint term's model half.
+                    let gradient = |rating: &dyn Fn(Scales, &mut [f32]),
+                                    joint: &dyn Fn(&ChoiceBatch, f32, &mut [f32]),
                                     item: usize,
+                                    factor: f32,
                                     out: &mut [f32]| {
                         if in_batch(item) {
-                            rating(out);
-                        } else {
-                            out.fill(0.0);
+                            rating(scales.times(factor), out);
                         }
                         if let Some(choice) = choice {
-                            joint(choice, out);
+                            joint(choice, scale_by * factor, out);
                         }
                     };
-                    let weight_gradient = |item: usize, out: &mut [f32]| {
+                    let weight_gradient = |item: usize, factor: f32, out: &mut [f32]| {
                         gradient(
-                            &|out| batch.item_weight_gradient(item, scales, out),
-                            &|c, out| c.sub_weight_negative(item, scale_by, out),
+                            &|s, out| batch.add_item_weight_gradient(item, s, out),
+                            &|c, s, out| c.sub_weight_negative(item, s, out),
                             item,
+                            factor,
                             out,
                         )
                     };
@@ -208,11 +210,12 @@ impl ValidRbmParams {
                         slice_mut(&mut rbm.visible_bias),
                         step,
                         item_touched,
-                        |item, out| {
+                        |item, factor, out| {
                             gradient(
-                                &|out| batch.visible_bias_gradient(item, scales, out),
-                                &|c, out| c.sub_visible_bias_negative(item, scale_by, out),
+                                &|s, out| batch.add_visible_bias_gradient(item, s, out),
+                                &|c, s, out| c.sub_visible_bias_negative(item, s, out),
                                 item,
+                                factor,
                                 out,
                             )
                         },
@@ -221,19 +224,20 @@ impl ValidRbmParams {
                         slice_mut(&mut rbm.hidden_bias),
                         step,
                         |_| true,
-                        |_, out| {
-                            batch.hidden_bias_gradient(scales, out);
+                        |_, factor, out| {
+                            batch.add_hidden_bias_gradient(scales.times(factor), out);
                             if let Some(choice) = choice {
-                                choice.sub_hidden_bias_negative(scale_by, out);
+                                choice.sub_hidden_bias_negative(scale_by * factor, out);
                             }
                         },
                     );
                     if let Some(implicit) = &mut rbm.implicit {
-                        d_state.step(slice_mut(implicit), step, item_touched, |item, out| {
+                        d_state.step(slice_mut(implicit), step, item_touched, |item, factor, out| {
                             gradient(
-                                &|out| batch.implicit_gradient(item, scales, out),
-                                &|c, out| c.sub_implicit_negative(item, scale_by, out),
+                                &|s, out| batch.add_implicit_gradient(item, s, out),
+                                &|c, s, out| c.sub_implicit_negative(item, s, out),
                                 item,
+                                factor,
                                 out,
                             )
                         });
@@ -396,7 +400,7 @@ impl Factors {
             &mut self,
             step: u64,
             touched: impl Fn(usize) -> bool + Sync,
-            gradient: impl Fn(usize, &mut [f32]) + Sync,
+            gradient: impl Fn(usize, f32, &mut [f32]) + Sync,
         ) {
             let (k, c) = (self.k, self.c);
             let m = self.b.len() / c;
@@ -404,7 +408,10 @@ impl Factors {
                 .par_chunks_mut(k * m)
                 .enumerate()
                 .filter(|(row, _)| touched(*row))
-                .for_each(|(row, g)| gradient(row, g));
+                .for_each(|(row, g)| {
+                    g.fill(0.0);
+                    gradient(row, 1.0, g)
+                });
             let mut grad_b = vec![0.0f32; c * m];
             for (row, g) in self
                 .grad_w
@@ -424,11 +431,11 @@ impl Factors {
                 }
             }
             let (grad_w, b) = (&self.grad_w, &self.b);
-            self.a_state.step(&mut self.a, step, touched, |row, out| {
+            self.a_state.step(&mut self.a, step, touched, |row, factor, out| {
                 for class in 0..k {
                     let g = &grad_w[(row * k + class) * m..(row * k + class + 1) * m];
                     for f in 0..c {
-                        out[class * c + f] = kernels::dot(g, &b[f * m..(f + 1) * m]);
+                        out[class * c + f] += factor * kernels::dot(g, &b[f * m..(f + 1) * m]);
                     }
                 }
             });
@@ -436,7 +443,7 @@ impl Factors {
                 &mut self.b,
                 step,
                 |_| true,
-                |_, out| out.copy_from_slice(&grad_b),
+                |_, factor, out| kernels::axpy(out, factor, &grad_b),
             );
         }
     }
@@ -476,7 +483,7 @@ pub fn cd_weight_gradient(
     let mut gradient = vec![0.0f32; d * k * m];
     for (item, out) in gradient.chunks_mut(k * m).enumerate() {
         if items.contains(&(item as u32)) {
-            batch.item_weight_gradient(item, Scales::both(1.0 / samples as f32), out);
+            batch.add_item_weight_gradient(item, Scales::both(1.0 / samples as f32), out);
         }
     }
     gradient.into_iter().map(f64::from).collect()
@@ -507,7 +514,7 @@ pub fn joint_cd_weight_gradient(
     let mut gradient = vec![0.0f32; d * k * m];
     for (item, out) in gradient.chunks_mut(k * m).enumerate() {
         if items.contains(&(item as u32)) {
-            batch.item_weight_gradient(item, data_only, out);
+            batch.add_item_weight_gradient(item, data_only, out);
         }
         choice.sub_weight_negative(item, scale, out);
     }

@@ -298,24 +298,24 @@ impl CatalogWeights {
     }
 
     /// E[class] (and log Σ_k e^{logit_k} if asked) of the items of one or two blocks from their
-    /// logits, laid out as `lane_logits` writes them; the logits are used as scratch.
+    /// logits, laid out as `lane_logits` writes them.
     #[inline(always)]
     fn logits_expected(
         &self,
-        logits: &mut [f32],
+        logits: &[f32],
         out: &mut [f32],
         mut log_normalisers: Option<&mut [f32]>,
     ) {
         use kernels::LANES;
         let k = self.classes;
         for (block, (logits, out)) in logits
-            .chunks_mut(k * LANES)
+            .chunks(k * LANES)
             .zip(out.chunks_mut(LANES))
             .enumerate()
         {
             let (mut expected, mut lse) = ([0.0f32; LANES], [0.0f32; LANES]);
-            let wanted = log_normalisers.is_some().then_some(&mut lse[..]);
-            kernels::expected_class_of_logits(logits, k, &mut expected, wanted);
+            let wanted = log_normalisers.is_some().then_some(&mut lse);
+            kernels::expected_class_of_lanes(logits, k, &mut expected, wanted);
             out.copy_from_slice(&expected[..out.len()]);
             if let Some(l) = log_normalisers.as_deref_mut() {
                 let n = out.len();

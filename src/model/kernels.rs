@@ -780,6 +780,52 @@ pub fn expected_class_of_logits(
     }
 }
 
+/// `expected_class_of_logits` for one block of `lane_logits`' layout (`logits[k * LANES + lane]`),
+/// with the same operations in the same order, so the same bits. The general function's loops run
+/// over a slice length that LLVM, once it knows it is 8, unrolls into scalar code; here every
+/// step is a whole-array operation on `[f32; LANES]`, which it keeps in vector registers.
+#[inline(always)]
+pub fn expected_class_of_lanes(
+    logits: &[f32],
+    classes: usize,
+    out: &mut [f32; LANES],
+    log_normalisers: Option<&mut [f32; LANES]>,
+) {
+    let row = |k: usize| -> &[f32; LANES] {
+        logits[k * LANES..(k + 1) * LANES]
+            .try_into()
+            .expect("a block holds every class")
+    };
+    let mut max = *row(0);
+    for k in 1..classes {
+        let z = row(k);
+        for lane in 0..LANES {
+            max[lane] = max[lane].max(z[lane]);
+        }
+    }
+    let (mut sum, mut denominator) = ([0.0f32; LANES], [0.0f32; LANES]);
+    for k in 0..classes {
+        let z = row(k);
+        for lane in 0..LANES {
+            let e = fast_exp(z[lane] - max[lane]);
+            if k == 0 {
+                denominator[lane] = e;
+            } else {
+                sum[lane] += k as f32 * e;
+                denominator[lane] += e;
+            }
+        }
+    }
+    for lane in 0..LANES {
+        out[lane] = sum[lane] / denominator[lane];
+    }
+    if let Some(lse) = log_normalisers {
+        for lane in 0..LANES {
+            lse[lane] = max[lane] + denominator[lane].ln();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -956,6 +1002,37 @@ mod tests {
                         .iter()
                         .all(|&x| x == -1.0)
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn expected_class_of_lanes_is_the_general_function_bit_for_bit() {
+        for classes in 1..=10 {
+            for seed in 0..20u32 {
+                // Logits from −60 to 60, so some classes' exponentials underflow against the max.
+                let logits: Vec<f32> = (0..classes * LANES)
+                    .map(|i| ((i as u32 * 7919 + seed * 104_729) as f32 * 0.618).sin() * 60.0)
+                    .collect();
+                let (mut general, mut general_lse) = ([0.0f32; LANES], [0.0f32; LANES]);
+                expected_class_of_logits(
+                    &mut logits.clone(),
+                    classes,
+                    &mut general,
+                    Some(&mut general_lse),
+                );
+                let (mut lanes, mut lanes_lse) = ([0.0f32; LANES], [0.0f32; LANES]);
+                expected_class_of_lanes(&logits, classes, &mut lanes, Some(&mut lanes_lse));
+                let bits = |v: &[f32; LANES]| v.map(f32::to_bits);
+                assert_eq!(bits(&lanes), bits(&general), "K={classes} seed={seed}");
+                assert_eq!(
+                    bits(&lanes_lse),
+                    bits(&general_lse),
+                    "K={classes} seed={seed}"
+                );
+                let mut alone = [0.0f32; LANES];
+                expected_class_of_lanes(&logits, classes, &mut alone, None);
+                assert_eq!(bits(&alone), bits(&general), "K={classes} seed={seed}");
             }
         }
     }

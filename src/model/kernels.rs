@@ -732,58 +732,10 @@ fn nearest_integer(v: f32) -> f32 {
     (v + SHIFT) - SHIFT
 }
 
-/// For logits laid out class-major (`logits[k * d + i]`, K classes of d items), writes each item's
-/// expected class Σ_k k·softmax_k into `out` and, if asked, log Σ_k e^{z_k} into
-/// `log_normalisers`. The logits buffer is used as scratch.
-#[inline(always)]
-pub fn expected_class_of_logits(
-    logits: &mut [f32],
-    classes: usize,
-    out: &mut [f32],
-    mut log_normalisers: Option<&mut [f32]>,
-) {
-    let d = out.len();
-    out.copy_from_slice(&logits[..d]);
-    for k in 1..classes {
-        for (m, &z) in out.iter_mut().zip(&logits[k * d..(k + 1) * d]) {
-            *m = m.max(z);
-        }
-    }
-    for k in 0..classes {
-        for (z, &m) in logits[k * d..(k + 1) * d].iter_mut().zip(out.iter()) {
-            *z = fast_exp(*z - m);
-        }
-    }
-    if let Some(lse) = log_normalisers.as_deref_mut() {
-        lse.copy_from_slice(out);
-    }
-    // out becomes Σ k·e_k, and row 0 of logits Σ e_k.
-    out.fill(0.0);
-    let (denominator, rest) = logits.split_at_mut(d);
-    for k in 1..classes {
-        for ((o, den), &e) in out
-            .iter_mut()
-            .zip(denominator.iter_mut())
-            .zip(&rest[(k - 1) * d..k * d])
-        {
-            *o += k as f32 * e;
-            *den += e;
-        }
-    }
-    for (o, &den) in out.iter_mut().zip(denominator.iter()) {
-        *o /= den;
-    }
-    if let Some(lse) = log_normalisers {
-        for (l, &den) in lse.iter_mut().zip(denominator.iter()) {
-            *l += den.ln();
-        }
-    }
-}
-
-/// `expected_class_of_logits` for one block of `lane_logits`' layout (`logits[k * LANES + lane]`),
-/// with the same operations in the same order, so the same bits. The general function's loops run
-/// over a slice length that LLVM, once it knows it is 8, unrolls into scalar code; here every
-/// step is a whole-array operation on `[f32; LANES]`, which it keeps in vector registers.
+/// For one block of `lane_logits`' layout (`logits[k * LANES + lane]`, K classes of LANES items),
+/// writes each item's expected class Σ_k k·softmax_k into `out` and, if asked, log Σ_k e^{z_k}
+/// into `log_normalisers`. Every step is a whole-array operation on `[f32; LANES]`, which LLVM
+/// keeps in vector registers: the same loops over a slice of length 8 it unrolled into scalar code.
 #[inline(always)]
 pub fn expected_class_of_lanes(
     logits: &[f32],
@@ -1002,6 +954,52 @@ mod tests {
                         .iter()
                         .all(|&x| x == -1.0)
                 );
+            }
+        }
+    }
+
+    /// The plain reference for `expected_class_of_lanes`: the same steps on logits laid out
+    /// class-major (`logits[k * d + i]`, K classes of d items); the logits are used as scratch.
+    fn expected_class_of_logits(
+        logits: &mut [f32],
+        classes: usize,
+        out: &mut [f32],
+        mut log_normalisers: Option<&mut [f32]>,
+    ) {
+        let d = out.len();
+        out.copy_from_slice(&logits[..d]);
+        for k in 1..classes {
+            for (m, &z) in out.iter_mut().zip(&logits[k * d..(k + 1) * d]) {
+                *m = m.max(z);
+            }
+        }
+        for k in 0..classes {
+            for (z, &m) in logits[k * d..(k + 1) * d].iter_mut().zip(out.iter()) {
+                *z = fast_exp(*z - m);
+            }
+        }
+        if let Some(lse) = log_normalisers.as_deref_mut() {
+            lse.copy_from_slice(out);
+        }
+        // out becomes Σ k·e_k, and row 0 of logits Σ e_k.
+        out.fill(0.0);
+        let (denominator, rest) = logits.split_at_mut(d);
+        for k in 1..classes {
+            for ((o, den), &e) in out
+                .iter_mut()
+                .zip(denominator.iter_mut())
+                .zip(&rest[(k - 1) * d..k * d])
+            {
+                *o += k as f32 * e;
+                *den += e;
+            }
+        }
+        for (o, &den) in out.iter_mut().zip(denominator.iter()) {
+            *o /= den;
+        }
+        if let Some(lse) = log_normalisers {
+            for (l, &den) in lse.iter_mut().zip(denominator.iter()) {
+                *l += den.ln();
             }
         }
     }

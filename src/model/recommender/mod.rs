@@ -297,18 +297,25 @@ impl Recommender {
         let (k, m, n) = (self.scale.classes(), side.rbm.hidden(), items.len());
         let weights = side.rbm.item_weights(user);
         let bias = side.rbm.visible_bias().row(user);
+        use kernels::LANES;
+        // In blocks of LANES items, class-major within a block, as `lane_logits` writes them.
         logits.clear();
-        logits.resize(k * n, 0.0);
+        logits.resize(n.div_ceil(LANES) * k * LANES, 0.0);
         for (t, item) in items.enumerate() {
             let hidden = rows.row(item as usize);
             let hidden = hidden.as_slice().expect("contiguous");
+            let block = (t / LANES) * k * LANES + t % LANES;
             for (class, w) in weights.chunks_exact(m).enumerate() {
-                logits[class * n + t] = bias[class] + kernels::dot(w, hidden);
+                logits[block + class * LANES] = bias[class] + kernels::dot(w, hidden);
             }
         }
         out.clear();
         out.resize(n, 0.0);
-        kernels::expected_class_of_logits(logits, k, out, None);
+        for (logits, out) in logits.chunks(k * LANES).zip(out.chunks_mut(LANES)) {
+            let mut expected = [0.0f32; LANES];
+            kernels::expected_class_of_lanes(logits, k, &mut expected, None);
+            out.copy_from_slice(&expected[..out.len()]);
+        }
         Some(out)
     }
 

@@ -132,7 +132,7 @@ impl Service {
         }))
     }
 
-    pub fn serving(&self) -> &Serving {
+    pub fn serving(&self) -> &Arc<Serving> {
         &self.serving
     }
 

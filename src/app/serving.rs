@@ -23,6 +23,10 @@ pub struct Serving {
     store: Store,
     metrics: Arc<Metrics>,
     slot: ArcSwapOption<ServedModel>,
+    /// Held while a version is installed and recorded active, so that installs take turns: the
+    /// process ends up serving the version the store records last, and holds at most two models
+    /// (the served one and the one being loaded).
+    installing: tokio::sync::Mutex<()>,
 }
 
 impl Serving {
@@ -36,6 +40,7 @@ impl Serving {
             store,
             metrics,
             slot: ArcSwapOption::empty(),
+            installing: tokio::sync::Mutex::new(()),
         });
         // Subscribed before the active model is read, so no activation elsewhere falls between.
         if let Some(announcements) = serving.store.model_announcements().await? {
@@ -62,13 +67,21 @@ impl Serving {
         Ok(self.store.models().await?)
     }
 
-    /// Makes a stored model version the active one (also a rollback).
-    pub async fn activate(&self, version: i64) -> Result<(), ServiceError> {
-        self.install_stored(version).await?;
-        self.store.activate_model(version).await?;
-        self.announce(version).await;
-        tracing::info!(version, "activated model");
-        Ok(())
+    /// Makes a stored model version the active one (also a rollback). It runs as a task of its
+    /// own: a client that gives up cannot stop it between serving the version and recording it
+    /// active, which would leave this process serving one version and the others another.
+    pub async fn activate(self: &Arc<Self>, version: i64) -> Result<(), ServiceError> {
+        let serving = self.clone();
+        tokio::spawn(async move {
+            let _turn = serving.installing.lock().await;
+            serving.install_stored(version).await?;
+            serving.store.activate_model(version).await?;
+            serving.announce(version).await;
+            tracing::info!(version, "activated model");
+            Ok(())
+        })
+        .await
+        .map_err(|e| ServiceError::Task(e.to_string()))?
     }
 
     /// Serves a freshly trained, stored version and makes it the active one everywhere.
@@ -78,6 +91,7 @@ impl Serving {
         recommender: Recommender,
         bytes: usize,
     ) -> Result<(), ServiceError> {
+        let _turn = self.installing.lock().await;
         self.store.activate_model(version).await?;
         self.put(version, recommender, bytes);
         self.announce(version).await;
@@ -86,6 +100,7 @@ impl Serving {
 
     /// Installs the active version unless it is already served.
     async fn load_active(&self) -> Result<(), ServiceError> {
+        let _turn = self.installing.lock().await;
         let Some(version) = self.store.active_version().await? else {
             return Ok(());
         };

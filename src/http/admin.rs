@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tower_http::timeout::TimeoutLayer;
 
 use super::{ApiError, AppJson, AppPath};
 use crate::app::Service;
@@ -19,7 +20,7 @@ use crate::config::Secret;
 
 type AppState = State<Arc<Service>>;
 
-pub fn router(admin_token: Option<Secret>) -> Router<Arc<Service>> {
+pub fn router(admin_token: Option<Secret>, timeout: TimeoutLayer) -> Router<Arc<Service>> {
     Router::new()
         .route("/retrain", post(retrain))
         .route("/training-runs", get(runs))
@@ -27,6 +28,10 @@ pub fn router(admin_token: Option<Secret>) -> Router<Arc<Service>> {
         .route("/training-runs/{id}/cancel", post(cancel))
         .route("/training-runs/{id}/curves.svg", get(curves))
         .route("/models", get(models))
+        .route_layer(timeout)
+        // Not under the request timeout: loading a version takes as long as its size needs (5-11 s
+        // for the 430 MB model of 100 M ratings), and the activation would go on without the
+        // client anyway (see `Serving::activate`).
         .route("/models/{version}/activate", post(activate))
         .route_layer(middleware::from_fn_with_state(admin_token, require_admin))
 }

@@ -1,5 +1,6 @@
 //! The HTTP API: routers of the public and admin modules merged in one place, with the layers
-//! every request goes through (timeout, metrics, tracing, body limit) and graceful shutdown.
+//! every request goes through (metrics, tracing, body limit; the timeout on all routes but model
+//! activation) and graceful shutdown.
 
 mod admin;
 mod api;
@@ -75,18 +76,20 @@ impl<T: serde::Serialize> IntoResponse for AppJson<T> {
 
 /// The routes and the layers every request goes through.
 pub fn router(service: Arc<Service>, settings: &Settings) -> Router {
+    let timeout =
+        TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, settings.request_timeout);
     Router::new()
         .merge(api::router())
         .merge(dashboard::router())
-        .nest("/admin", admin::router(settings.admin_token.clone()))
+        .route_layer(timeout)
+        .nest(
+            "/admin",
+            admin::router(settings.admin_token.clone(), timeout),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".to_string()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".to_string())
         })
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            settings.request_timeout,
-        ))
         // A Content-Length over the limit is refused before the body is read (the extractors'
         // own limit, below, covers bodies without one).
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))

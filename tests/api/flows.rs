@@ -764,6 +764,34 @@ async fn replicas_train_one_at_a_time_and_follow_each_others_models() {
     serves(&second, &newer).await;
 }
 
+/// Activating a version is not cut off by the request timeout: loading a large one takes
+/// seconds (5-11 s for the 430 MB model of 100 M ratings). Here a process whose timeout is 1 ms,
+/// less than any activation takes (it reads, decodes and records a model), rolls back, and the
+/// rollback answers 200 and is what the store records as active.
+async fn activation_outlasts_the_request_timeout(backend: crate::Backend) {
+    let app = crate::spawn_app(backend).await;
+    seed(&app, 90, 18).await;
+    let older = app.retrain(fast_training()).await["model_version"].clone();
+    app.retrain(fast_training()).await;
+    let hurried = crate::spawn_replica_tuned(&app, |s| {
+        s.request_timeout = std::time::Duration::from_millis(1);
+    })
+    .await;
+    let activate = format!("/admin/models/{older}/activate");
+    let (status, body) = hurried.call("POST", &activate, None, true).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, models) = app.call("GET", "/admin/models", None, true).await;
+    let active: Vec<&Value> = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["active"] == true)
+        .map(|m| &m["version"])
+        .collect();
+    assert_eq!(active, [&older], "{models}");
+}
+on_both_backends!(backend activation_outlasts_the_request_timeout);
+
 /// Starts a fast retrain on `app` as soon as no process holds the training lock (up to 10 s: a
 /// run is recorded as ended a moment before its process lets the lock go), and waits for it.
 async fn retrain_once_free(app: &TestApp) -> Value {

@@ -159,12 +159,12 @@ fn settings_for(admin_token: Option<&str>) -> impl FnOnce(&mut Settings) {
 
 /// Another app on the database of `app`, as a second replica would run.
 pub async fn spawn_replica(app: &TestApp) -> TestApp {
-    spawn_app_on(
-        app.database_url.clone(),
-        TestDatabase::Shared,
-        settings_for(Some(ADMIN_TOKEN)),
-    )
-    .await
+    spawn_replica_tuned(app, settings_for(Some(ADMIN_TOKEN))).await
+}
+
+/// Another app on the database of `app`, with settings of its own.
+pub async fn spawn_replica_tuned(app: &TestApp, tune: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_on(app.database_url.clone(), TestDatabase::Shared, tune).await
 }
 
 async fn spawn_app_on(

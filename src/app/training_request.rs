@@ -68,6 +68,10 @@ pub struct TrainingRequest {
     /// Most users the item-based RBM takes as visible units (the most active ones).
     #[arg(long)]
     pub item_users: Option<usize>,
+    /// Most users the joint user-based RBM trains on, drawn at random (default: all up to
+    /// 10⁸ users × items, else as many as fit in that).
+    #[arg(long)]
+    pub joint_users: Option<usize>,
     /// Which RBMs to train (default: blend).
     #[arg(long, value_enum)]
     pub model: Option<ModelKind>,
@@ -97,6 +101,7 @@ impl TrainingRequest {
             valid_frac: over.valid_frac.or(self.valid_frac),
             patience: over.patience.or(self.patience),
             item_users: over.item_users.or(self.item_users),
+            joint_users: over.joint_users.or(self.joint_users),
             model: over.model.or(self.model),
             seed: over.seed.or(self.seed),
         }
@@ -139,6 +144,9 @@ impl TrainingRequest {
             }),
         };
         set(&mut config.item_users, self.item_users);
+        if self.joint_users.is_some() {
+            config.joint_users = self.joint_users;
+        }
         set(&mut config.valid_frac, self.valid_frac);
         config.check()?;
         Ok(config)

@@ -203,6 +203,9 @@ pub struct TrainConfig {
     /// The item-based RBM's visible units are the users; past this many it takes the most
     /// active ones (ties to the first seen), and the others get the user-based prediction.
     pub item_users: usize,
+    /// A joint user-based RBM trains on a random sample of this many users (None: all of them).
+    /// Its parameters belong to the items, so it serves every user all the same.
+    pub joint_users: Option<usize>,
     /// Fraction of the training ratings held out to pick the best epoch and the blend weight.
     pub valid_frac: f64,
 }
@@ -213,6 +216,7 @@ impl Default for TrainConfig {
             user: RbmParams::default(),
             item: Some(RbmParams::default()),
             item_users: ITEM_USERS,
+            joint_users: None,
             valid_frac: 0.05,
         }
     }
@@ -233,9 +237,11 @@ const MIN_EPOCHS: usize = 10;
 
 /// The joint RBM's catalogue-wide draw costs users × items × (K + 1) × M multiply-adds per
 /// epoch, whatever the ratings: 4·10¹⁰ on ML-1M at M = 300, 1.5·10¹³ on the Netflix Prize
-/// (hours per epoch on two cores). Past this many user × item cells the recommended user-based
-/// RBM is the rating-only one, whose cost follows the ratings; see the README.
+/// (hours per epoch on two cores). Past this many user × item cells the recommended joint RBM
+/// trains on a random sample of users that fits (5,627 of the Netflix Prize's 480,189), at least
+/// MIN_JOINT_USERS; see the README.
 const MAX_JOINT_CELLS: usize = 100_000_000;
+const MIN_JOINT_USERS: usize = 1_000;
 
 /// Ratings per catalogue item that a recommended mini-batch holds: ML-1M's 100 users rate
 /// 100 × 166 of its 3,706 items, about 4.5 per item. Each batch reads and updates the W row of
@@ -267,22 +273,35 @@ impl TrainConfig {
     pub fn recommended(shape: DataShape) -> Self {
         let (n_ratings, n_users) = (shape.ratings, shape.users);
         let small = n_ratings < 500_000;
-        let epochs = if n_ratings <= FULL_EPOCHS_UP_TO {
-            120
-        } else {
-            (120 * FULL_EPOCHS_UP_TO / n_ratings).max(MIN_EPOCHS)
+        let epochs = |ratings: usize| {
+            if ratings <= FULL_EPOCHS_UP_TO {
+                120
+            } else {
+                (120 * FULL_EPOCHS_UP_TO / ratings).max(MIN_EPOCHS)
+            }
         };
-        let joint = shape.users.saturating_mul(shape.items) <= MAX_JOINT_CELLS;
+        // The joint RBM's users: all, or a sample that keeps its draw within MAX_JOINT_CELLS, whose
+        // epochs and batch are those of the sample's size.
+        let sample = (MAX_JOINT_CELLS / shape.items.max(1)).max(MIN_JOINT_USERS);
+        let joint_users = (n_users > sample).then_some(sample);
+        let joint_shape = match joint_users {
+            Some(users) => DataShape {
+                ratings: (n_ratings as u128 * users as u128 / n_users as u128) as usize,
+                users,
+                items: shape.items,
+            },
+            None => shape,
+        };
         // The user-based RBM is the joint one, which ranks. On ML-1M (random 90/10, the README's
         // protocol) its P@10 grows with M up to 300 (0.168 at 100, 0.171 at 200, 0.174 at 300;
         // 500 adds nothing). A weight of 1 on the rating term ranks better than 3 (0.178 against
         // 0.171) at the same blend RMSE, and learning at 0.005 with a patience of 8 lets
         // validation NDCG climb for 40 epochs where 0.01 peaks near 15: 0.184, RMSE 0.846.
-        let (batch_size, learning_rate) = user_batch(shape);
+        let (batch_size, learning_rate) = user_batch(joint_shape);
         let user = RbmParams {
             hidden: 300,
-            epochs,
-            choice: joint,
+            epochs: epochs(joint_shape.ratings),
+            choice: true,
             rating_weight: 1.0,
             learning_rate,
             patience: 8,
@@ -301,6 +320,7 @@ impl TrainConfig {
             hidden: 300,
             weight_decay: 0.0002,
             choice: false,
+            epochs: epochs(n_ratings),
             learning_rate: 0.01,
             patience: 5,
             // The batch rule is for user cases; the item-based RBM keeps the paper's batch.
@@ -311,6 +331,7 @@ impl TrainConfig {
             item: Some(item),
             user,
             item_users: ITEM_USERS,
+            joint_users,
             valid_frac: 0.05,
         }
     }
@@ -361,12 +382,17 @@ impl TrainConfig {
         if let Some(item) = &self.item {
             item.clone().check()?;
         }
-        if self.item_users == 0 {
-            return Err(ModelError::InvalidParameter {
-                name: "item_users",
-                value: "0".to_string(),
-                rule: "must be at least 1",
-            });
+        for (name, users) in [
+            ("item_users", Some(self.item_users)),
+            ("joint_users", self.joint_users),
+        ] {
+            if users == Some(0) {
+                return Err(ModelError::InvalidParameter {
+                    name,
+                    value: "0".to_string(),
+                    rule: "must be at least 1",
+                });
+            }
         }
         if !(0.0..1.0).contains(&self.valid_frac) {
             return Err(ModelError::InvalidFraction {
@@ -410,6 +436,7 @@ mod tests {
             user,
             item: Some(item),
             item_users: 10,
+            joint_users: None,
             valid_frac: 0.0,
         };
         let shape = DataShape {
@@ -455,14 +482,19 @@ mod tests {
             (ml_1m.user.epochs, ml_1m.item.as_ref().unwrap().epochs),
             (120, 120)
         );
+        assert_eq!(ml_1m.joint_users, None, "every user: 2.2·10⁷ cells");
         let netflix = TrainConfig::recommended(shape(100_480_507, 480_189, 17_770));
-        assert!(
-            !netflix.user.choice,
-            "the joint draw would take hours per epoch"
+        // The joint draw over every user would take hours per epoch; a sample of 5,627 users
+        // holds about 1.2 M ratings, and gets the epochs of that size.
+        assert!(netflix.user.choice);
+        assert_eq!(netflix.joint_users, Some(5_627));
+        assert_eq!(
+            (netflix.user.epochs, netflix.item.as_ref().unwrap().epochs),
+            (120, MIN_EPOCHS)
         );
-        assert_eq!(netflix.user.epochs, MIN_EPOCHS);
         let ten_million = TrainConfig::recommended(shape(10_000_000, 70_000, 10_000));
-        assert_eq!(ten_million.user.epochs, 24);
+        assert_eq!(ten_million.joint_users, Some(10_000));
+        assert_eq!(ten_million.item.as_ref().unwrap().epochs, 24);
         // About 4.5 ratings per item a batch, the learning rate in proportion.
         let batch = |c: &TrainConfig| (c.user.batch_size, c.user.learning_rate);
         assert_eq!(batch(&ml_1m), (100, 0.005));

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::Array2;
+use rand::{RngExt, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 
 use super::{ItemSide, Recommender, Scratch, Side, Trained};
@@ -38,47 +40,71 @@ fn transpose(entries: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
     (transposed, order)
 }
 
-/// The users the item-based RBM takes as visible units.
-struct ItemUsers {
-    /// Their indices in the data set, ascending: the item side's user j is `kept[j]`.
+/// Some of a data set's users: those the item-based RBM takes as visible units, or those the
+/// joint user-based RBM trains on.
+struct Users {
+    /// Their indices in the data set, ascending: the subset's user j is `kept[j]`.
     kept: Vec<u32>,
-    /// The item side's index of every data set user; None for one left out.
+    /// The subset's index of every data set user; None for one left out.
     index: Vec<Option<u32>>,
 }
 
-/// All users of `data` if there are at most `cap`, else the `cap` with the most ratings, ties to
-/// the lower index.
-fn most_active(data: &Dataset, cap: usize) -> ItemUsers {
-    let n = data.users.len();
-    let mut kept: Vec<u32> = (0..n as u32).collect();
-    if n > cap {
-        let mut counts = vec![0u32; n];
-        for r in &data.ratings {
-            counts[r.user as usize] += 1;
+impl Users {
+    fn of(kept: Vec<u32>, n: usize) -> Self {
+        let mut index = vec![None; n];
+        for (j, &u) in kept.iter().enumerate() {
+            index[u as usize] = Some(j as u32);
         }
-        kept.sort_by_key(|&u| (std::cmp::Reverse(counts[u as usize]), u));
-        kept.truncate(cap);
-        kept.sort_unstable();
+        Users { kept, index }
     }
-    let mut index = vec![None; n];
-    for (j, &u) in kept.iter().enumerate() {
-        index[u as usize] = Some(j as u32);
-    }
-    ItemUsers { kept, index }
-}
 
-impl ItemUsers {
+    /// All users of `data` if there are at most `cap`, else the `cap` with the most ratings, ties
+    /// to the lower index.
+    fn most_active(data: &Dataset, cap: usize) -> Self {
+        let n = data.users.len();
+        let mut kept: Vec<u32> = (0..n as u32).collect();
+        if n > cap {
+            let mut counts = vec![0u32; n];
+            for r in &data.ratings {
+                counts[r.user as usize] += 1;
+            }
+            kept.sort_by_key(|&u| (std::cmp::Reverse(counts[u as usize]), u));
+            kept.truncate(cap);
+            kept.sort_unstable();
+        }
+        Self::of(kept, n)
+    }
+
+    /// `cap` of the `n` users drawn uniformly for `seed` (all of them if there are at most `cap`).
+    fn sample(n: usize, cap: usize, seed: u64) -> Self {
+        let mut kept: Vec<u32> = (0..n as u32).collect();
+        if n > cap {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5a3b_1e00);
+            // The first `cap` places of a Fisher-Yates shuffle.
+            for i in 0..cap {
+                kept.swap(i, rng.random_range(i..n));
+            }
+            kept.truncate(cap);
+            kept.sort_unstable();
+        }
+        Self::of(kept, n)
+    }
+
+    fn all(&self) -> bool {
+        self.kept.len() == self.index.len()
+    }
+
     /// The item-based RBM's matrix (rows items, columns its users) from a user-major one; the
     /// plain transpose when every user is kept, without the copy a selection would make.
     fn item_matrix(&self, user_matrix: &SparseRatings) -> SparseRatings {
-        if self.kept.len() == user_matrix.n_rows() {
+        if self.all() {
             user_matrix.transpose()
         } else {
             user_matrix.select_rows(&self.kept).transpose()
         }
     }
 
-    /// The entries of kept users, renumbered to the item side's users, and for each one its
+    /// The entries of kept users, renumbered to the subset's users, and for each one its
     /// position in `entries`.
     fn entries(&self, entries: &[Entry]) -> (Vec<Entry>, Vec<usize>) {
         entries
@@ -143,13 +169,31 @@ impl Recommender {
         let scale = data.scale;
         let user_matrix = train.user_matrix();
         drop(train);
-        let user_fit = user_params.fit(&user_matrix, scale, &valid, stop, |s| {
-            on_epoch(Side::User, s)
-        })?;
+        // The joint RBM's draw visits every item for every user it trains on, so past
+        // `joint_users` it trains on a sample of them; it serves every user all the same.
+        let joint_users = match config.joint_users {
+            Some(cap) if user_params.params().choice => Some(Users::sample(
+                user_matrix.n_rows(),
+                cap,
+                user_params.params().seed,
+            )),
+            _ => None,
+        };
+        let mut on_user_epoch = |s: &EpochStats| on_epoch(Side::User, s);
+        let user_fit = match joint_users.filter(|users| !users.all()) {
+            Some(users) => user_params.fit(
+                &user_matrix.select_rows(&users.kept),
+                scale,
+                &users.entries(&valid).0,
+                stop,
+                &mut on_user_epoch,
+            )?,
+            None => user_params.fit(&user_matrix, scale, &valid, stop, &mut on_user_epoch)?,
+        };
         // The item-based RBM's users: all of them, or the most active up to the cap.
         let item_users = item_params
             .as_ref()
-            .map(|_| most_active(data, config.item_users));
+            .map(|_| Users::most_active(data, config.item_users));
         let item_matrix = item_users
             .as_ref()
             .map(|users| users.item_matrix(&user_matrix));
@@ -228,7 +272,7 @@ impl Recommender {
             _ => None,
         };
         let users = match &item_users {
-            Some(users) if users.kept.len() < data.users.len() => IdMap::from(
+            Some(users) if !users.all() => IdMap::from(
                 users
                     .kept
                     .iter()

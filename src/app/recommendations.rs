@@ -112,6 +112,10 @@ pub struct Recommendations {
     serving: Arc<Serving>,
     catalogue: Arc<Catalogue>,
     rankings: RankingCache,
+    /// Entries a ranking is scored to at least: RANKING_DEPTH for the cache, none without one
+    /// (nothing past the page would ever be read, and the screened pass scores exactly only the
+    /// items that can reach the list, so a shallower list costs less).
+    depth: usize,
     revisions: Revisions,
     scorer: Scorer,
 }
@@ -172,6 +176,7 @@ impl Recommendations {
             serving,
             catalogue,
             rankings,
+            depth: if cache_bytes > 0 { RANKING_DEPTH } else { 0 },
         }
     }
 
@@ -359,7 +364,7 @@ impl Recommendations {
             return Ok(None);
         }
         let excluded = excluded_indices(model, exclude);
-        let depth = RANKING_DEPTH.max(offset + limit + excluded.len());
+        let depth = self.depth.max(offset + limit + excluded.len());
         let entries = self
             .scorer
             .rank(Job {

@@ -352,6 +352,34 @@ async fn pages_never_repeat_or_skip(app: TestApp) {
 }
 on_both_backends!(pages_never_repeat_or_skip);
 
+/// Without the ranking cache a list is scored only as deep as its page and the items it
+/// excludes: every page, in both orders, is still the slice of the whole ranking.
+async fn without_the_cache_every_page_is_a_slice_of_the_whole_ranking(backend: crate::Backend) {
+    let app = crate::spawn_app(backend).await;
+    seed(&app, 90, 18).await;
+    app.retrain(fast_training()).await;
+    let uncached = crate::spawn_replica_tuned(&app, |s| s.ranking_cache_mb = 0).await;
+    for query in ["", "&order=expected_rating"] {
+        let whole = item_ids(
+            &app.recommendations("u2", &format!("?limit=100{query}"))
+                .await,
+        );
+        let excluded = whole[1].clone();
+        let rest: Vec<String> = whole.into_iter().filter(|id| *id != excluded).collect();
+        for offset in 0..rest.len() {
+            let page = uncached
+                .recommendations(
+                    "u2",
+                    &format!("?limit=3&offset={offset}&exclude={excluded}{query}"),
+                )
+                .await;
+            let end = (offset + 3).min(rest.len());
+            assert_eq!(item_ids(&page), rest[offset..end], "offset {offset}{query}");
+        }
+    }
+}
+on_both_backends!(backend without_the_cache_every_page_is_a_slice_of_the_whole_ranking);
+
 async fn the_two_orders_rank_differently_and_bad_orders_are_named(app: TestApp) {
     seed(&app, 90, 18).await;
     app.retrain(fast_training()).await;

@@ -294,34 +294,7 @@ impl CatalogWeights {
         let mut logits = [0.0f32; MAX_CLASSES * 2 * kernels::LANES];
         let logits = &mut logits[..bias.len()];
         kernels::lane_logits(weights, hidden, bias, self.classes, logits);
-        self.logits_expected(logits, out, log_normalisers);
-    }
-
-    /// E[class] (and log Σ_k e^{logit_k} if asked) of the items of one or two blocks from their
-    /// logits, laid out as `lane_logits` writes them.
-    #[inline(always)]
-    fn logits_expected(
-        &self,
-        logits: &[f32],
-        out: &mut [f32],
-        mut log_normalisers: Option<&mut [f32]>,
-    ) {
-        use kernels::LANES;
-        let k = self.classes;
-        for (block, (logits, out)) in logits
-            .chunks(k * LANES)
-            .zip(out.chunks_mut(LANES))
-            .enumerate()
-        {
-            let (mut expected, mut lse) = ([0.0f32; LANES], [0.0f32; LANES]);
-            let wanted = log_normalisers.is_some().then_some(&mut lse);
-            kernels::expected_class_of_lanes(logits, k, &mut expected, wanted);
-            out.copy_from_slice(&expected[..out.len()]);
-            if let Some(l) = log_normalisers.as_deref_mut() {
-                let n = out.len();
-                l[block * LANES..block * LANES + n].copy_from_slice(&lse[..n]);
-            }
-        }
+        kernels::expected_classes_of_blocks(logits, self.classes, out, log_normalisers);
     }
 
     simd::multiversion! {
@@ -361,8 +334,9 @@ impl CatalogWeights {
                     let logits = &mut logits[..users.len() * bias.len()];
                     kernels::lane_logits_each(weights, &hiddens, bias, k, logits);
                     for ((_, out, lse), logits) in users.iter_mut().zip(logits.chunks_mut(bias.len())) {
-                        self.logits_expected(
+                        kernels::expected_classes_of_blocks(
                             logits,
+                            k,
                             &mut out[at..end],
                             lse.as_deref_mut().map(|l| &mut l[at..end]),
                         );

@@ -732,6 +732,31 @@ fn nearest_integer(v: f32) -> f32 {
     (v + SHIFT) - SHIFT
 }
 
+/// E[class] (and log Σ_k e^{logit_k} if asked) of the items of whole blocks of logits laid out as
+/// `lane_logits` writes them (K classes of LANES items a block), one per item of `out`.
+#[inline(always)]
+pub fn expected_classes_of_blocks(
+    logits: &[f32],
+    classes: usize,
+    out: &mut [f32],
+    mut log_normalisers: Option<&mut [f32]>,
+) {
+    for (block, (logits, out)) in logits
+        .chunks(classes * LANES)
+        .zip(out.chunks_mut(LANES))
+        .enumerate()
+    {
+        let (mut expected, mut lse) = ([0.0f32; LANES], [0.0f32; LANES]);
+        let wanted = log_normalisers.is_some().then_some(&mut lse);
+        expected_class_of_lanes(logits, classes, &mut expected, wanted);
+        let n = out.len();
+        out.copy_from_slice(&expected[..n]);
+        if let Some(l) = log_normalisers.as_deref_mut() {
+            l[block * LANES..block * LANES + n].copy_from_slice(&lse[..n]);
+        }
+    }
+}
+
 /// For one block of `lane_logits`' layout (`logits[k * LANES + lane]`, K classes of LANES items),
 /// writes each item's expected class Σ_k k·softmax_k into `out` and, if asked, log Σ_k e^{z_k}
 /// into `log_normalisers`. Every step is a whole-array operation on `[f32; LANES]`, which LLVM

@@ -311,11 +311,7 @@ impl Recommender {
         }
         out.clear();
         out.resize(n, 0.0);
-        for (logits, out) in logits.chunks(k * LANES).zip(out.chunks_mut(LANES)) {
-            let mut expected = [0.0f32; LANES];
-            kernels::expected_class_of_lanes(logits, k, &mut expected, None);
-            out.copy_from_slice(&expected[..out.len()]);
-        }
+        kernels::expected_classes_of_blocks(logits, k, out, None);
         Some(out)
     }
 

@@ -12,10 +12,6 @@ use super::simd;
 /// Items per parallel task of the catalogue pass.
 const CATALOG_TASK: usize = 512;
 
-/// Items whose rows of Dimp `screen` reads for all its users before moving on: 32 rows of M = 300
-/// are 38 KB.
-const IMPLICIT_RUN: usize = 32;
-
 /// W and b re-laid for scoring the whole catalogue: items in blocks of `kernels::LANES`, each block
 /// `[M][K][LANES]` (and b `[K][LANES]`), so that a block's K logits build up in registers while
 /// its weights stream through memory in one sequential pass. Derived from an `Rbm`; used to serve.
@@ -41,32 +37,40 @@ impl CatalogWeights {
         use kernels::LANES;
         let (d, k, m) = rbm.weights.dim();
         let blocks = d.div_ceil(LANES);
+        let implicit = rbm.implicit();
         // Lanes past the last item stay zero and are never read out.
         let mut weights = vec![0.0f32; blocks * m * k * LANES];
         let mut halves = vec![0u16; blocks * m * k * LANES];
-        // Per item, over its K·M weights and K biases: max |W − f16(W)|, max |W|, max |b|.
-        let mut spread = vec![[0.0f32; 3]; d];
+        // Per item: max |(W + Dimp) − f16(W + Dimp)|, max |W|, max |b|, max |W + Dimp|, max |Dimp|
+        // (Dimp is 0 for a rating-only RBM).
+        let mut spread = vec![[0.0f64; 5]; d];
         for ((i, class, j), &w) in rbm.weights.indexed_iter() {
             let at = (((i / LANES) * m + j) * k + class) * LANES + i % LANES;
-            let half = half::f16::from_f32(w);
+            let shift = implicit.map_or(0.0, |implicit| implicit[[i, j]]);
+            // The screening copy holds W[i][k] + Dimp[i], whose logits are log p(rated with class
+            // k) up to a shared term: their softmax is the categorical prediction and their
+            // logsumexp the logit of p(rated), with no second pass over Dimp.
+            let exact = f64::from(w) + f64::from(shift);
+            let half = half::f16::from_f64(exact);
             weights[at] = w;
             halves[at] = half.to_bits();
             let s = &mut spread[i];
-            s[0] = s[0].max((w - half.to_f32()).abs());
-            s[1] = s[1].max(w.abs());
+            s[0] = s[0].max((exact - half.to_f64()).abs());
+            s[1] = s[1].max(f64::from(w).abs());
+            s[3] = s[3].max(exact.abs());
+            s[4] = s[4].max(f64::from(shift).abs());
         }
         let mut bias = vec![0.0f32; blocks * k * LANES];
         for ((i, class), &b) in rbm.visible_bias.indexed_iter() {
             bias[((i / LANES) * k + class) * LANES + i % LANES] = b;
-            spread[i][2] = spread[i][2].max(b.abs());
+            spread[i][2] = spread[i][2].max(f64::from(b).abs());
         }
         let terms = (m + 1) as f64 * f64::from(f32::EPSILON) / 2.0;
         let gamma = terms / (1.0 - terms);
         let radius_terms = spread
             .iter()
-            .map(|s| {
-                let [delta, weight, bias] = s.map(f64::from);
-                let alpha = delta + gamma * (2.0 * weight + delta);
+            .map(|&[delta, weight, bias, shifted, shift]| {
+                let alpha = delta + gamma * (shifted + delta + weight + shift);
                 let beta = 2.0 * gamma * bias;
                 // Rounded up, so the f32 terms never undercut the f64 ones.
                 [(alpha * (1.0 + 1e-6)) as f32, (beta * (1.0 + 1e-6)) as f32]
@@ -123,27 +127,32 @@ impl CatalogWeights {
     /// For each of `screenings` (users scored together, so that the weights are read once for
     /// all of them): E[class] of every item from the f16 weights into `approx`, and into
     /// `radius` a bound on how far each is from what `expected_classes` computes; with `rated`,
-    /// for the joint RBM `rbm` (the model this was built from), bounds `low ≤ log p(rated | h) ≤
-    /// high` of what `choice` computes. Each user's values are exactly those of a pass of its own.
+    /// for the joint RBM this was built from, bounds `low ≤ log p(rated | h) ≤ high` of what
+    /// `choice` computes. Each user's values are exactly those of a pass of its own.
     ///
-    /// Per logit, the f16 rounding moves the exact sum by at most max|ΔW|·Σh, and each computed
-    /// sum of M + 1 terms is within γ = (M+1)u/(1 − (M+1)u) of its exact value relative to Σ|terms|
-    /// (u = 2⁻²⁴). Logits within r of each other change each softmax probability by a factor
-    /// within e^{±2r}, which moves E[class] by at most (K−1)/2·(e^{2r} − 1) ≤ (K−1)/2·(2r + 4r²)
-    /// for 2r ≤ 1 (and E[class] never moves by more than K−1). The computed softmax itself adds a
-    /// relative error of a few 1e-6 (fast_exp, sums, division), allowed for generously by 2e-5
-    /// per class.
+    /// The f16 copy holds V[i][k] = W[i][k] + Dimp[i] (Dimp = 0 for a rating-only RBM). Adding
+    /// Dimp[i]·h to all K logits of an item leaves their softmax, so E[class], as it was, and
+    /// their logsumexp is the logit of p(rated | h); so one pass bounds both. Per logit, against
+    /// the f32 logit b + W·h that `expected_classes` computes plus the Dimp[i]·h that `choice`
+    /// adds: the f16 rounding moves the exact sum by at most max|ΔV|·Σh, and each computed sum of
+    /// at most M + 1 terms is within γ = (M+1)u/(1 − (M+1)u) of its exact value relative to
+    /// Σ|terms| (u = 2⁻²⁴): γ(|b| + (max|V| + max|ΔV|)·Σh) for the f16 logit, γ(|b| +
+    /// max|W|·Σh) for the f32 one, γ·max|Dimp|·Σh for the dot. Logits within r of each other
+    /// change each softmax probability by a factor within e^{±2r}, which moves E[class] by at
+    /// most (K−1)/2·(e^{2r} − 1) ≤ (K−1)/2·(2r + 4r²) for 2r ≤ 1 (and E[class] never moves by more
+    /// than K−1). The computed softmax itself adds a relative error of a few 1e-6 (fast_exp, sums,
+    /// division), allowed for generously by 2e-5 per class.
     ///
-    /// So a logit's radius is α·Σh + β per item, with α = max|ΔW| + γ(2·max|W| + max|ΔW|) and
-    /// β = 2γ·max|b| fixed at construction; the bound arithmetic here runs in f32 with a relative
-    /// slack of 1e-5 for its own rounding.
+    /// So a logit's radius is α·Σh + β per item, with α = max|ΔV| + γ(max|V| + max|ΔV| + max|W| +
+    /// max|Dimp|) and β = 2γ·max|b| fixed at construction; the bound arithmetic here runs in f32
+    /// with a relative slack of 1e-5 for its own rounding.
     ///
     /// logsumexp is 1-Lipschitz in the largest change of its arguments, so the f16 logits' LSE is
-    /// within the logit radius of the f32 one, plus 1e-4 for the computed LSE's own error (a few
-    /// 1e-6 relative in its sum and logarithm). Dimp[i]·h is computed exactly as `choice` does,
-    /// and log σ is increasing with slope below 1; `kernels::log_sigmoid_bounds` then bounds it,
-    /// with a slack that covers its own approximation.
-    pub fn screen(&self, rbm: &Rbm, screenings: &mut [Screening]) {
+    /// within the logit radius of `choice`'s logit of p(rated), plus 1e-4 for the computed LSEs'
+    /// own errors and the rounding of `choice`'s sum (a few 1e-6 relative); log σ is increasing
+    /// with slope below 1, and `kernels::log_sigmoid_bounds` then bounds it, with a slack that
+    /// covers its own approximation.
+    pub fn screen(&self, screenings: &mut [Screening]) {
         self.pass(
             &self.halves,
             screenings
@@ -158,44 +167,29 @@ impl CatalogWeights {
         for s in screenings.iter_mut() {
             self.expected_radii(s.hidden, s.radius);
         }
-        // Per joint user: ĥ, Σ|ĥ|, and the bounds to finish.
+        // The pass left each joint user's approximate logit of p(rated) in `low`.
         let joint: Vec<JointBounds> = screenings
             .iter_mut()
             .filter_map(|s| {
                 let (low, high) = s.rated.as_mut()?;
-                Some((s.hidden, self.mass(s.hidden), &mut **low, &mut **high))
+                Some((self.mass(s.hidden), &mut **low, &mut **high))
             })
             .collect();
-        if joint.is_empty() {
-            return;
-        }
-        let implicit = rbm.implicit().expect("a joint RBM is conditional");
-        by_task(joint, |(hidden, mass, low, high)| {
+        by_task(joint, |(mass, low, high)| {
             low.chunks_mut(CATALOG_TASK)
                 .zip(high.chunks_mut(CATALOG_TASK))
-                .map(move |(low, high)| (hidden, mass, low, high))
+                .map(move |(low, high)| (mass, low, high))
         })
         .into_par_iter()
         .enumerate()
-        .for_each(|(task, mut users)| {
-            let items = users[0].2.len();
-            // A run of Dimp's rows small enough to stay in L1 serves every user in turn, and
-            // each user's bounds are then written in order.
-            for run in (0..items).step_by(IMPLICIT_RUN) {
-                let run = run..(run + IMPLICIT_RUN).min(items);
-                for (hidden, mass, low, high) in users.iter_mut() {
-                    for n in run.clone() {
-                        let i = task * CATALOG_TASK + n;
-                        let row = implicit.row(i);
-                        let [alpha, beta] = self.radius_terms[i];
-                        let centre =
-                            low[n] + kernels::dot(row.as_slice().expect("contiguous"), hidden);
-                        let reach = alpha * *mass + beta + 1e-4;
-                        (low[n], high[n]) = (centre - reach, centre + reach);
-                    }
+        .for_each(|(task, users)| {
+            let terms = &self.radius_terms[task * CATALOG_TASK..];
+            for (mass, low, high) in users {
+                for ((low, high), &[alpha, beta]) in low.iter_mut().zip(high.iter_mut()).zip(terms)
+                {
+                    let reach = alpha * mass + beta + 1e-4;
+                    (*low, *high) = (*low - reach, *low + reach);
                 }
-            }
-            for (_, _, low, high) in users.iter_mut() {
                 kernels::log_sigmoid_bounds(low, high);
             }
         });
@@ -347,7 +341,7 @@ impl CatalogWeights {
     }
 }
 
-type JointBounds<'a> = (&'a [f32], f32, &'a mut [f32], &'a mut [f32]);
+type JointBounds<'a> = (f32, &'a mut [f32], &'a mut [f32]);
 
 /// One user's share of a catalogue pass: the hidden vector, one value per item out, and each
 /// item's log Σ_k e^{logit_k} if asked.
@@ -406,6 +400,76 @@ mod tests {
                 (score - single).abs() < 1e-4,
                 "item {item}: {score} vs {single}"
             );
+        }
+    }
+
+    #[test]
+    fn screening_bounds_enclose_the_exact_values() {
+        let (d, k, m) = (1300, 5, 61);
+        let params = RbmParams {
+            hidden: m,
+            init_std: 0.4,
+            ..RbmParams::default()
+        };
+        let counts: Vec<u32> = (0..d * k).map(|n| (n % 7) as u32).collect();
+        let base = Rbm::initial(&counts, d, k, &params);
+        // Dimp of a size with W's, and varied per item, so that folding it into the f16 copy
+        // moves both the E[class] and the log p(rated) bounds.
+        let implicit =
+            ndarray::Array2::from_shape_fn((d, m), |(i, j)| ((i * 31 + j * 17) as f32).sin() * 0.8);
+        let rbm = Rbm::from_parts(
+            base.weights().clone(),
+            base.visible_bias().clone(),
+            base.hidden_bias().clone(),
+            Some(implicit),
+        )
+        .unwrap();
+        let catalog = CatalogWeights::new(&rbm);
+        let hiddens: Vec<Vec<f32>> = (0..3)
+            .map(|u| {
+                (0..m)
+                    .map(|j| ((j * (u + 2)) as f32 * 0.7).cos().abs())
+                    .collect()
+            })
+            .chain([vec![1.0; m], vec![0.0; m]])
+            .collect();
+        let mut buffers = vec![[vec![0.0f32; d], vec![0.0; d], vec![0.0; d], vec![0.0; d]]; 5];
+        let mut screenings: Vec<Screening> = hiddens
+            .iter()
+            .zip(buffers.iter_mut())
+            .map(|(hidden, [approx, radius, low, high])| Screening {
+                hidden,
+                approx,
+                radius,
+                rated: Some((low, high)),
+            })
+            .collect();
+        catalog.screen(&mut screenings);
+        for (hidden, s) in hiddens.iter().zip(&screenings) {
+            let (mut expected, mut log_rated) = (vec![0.0f32; d], vec![0.0f32; d]);
+            catalog.choice(&rbm, hidden, &mut expected, &mut log_rated);
+            let (low, high) = s.rated.as_ref().unwrap();
+            for i in 0..d {
+                assert!(
+                    (s.approx[i] - expected[i]).abs() <= s.radius[i],
+                    "item {i}: E[class] {} ± {} misses {}",
+                    s.approx[i],
+                    s.radius[i],
+                    expected[i]
+                );
+                assert!(
+                    low[i] <= log_rated[i] && log_rated[i] <= high[i],
+                    "item {i}: log p(rated) {} outside [{}, {}]",
+                    log_rated[i],
+                    low[i],
+                    high[i]
+                );
+                // Bounds that screen something: f16 rounding at these weights is a few 1e-3.
+                assert!(
+                    high[i] - low[i] < 0.5 && s.radius[i] < 1.0,
+                    "item {i}: loose"
+                );
+            }
         }
     }
 }

@@ -253,7 +253,7 @@ impl Recommender {
                     rated,
                 });
             }
-            self.catalog.screen(&self.user_rbm, &mut screenings);
+            self.catalog.screen(&mut screenings);
             drop(screenings);
             users.par_iter_mut().for_each(|(query, scratch, list)| {
                 **list = self.screened_list(query, tie, scratch);

@@ -54,6 +54,7 @@ pub struct Metrics {
     ranking_cache_misses: Counter,
     ranking_cache_bytes: Gauge,
     revision_batch_users: Histogram,
+    ratings_batch_users: Histogram,
     scoring_batch_users: Histogram,
 }
 
@@ -73,6 +74,7 @@ impl Default for Metrics {
             ranking_cache_misses: Counter::default(),
             ranking_cache_bytes: Gauge::default(),
             revision_batch_users: Histogram::new(BATCH_BUCKETS),
+            ratings_batch_users: Histogram::new(BATCH_BUCKETS),
             scoring_batch_users: Histogram::new(BATCH_BUCKETS),
         };
         let mut registry = Registry::default();
@@ -137,6 +139,11 @@ impl Default for Metrics {
             metrics.revision_batch_users.clone(),
         );
         registry.register(
+            "ratings_batch_users",
+            "Users whose ratings one database statement read",
+            metrics.ratings_batch_users.clone(),
+        );
+        registry.register(
             "scoring_batch_users",
             "Users whose uncached rankings one pass over the model's weights scored",
             metrics.scoring_batch_users.clone(),
@@ -180,6 +187,10 @@ impl Metrics {
 
     pub fn observe_revision_batch(&self, users: usize) {
         self.revision_batch_users.observe(users as f64);
+    }
+
+    pub fn observe_ratings_batch(&self, users: usize) {
+        self.ratings_batch_users.observe(users as f64);
     }
 
     pub fn observe_scoring_batch(&self, users: usize) {

@@ -6,11 +6,11 @@ mod batching;
 mod catalogue;
 mod popularity;
 mod recommendations;
-pub mod revisions;
 mod scoring;
 mod serving;
 mod training;
 mod training_request;
+pub mod user_reads;
 
 use std::sync::Arc;
 
@@ -24,12 +24,12 @@ pub use recommendations::{
 pub use serving::{ServedModel, Serving};
 pub use training::Training;
 pub use training_request::{ModelKind, TrainingRequest};
+pub use user_reads::ReadError;
 
 use crate::metrics::Metrics;
 use crate::model::RatingScale;
 use crate::model_file::ModelFileError;
 use crate::store::{Backend, Store, StoreError};
-use revisions::RevisionError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -43,7 +43,7 @@ pub enum ServiceError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Revision(#[from] RevisionError),
+    Read(#[from] ReadError),
     #[error("stored model is unreadable: {0}")]
     ModelFile(#[from] ModelFileError),
     #[error("internal task failed: {0}")]

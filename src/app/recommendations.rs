@@ -1,19 +1,19 @@
 //! Recommendations from the active model: the user's ratings read as they are now, rankings
 //! memoised per (model, user, revision), the popular fallback, and similar items.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::ServiceError;
 use super::catalogue::Catalogue;
-use super::revisions::Revisions;
 use super::scoring::{Job, Scorer};
 use super::serving::{ServedModel, Serving};
+use super::user_reads::UserReads;
 use crate::metrics::Metrics;
 use crate::model::{Order, Ranked, Recommender};
-use crate::store::Store;
+use crate::store::{Store, StoreError, UserRatings};
 
 /// Where a recommendation list came from: the model, or the popular fallback when there is none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,7 +107,6 @@ pub struct SimilarItem {
 }
 
 pub struct Recommendations {
-    store: Store,
     metrics: Arc<Metrics>,
     serving: Arc<Serving>,
     catalogue: Arc<Catalogue>,
@@ -116,12 +115,19 @@ pub struct Recommendations {
     /// (nothing past the page would ever be read, and the screened pass scores exactly only the
     /// items that can reach the list, so a shallower list costs less).
     depth: usize,
-    revisions: Revisions,
+    revisions: UserReads<i64>,
+    ratings: UserReads<UserRatings>,
     scorer: Scorer,
 }
 
-/// Revision reads in flight at once; more requests than this share statements.
-const REVISION_STATEMENTS: usize = 2;
+/// Reads of a kind in flight at once; more requests than this share statements.
+const READ_STATEMENTS: usize = 2;
+
+/// Users whose revisions one statement reads at most.
+const REVISION_BATCH: usize = 64;
+
+/// Users whose ratings one statement reads at most: a few hundred ratings each.
+const RATINGS_BATCH: usize = 16;
 
 /// A user's best items in one order (score desc, item id asc), rated items left out; `complete`
 /// when it holds every candidate rather than the best `RANKING_DEPTH` or more.
@@ -168,10 +174,24 @@ impl Recommendations {
                     .unwrap_or(u32::MAX)
             })
             .build();
+        let revisions = reads(
+            &store,
+            &metrics,
+            ("revisions", REVISION_BATCH),
+            Metrics::observe_revision_batch,
+            |store, users| async move { store.user_revisions(&as_strs(&users)).await },
+        );
+        let ratings = reads(
+            &store,
+            &metrics,
+            ("ratings", RATINGS_BATCH),
+            Metrics::observe_ratings_batch,
+            |store, users| async move { store.users_ratings(&as_strs(&users)).await },
+        );
         Self {
-            revisions: Revisions::start(store.clone(), REVISION_STATEMENTS, metrics.clone()),
+            revisions,
+            ratings,
             scorer: Scorer::start(metrics.clone()),
-            store,
             metrics,
             serving,
             catalogue,
@@ -195,9 +215,10 @@ impl Recommendations {
         let user_id = user_id.as_str();
         let model = self.serving.current();
         let mut ordered = None;
-        // An explanation needs the ratings the list was scored from, so it reads them first.
-        let mut ratings = match explain {
-            true => Some(self.store.user_ratings(user_id).await?),
+        // An explanation needs the ratings the list was scored from, and without the cache a
+        // revision could find nothing: either way the ratings are read first, with their revision.
+        let mut ratings = match explain || self.depth == 0 {
+            true => Some(self.ratings.get(user_id).await?),
             false => None,
         };
         if let Some(served) = &model {
@@ -218,7 +239,7 @@ impl Recommendations {
             if scored.is_none() {
                 let (revision, read) = match ratings.take() {
                     Some(read) => read,
-                    None => self.store.user_ratings(user_id).await?,
+                    None => self.ratings.get(user_id).await?,
                 };
                 let key = (served.version, order, user_id.to_string(), revision);
                 scored = self
@@ -239,7 +260,7 @@ impl Recommendations {
             None => {
                 let ratings = match ratings {
                     Some((_, ratings)) => ratings,
-                    None => self.store.user_ratings(user_id).await?.1,
+                    None => self.ratings.get(user_id).await?.1,
                 };
                 let mut skip = exclude;
                 skip.extend(ratings.into_iter().map(|(item, _)| item));
@@ -467,4 +488,30 @@ async fn explain_items(
         item.because = Some(because);
     }
     Ok(())
+}
+
+/// A reader of users' `what`, up to `max_batch` a statement, each batch's size told to `observe`.
+fn reads<T, Fut>(
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    (what, max_batch): (&'static str, usize),
+    observe: fn(&Metrics, usize),
+    read: fn(Store, Vec<String>) -> Fut,
+) -> UserReads<T>
+where
+    T: Clone + Default + Send + 'static,
+    Fut: std::future::Future<Output = Result<HashMap<String, T>, StoreError>> + Send + 'static,
+{
+    let (store, metrics) = (store.clone(), metrics.clone());
+    UserReads::start(
+        what,
+        READ_STATEMENTS,
+        max_batch,
+        move |users| observe(&metrics, users),
+        move |users| read(store.clone(), users),
+    )
+}
+
+fn as_strs(users: &[String]) -> Vec<&str> {
+    users.iter().map(String::as_str).collect()
 }

@@ -15,8 +15,8 @@ mod runs;
 
 pub use models::{MODEL_CHUNK_BYTES, ModelAnnouncements, ModelInfo};
 pub use ratings::{
-    Item, MAX_ID_CHARS, NewRating, PopularItem, UpsertCounts, bump_revisions_in, check_id,
-    insert_items_in, upsert_ratings_in, upsert_titles_in,
+    Item, MAX_ID_CHARS, NewRating, PopularItem, UpsertCounts, UserRatings, bump_revisions_in,
+    check_id, insert_items_in, upsert_ratings_in, upsert_titles_in,
 };
 pub use runs::{RunStatus, TrainingLock, TrainingRun};
 

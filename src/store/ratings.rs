@@ -183,6 +183,24 @@ pub async fn upsert_titles_in(
     Ok(())
 }
 
+/// A user's revision and ratings as (item id, rating), by item id.
+pub type UserRatings = (i64, Vec<(String, f64)>);
+
+/// The ratings `users_ratings` aggregated into one text, by item id.
+fn parse_ratings(text: &str, user_id: &str) -> Result<Vec<(String, f64)>, StoreError> {
+    let mut ratings = Vec::new();
+    for record in text.split('\u{1e}') {
+        let parsed = record
+            .split_once('\u{1f}')
+            .and_then(|(item, rating)| Some((item.to_string(), rating.parse().ok()?)));
+        ratings.push(parsed.ok_or_else(|| {
+            StoreError::Corrupt(format!("rating record {record:?} of user {user_id:?}"))
+        })?);
+    }
+    ratings.sort_by(|a: &(String, f64), b| a.0.cmp(&b.0));
+    Ok(ratings)
+}
+
 impl Store {
     /// Writes ratings in one transaction (all or nothing), creating unknown items. When a
     /// (user, item) pair repeats, the last one wins.
@@ -221,44 +239,65 @@ impl Store {
             .collect()
     }
 
-    /// The user's revision and ratings (ordered by item id), read by one statement so the two
-    /// agree. The ratings come back as one aggregated row: per-row decoding through the Any driver
-    /// dominated the cost of a recommendation. Ids cannot contain control characters, so unit
-    /// (0x1f) and record (0x1e) separators split the text unambiguously.
-    #[tracing::instrument(level = "debug", skip_all, fields(user_id = %user_id))]
-    pub async fn user_ratings(
+    /// The user's revision and ratings (ordered by item id): `users_ratings` for one user.
+    pub async fn user_ratings(&self, user_id: &str) -> Result<UserRatings, StoreError> {
+        let mut read = self.users_ratings(&[user_id]).await?;
+        Ok(read.remove(user_id).unwrap_or_default())
+    }
+
+    /// Each user's revision and ratings (ordered by item id), all read by one statement so that
+    /// they agree; users who never rated anything are absent. Each user's ratings come back as
+    /// one aggregated value: per-row decoding through the Any driver dominated the cost of a
+    /// recommendation. Ids cannot contain control characters, so unit (0x1f) and record (0x1e)
+    /// separators split the text unambiguously.
+    #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
+    pub async fn users_ratings(
         &self,
-        user_id: &str,
-    ) -> Result<(i64, Vec<(String, f64)>), StoreError> {
-        let sql = match self.backend {
-            Backend::Postgres => {
-                "SELECT (SELECT revision FROM user_revisions WHERE user_id = $1), \
-                 (SELECT string_agg(item_id || chr(31) || rating::text, chr(30)) FROM ratings WHERE user_id = $1)"
-            }
-            Backend::Sqlite => {
-                "SELECT (SELECT revision FROM user_revisions WHERE user_id = $1), \
-                 (SELECT group_concat(item_id || char(31) || rating, char(30)) FROM ratings WHERE user_id = $1)"
-            }
-        };
-        let row = sqlx::query(sql)
-            .bind(user_id.to_string())
-            .fetch_one(&self.pool)
-            .await?;
-        let revision = row.try_get::<Option<i64>, _>(0)?.unwrap_or(0);
-        let Some(text) = row.try_get::<Option<String>, _>(1)? else {
-            return Ok((revision, Vec::new()));
-        };
-        let mut ratings = Vec::new();
-        for record in text.split('\u{1e}') {
-            let parsed = record
-                .split_once('\u{1f}')
-                .and_then(|(item, rating)| Some((item.to_string(), rating.parse().ok()?)));
-            ratings.push(parsed.ok_or_else(|| {
-                StoreError::Corrupt(format!("rating record {record:?} of user {user_id:?}"))
-            })?);
+        users: &[&str],
+    ) -> Result<HashMap<String, UserRatings>, StoreError> {
+        let mut unique: Vec<&str> = users.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.is_empty() {
+            return Ok(HashMap::new());
         }
-        ratings.sort_by(|a: &(String, f64), b| a.0.cmp(&b.0));
-        Ok((revision, ratings))
+        let aggregate = match self.backend {
+            Backend::Postgres => "string_agg(item_id || chr(31) || rating::text, chr(30))",
+            Backend::Sqlite => "group_concat(item_id || char(31) || rating, char(30))",
+        };
+        // Placeholders padded to a power of two (repeating the last id, which DISTINCT drops), so
+        // that a handful of statement texts cover every batch size and stay prepared.
+        let slots = unique.len().next_power_of_two();
+        let values = (1..=slots)
+            .map(|n| format!("(${n})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH asked(user_id) AS (SELECT DISTINCT column1 FROM (VALUES {values}) AS v) \
+             SELECT asked.user_id, \
+             (SELECT revision FROM user_revisions WHERE user_id = asked.user_id), \
+             (SELECT {aggregate} FROM ratings WHERE user_id = asked.user_id) FROM asked"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for n in 0..slots {
+            query = query.bind(unique[n.min(unique.len() - 1)].to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut read = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let user_id: String = row.try_get(0)?;
+            let revision = row.try_get::<Option<i64>, _>(1)?;
+            let text = row.try_get::<Option<String>, _>(2)?;
+            if revision.is_none() && text.is_none() {
+                continue;
+            }
+            let ratings = match text {
+                Some(text) => parse_ratings(&text, &user_id)?,
+                None => Vec::new(),
+            };
+            read.insert(user_id, (revision.unwrap_or(0), ratings));
+        }
+        Ok(read)
     }
 
     /// Deletes one rating; false if there was none.

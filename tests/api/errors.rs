@@ -347,7 +347,7 @@ async fn health_and_metrics_answer(app: TestApp) {
     );
     assert!(text.contains("ratings_written_total 1"), "{text}");
 
-    // What an operator watches: training, the model's size, the ranking cache, revision reads.
+    // What an operator watches: training, the model's size, the ranking cache, coalesced reads.
     crate::seed(&app, 30, 9).await;
     app.retrain(crate::fast_training()).await;
     app.recommendations("u1", "").await;
@@ -362,6 +362,11 @@ async fn health_and_metrics_answer(app: TestApp) {
     assert_eq!(value("ranking_cache_misses_total"), 1.0);
     assert!(value("ranking_cache_bytes") > 0.0);
     assert_eq!(value("revision_batch_users_count"), 2.0);
+    assert_eq!(
+        value("ratings_batch_users_count"),
+        1.0,
+        "the miss read the ratings"
+    );
     assert!(value("model_bytes") > 1000.0);
     assert!(value("training_train_rmse{rbm=\"user\"}") > 0.0);
     assert_eq!(value("training_epoch"), 0.0, "no run is going");

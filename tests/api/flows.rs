@@ -1,6 +1,7 @@
 //! The product's flows: ratings in, retraining, live recommendations, paging, concurrency.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -699,59 +700,110 @@ async fn changes_made_directly_in_the_database_reach_the_next_answer(app: TestAp
 }
 on_both_backends!(changes_made_directly_in_the_database_reach_the_next_answer);
 
-/// Revision lookups made at the same time share statements; each still gets its own user's
-/// revision, exactly as reading that user alone gives it.
-async fn coalesced_revision_reads_answer_each_user(backend: crate::Backend) {
-    use rbm_recommender::app::revisions::Revisions;
-    use rbm_recommender::store::{NewRating, Store};
+/// Lookups made at the same time share statements; each still gets its own user's revision and
+/// ratings, exactly as reading that user alone gives them, a user asked for twice in one statement
+/// too.
+async fn coalesced_reads_answer_each_user(backend: crate::Backend) {
+    use rbm_recommender::app::user_reads::UserReads;
+    use rbm_recommender::store::{NewRating, Store, UserRatings};
 
     let (url, _database) = crate::fresh_database(backend).await;
     let store = Store::connect(&url, 4).await.unwrap();
     store.migrate().await.unwrap();
     let users: Vec<String> = (0..20).map(|u| format!("user-{u}")).collect();
-    // User u is written u + 1 times, so the users' revisions differ.
+    // User u is written u + 1 times, so the users' revisions and ratings differ.
     for (u, user) in users.iter().enumerate() {
         for write in 0..=u {
             let rating = NewRating {
                 user_id: user.clone(),
                 item_id: format!("item-{write}"),
-                rating: 3.0,
+                rating: ((u + write) % 5 + 1) as f64,
             };
             store.upsert_ratings(&[rating]).await.unwrap();
         }
     }
+    // A user whose ratings are all gone keeps a revision past 0.
+    assert!(store.delete_rating("user-0", "item-0").await.unwrap());
     let mut asked = users.clone();
     asked.push("nobody".to_string());
-    let mut expected = Vec::new();
+    let mut expected: Vec<UserRatings> = Vec::new();
     for user in &asked {
-        let alone = store.user_revisions(&[user]).await.unwrap();
-        expected.push(alone.get(user).copied().unwrap_or(0));
+        let alone = store.user_ratings(user).await.unwrap();
+        let revision = store.user_revisions(&[user]).await.unwrap();
+        assert_eq!(alone.0, revision.get(user).copied().unwrap_or(0), "{user}");
+        expected.push(alone);
     }
-    assert_eq!(
-        expected.last(),
-        Some(&0),
-        "a user without ratings is at revision 0"
-    );
+    assert_eq!(expected[20], (0, Vec::new()), "a user without ratings");
     assert!(
-        expected[..users.len()].windows(2).all(|w| w[0] != w[1]),
-        "{expected:?}"
+        expected[0].0 > 0 && expected[0].1.is_empty(),
+        "{:?}",
+        expected[0]
     );
+    for (u, (_, ratings)) in expected.iter().enumerate().take(20).skip(1) {
+        assert_eq!(ratings.len(), u + 1);
+        assert!(ratings.iter().all(|(_, r)| (1.0..=5.0).contains(r)));
+    }
+    let written: Vec<i64> = expected[1..20]
+        .iter()
+        .map(|(revision, _)| *revision)
+        .collect();
+    assert!(written.windows(2).all(|w| w[0] != w[1]), "{written:?}");
+    let several = store
+        .users_ratings(&["user-3", "nobody", "user-3", "user-7"])
+        .await
+        .unwrap();
+    assert_eq!(several.len(), 2);
+    assert_eq!(several["user-3"], expected[3]);
+    assert_eq!(several["user-7"], expected[7]);
 
-    let revisions = Revisions::start(store.clone(), 2, Default::default());
+    let read = store.clone();
+    let revisions = UserReads::start(
+        "revisions",
+        2,
+        64,
+        |_| {},
+        move |users: Vec<String>| {
+            let store = read.clone();
+            async move {
+                let users: Vec<&str> = users.iter().map(String::as_str).collect();
+                store.user_revisions(&users).await
+            }
+        },
+    );
+    let read = store.clone();
+    let ratings = UserReads::start(
+        "ratings",
+        2,
+        16,
+        |_| {},
+        move |users: Vec<String>| {
+            let store = read.clone();
+            async move {
+                let users: Vec<&str> = users.iter().map(String::as_str).collect();
+                store.users_ratings(&users).await
+            }
+        },
+    );
+    let (revisions, ratings) = (Arc::new(revisions), Arc::new(ratings));
     let lookups: Vec<_> = (0..400)
         .map(|n| {
             let index = n % asked.len();
-            let (revisions, user) = (revisions.clone(), asked[index].clone());
-            tokio::spawn(async move { (index, revisions.get(&user).await.unwrap()) })
+            let (revisions, ratings) = (revisions.clone(), ratings.clone());
+            let user = asked[index].clone();
+            tokio::spawn(async move {
+                let revision = revisions.get(&user).await.unwrap();
+                (index, revision, ratings.get(&user).await.unwrap())
+            })
         })
         .collect();
     for lookup in lookups {
-        let (index, revision) = lookup.await.unwrap();
-        assert_eq!(revision, expected[index], "{}", asked[index]);
+        let (index, revision, read) = lookup.await.unwrap();
+        assert_eq!(revision, expected[index].0, "{}", asked[index]);
+        assert_eq!(read, expected[index], "{}", asked[index]);
     }
 }
 
-on_both_backends!(backend coalesced_revision_reads_answer_each_user);
+on_both_backends!(backend coalesced_reads_answer_each_user);
 
 /// Two processes on one PostgreSQL database, as replicas run: one trains at a time, and each
 /// serves whatever model version the other activates, retrained or rolled back. (A SQLite file

@@ -16,10 +16,11 @@ const CATALOG_TASK: usize = 512;
 /// `[M][K][LANES]` (and b `[K][LANES]`), so that a block's K logits build up in registers while
 /// its weights stream through memory in one sequential pass. Derived from an `Rbm`; used to serve.
 ///
-/// A second copy of W rounded to f16 halves the bytes a pass reads. It only screens: `screen`
-/// gives each item an approximate E[class] with a proven error radius, and the items that can still
-/// make a top list are then scored exactly by `expected_classes_of`, which runs the f32 kernel, so
-/// a top list is the one the full f32 pass would give, score for score.
+/// A second copy, of W + Dimp (Dimp of a joint RBM, else 0) rounded to f16, halves the bytes a pass
+/// reads. It only screens: `screen` gives each item an approximate E[class] (and log p(rated)) with
+/// a proven error radius, and the items that can still make a top list are then scored exactly by
+/// `expected_classes_of`, which runs the f32 kernel, so a top list is the one the full f32 pass
+/// would give, score for score.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CatalogWeights {
     classes: usize,

@@ -179,14 +179,14 @@ impl Recommendations {
             &metrics,
             ("revisions", REVISION_BATCH),
             Metrics::observe_revision_batch,
-            |store, users| async move { store.user_revisions(&as_strs(&users)).await },
+            |store, users| async move { store.user_revisions(&users).await },
         );
         let ratings = reads(
             &store,
             &metrics,
             ("ratings", RATINGS_BATCH),
             Metrics::observe_ratings_batch,
-            |store, users| async move { store.users_ratings(&as_strs(&users)).await },
+            |store, users| async move { store.users_ratings(&users).await },
         );
         Self {
             revisions,
@@ -510,8 +510,4 @@ where
         move |users| observe(&metrics, users),
         move |users| read(store.clone(), users),
     )
-}
-
-fn as_strs(users: &[String]) -> Vec<&str> {
-    users.iter().map(String::as_str).collect()
 }

@@ -215,8 +215,11 @@ impl Store {
     /// The revisions of `users`: numbers that change whenever any of a user's ratings changes
     /// (triggers in migration 0003 maintain them). Users who never rated anything are absent.
     #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
-    pub async fn user_revisions(&self, users: &[&str]) -> Result<HashMap<String, i64>, StoreError> {
-        let mut unique: Vec<&str> = users.to_vec();
+    pub async fn user_revisions(
+        &self,
+        users: &[impl AsRef<str>],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let mut unique: Vec<&str> = users.iter().map(AsRef::as_ref).collect();
         unique.sort_unstable();
         unique.dedup();
         if unique.is_empty() {
@@ -253,9 +256,9 @@ impl Store {
     #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
     pub async fn users_ratings(
         &self,
-        users: &[&str],
+        users: &[impl AsRef<str>],
     ) -> Result<HashMap<String, UserRatings>, StoreError> {
-        let mut unique: Vec<&str> = users.to_vec();
+        let mut unique: Vec<&str> = users.iter().map(AsRef::as_ref).collect();
         unique.sort_unstable();
         unique.dedup();
         if unique.is_empty() {

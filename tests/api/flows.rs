@@ -764,10 +764,7 @@ async fn coalesced_reads_answer_each_user(backend: crate::Backend) {
         |_| {},
         move |users: Vec<String>| {
             let store = read.clone();
-            async move {
-                let users: Vec<&str> = users.iter().map(String::as_str).collect();
-                store.user_revisions(&users).await
-            }
+            async move { store.user_revisions(&users).await }
         },
     );
     let read = store.clone();
@@ -778,10 +775,7 @@ async fn coalesced_reads_answer_each_user(backend: crate::Backend) {
         |_| {},
         move |users: Vec<String>| {
             let store = read.clone();
-            async move {
-                let users: Vec<&str> = users.iter().map(String::as_str).collect();
-                store.users_ratings(&users).await
-            }
+            async move { store.users_ratings(&users).await }
         },
     );
     let (revisions, ratings) = (Arc::new(revisions), Arc::new(ratings));

@@ -665,6 +665,42 @@ fn train_user_rbm(tune: impl Fn(&mut RbmParams)) -> Recommender {
         .recommender
 }
 
+/// Early stopping waits for a warm-up of summed learning rate (1,000 updates at 0.005), then
+/// stops at the first epoch `patience` epochs past the best. With one update an epoch, the
+/// warm-up is 100 epochs at a rate of 0.05 and 200 at 0.025.
+#[test]
+fn early_stopping_waits_for_a_warm_up_in_summed_learning_rate() {
+    for (rate, warm_up) in [(0.05, 100), (0.025, 200)] {
+        let mut history = Vec::new();
+        let mut config = small_config();
+        config.item = None;
+        config.user.batch_size = 1_000;
+        config.user.learning_rate = rate;
+        config.user.epochs = 1_000;
+        config.user.patience = 1;
+        let data = planted(120, 30, 2);
+        Recommender::train(&data, &config, &Default::default(), |_, s| {
+            history.push(s.valid_rmse.unwrap())
+        })
+        .unwrap();
+        let mut best = (f64::INFINITY, 0);
+        let expected = (1..=history.len())
+            .find(|&epoch| {
+                let score = history[epoch - 1];
+                if score < best.0 {
+                    best = (score, epoch);
+                }
+                epoch >= warm_up && epoch - best.1 >= 1
+            })
+            .expect("a stop within the epochs");
+        assert_eq!(history.len(), expected, "rate {rate}");
+        assert!(
+            expected < 1_000,
+            "rate {rate}: the run ended by early stopping"
+        );
+    }
+}
+
 #[test]
 fn same_seed_and_threads_give_identical_weights() {
     let train = |seed: u64| train_user_rbm(|p| p.seed = seed);

@@ -52,8 +52,9 @@ pub struct Fit {
 /// updates, because a recommended batch's rate grows with its size (`TrainConfig::recommended`):
 /// an update of 380 users at 0.019, as on the Netflix Prize's joint sample, moves the weights as
 /// far as 3.8 updates of 100 at 0.005. Counting updates there kept a run that ranked best at epoch
-/// 21 going to epoch 82: 1,000 updates at 15 an epoch.
-const EARLY_STOP_WARM_UP: f64 = 5.0;
+/// 21 going to epoch 82: 1,000 updates at 15 an epoch. The sum is taken in f32, the rate's own
+/// precision, where 1,000 × 0.005 is exactly 5 (in f64 the f32 rate's 0.00499999989 falls short).
+const EARLY_STOP_WARM_UP: f32 = 5.0;
 
 /// Training cases of a fixed size used to report the training RMSE each epoch.
 const TRAIN_PROBE_ROWS: usize = 1000;
@@ -289,7 +290,7 @@ impl ValidRbmParams {
                         epochs_since_best += 1;
                     }
                 }
-                let warmed_up = step as f64 * f64::from(p.learning_rate) >= EARLY_STOP_WARM_UP;
+                let warmed_up = step as f32 * p.learning_rate >= EARLY_STOP_WARM_UP;
                 if p.patience > 0 && warmed_up && epochs_since_best >= p.patience {
                     break;
                 }

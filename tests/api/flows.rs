@@ -325,7 +325,7 @@ fn field(page: &Value, name: &str) -> Vec<f64> {
 }
 
 /// Paging from the first page down, as a client does, runs past the depth the first miss scored
-/// (RANKING_DEPTH, 20) into rankings scored deeper; the pages join into the whole list, which an
+/// (RANKING_DEPTH) into rankings scored deeper; the pages join into the whole list, which an
 /// uncached replica scores in one piece.
 async fn pages_never_repeat_or_skip(backend: crate::Backend) {
     let app = crate::spawn_app(backend).await;
@@ -338,7 +338,8 @@ async fn pages_never_repeat_or_skip(backend: crate::Backend) {
             .await;
         assert_eq!(whole["order"], order, "{whole}");
         let all = item_ids(&whole);
-        assert!(all.len() > 2 * 20, "{} items to page through", all.len());
+        let depth = rbm_recommender::app::RANKING_DEPTH;
+        assert!(all.len() > 2 * depth, "{} items to page through", all.len());
         let mut paged = Vec::new();
         for offset in (0..all.len()).step_by(4) {
             paged.extend(item_ids(

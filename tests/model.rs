@@ -3,11 +3,14 @@
 // The enumerations index W[i][k][j] the way the equations are written.
 #![allow(clippy::needless_range_loop)]
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use ndarray::{Array1, Array2, Array3};
 use rbm_recommender::model::{
-    Dataset, Entry, ItemSide, ItemSimilarity, Order, RatingScale, Rbm, RbmParams, Recommender,
-    Scratch, Similarity, TopQuery, TrainConfig, cd_weight_gradient, choice_scores,
-    joint_cd_weight_gradient, ranking_metrics, rmse,
+    Checkpoint, Dataset, Entry, ItemSide, ItemSimilarity, ModelError, Order, RatingScale, Rbm,
+    RbmParams, Recommender, Scratch, Similarity, TopQuery, TrainConfig, cd_weight_gradient,
+    choice_scores, joint_cd_weight_gradient, ranking_metrics, rmse,
 };
 use rbm_recommender::model_file::ModelFile;
 
@@ -469,7 +472,7 @@ fn joint_precisions(joint_users: Option<usize>) -> (Recommender, [f64; 3]) {
         valid_frac: 0.05,
         ..TrainConfig::default()
     };
-    let model = Recommender::train(&split.train, &config, &Default::default(), |_, _| {})
+    let model = Recommender::train(&split.train, &config, &AtomicBool::new(false), |_, _| {})
         .unwrap()
         .recommender;
     assert_eq!(model.default_order(), Order::Score);
@@ -579,7 +582,7 @@ fn trained_rbm_beats_the_item_mean_on_planted_tastes() {
     let trained = Recommender::train(
         &split.train,
         &small_config(),
-        &Default::default(),
+        &AtomicBool::new(false),
         |_, _| {},
     )
     .unwrap();
@@ -620,7 +623,7 @@ fn a_capped_item_side_keeps_the_most_active_users_and_predicts_the_rest_user_bas
         item_users: 40,
         ..small_config()
     };
-    let trained = Recommender::train(data, &config, &Default::default(), |_, _| {}).unwrap();
+    let trained = Recommender::train(data, &config, &AtomicBool::new(false), |_, _| {}).unwrap();
     let model = &trained.recommender;
     let item_side = model.item_side().expect("an item side");
     // 40 visible users, and they are the ones with the most ratings.
@@ -660,7 +663,7 @@ fn train_user_rbm(tune: impl Fn(&mut RbmParams)) -> Recommender {
     config.user.epochs = 4;
     config.item = None;
     tune(&mut config.user);
-    Recommender::train(&data, &config, &Default::default(), |_, _| {})
+    Recommender::train(&data, &config, &AtomicBool::new(false), |_, _| {})
         .unwrap()
         .recommender
 }
@@ -679,7 +682,7 @@ fn early_stopping_waits_for_a_warm_up_in_summed_learning_rate() {
         config.user.epochs = 1_000;
         config.user.patience = 1;
         let data = planted(120, 30, 2);
-        Recommender::train(&data, &config, &Default::default(), |_, s| {
+        Recommender::train(&data, &config, &AtomicBool::new(false), |_, s| {
             history.push(s.valid_rmse.unwrap())
         })
         .unwrap();
@@ -708,6 +711,59 @@ fn same_seed_and_threads_give_identical_weights() {
     assert_ne!(train(5).user_rbm(), train(6).user_rbm());
 }
 
+/// Counts the checkpoints training reaches; says to stop at the `stop_at`-th, holding each one
+/// for a moment before that.
+struct Counting {
+    reached: AtomicUsize,
+    stop_at: usize,
+    /// The thread that holds a checkpoint, one at a time, as a service holding training would.
+    held: Mutex<()>,
+}
+
+impl Checkpoint for Counting {
+    fn should_stop(&self) -> bool {
+        let reached = self.reached.fetch_add(1, Ordering::SeqCst) + 1;
+        let _held = self.held.lock().unwrap();
+        std::thread::yield_now();
+        reached >= self.stop_at
+    }
+}
+
+#[test]
+fn a_checkpoint_that_holds_training_changes_nothing_and_one_that_stops_cancels_it() {
+    let data = planted(120, 30, 2);
+    let mut config = small_config();
+    config.user.epochs = 4;
+    config.user.choice = true;
+    let mut all_epochs = 0;
+    let plain = Recommender::train(&data, &config, &AtomicBool::new(false), |_, _| {
+        all_epochs += 1
+    })
+    .unwrap()
+    .recommender;
+    let holding = Counting {
+        reached: AtomicUsize::new(0),
+        stop_at: usize::MAX,
+        held: Mutex::new(()),
+    };
+    let held = Recommender::train(&data, &config, &holding, |_, _| {})
+        .unwrap()
+        .recommender;
+    assert_eq!(held, plain);
+    let reached = holding.reached.into_inner();
+    assert!(reached > 10, "{reached} checkpoints");
+
+    let stopping = Counting {
+        reached: AtomicUsize::new(0),
+        stop_at: reached / 2,
+        held: Mutex::new(()),
+    };
+    let mut epochs = 0;
+    let cancelled = Recommender::train(&data, &config, &stopping, |_, _| epochs += 1);
+    assert!(matches!(cancelled, Err(ModelError::Cancelled)));
+    assert!(epochs < all_epochs, "{epochs} of {all_epochs} epochs");
+}
+
 #[test]
 fn the_number_of_threads_does_not_change_the_weights() {
     let train = |threads: usize| {
@@ -728,7 +784,7 @@ fn saved_models_load_back_exactly() {
     config.user.epochs = 3;
     config.item.as_mut().unwrap().epochs = 3;
     config.user.conditional = true;
-    let trained = Recommender::train(&data, &config, &Default::default(), |_, _| {}).unwrap();
+    let trained = Recommender::train(&data, &config, &AtomicBool::new(false), |_, _| {}).unwrap();
     let file = ModelFile {
         recommender: trained.recommender,
         config,
@@ -751,7 +807,7 @@ fn a_stored_item_side_with_another_class_count_is_refused_at_load() {
     let mut config = small_config();
     config.user.epochs = 2;
     config.item.as_mut().unwrap().epochs = 2;
-    let model = Recommender::train(&data, &config, &Default::default(), |_, _| {})
+    let model = Recommender::train(&data, &config, &AtomicBool::new(false), |_, _| {})
         .unwrap()
         .recommender;
     // The item side's W and b cut from K = 5 classes to 4: scoring would index past them.
@@ -848,7 +904,7 @@ fn lists_scored_together_equal_lists_scored_alone_bit_for_bit() {
     let data = planted(200, 160, 6);
     let mut config = small_config();
     config.user.choice = true;
-    let model = Recommender::train(&data, &config, &Default::default(), |_, _| {})
+    let model = Recommender::train(&data, &config, &AtomicBool::new(false), |_, _| {})
         .unwrap()
         .recommender;
     let known = data.user_matrix();
@@ -895,7 +951,7 @@ fn lists_scored_together_equal_lists_scored_alone_bit_for_bit() {
 /// The blend and the blend with a joint user-based RBM, trained on `data`.
 fn blend_and_joint(data: &Dataset) -> (Recommender, Recommender) {
     let train = |config: &TrainConfig| {
-        Recommender::train(data, config, &Default::default(), |_, _| {})
+        Recommender::train(data, config, &AtomicBool::new(false), |_, _| {})
             .unwrap()
             .recommender
     };
@@ -1066,7 +1122,7 @@ fn contributions_equal_a_brute_force_leave_one_out() {
 #[test]
 fn a_recommendation_is_explained_by_ratings_of_its_own_taste_group() {
     let data = planted(300, 60, 1);
-    let model = Recommender::train(&data, &small_config(), &Default::default(), |_, _| {})
+    let model = Recommender::train(&data, &small_config(), &AtomicBool::new(false), |_, _| {})
         .unwrap()
         .recommender;
     // A new user who loved group 0 and disliked group 1, five items of each.
@@ -1111,7 +1167,7 @@ fn item_similarities_equal_their_definitions() {
     let model = Recommender::train(
         &planted(200, 160, 6),
         &config,
-        &Default::default(),
+        &AtomicBool::new(false),
         |_, _| {},
     )
     .unwrap()
@@ -1195,7 +1251,7 @@ fn new_users_fold_in_without_retraining() {
         ..small_config()
     };
     config.user.epochs = 60;
-    let trained = Recommender::train(&data, &config, &Default::default(), |_, _| {})
+    let trained = Recommender::train(&data, &config, &AtomicBool::new(false), |_, _| {})
         .unwrap()
         .recommender;
     // A user the model never saw who loves group 0 should get group-0 items on top.

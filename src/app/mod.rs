@@ -2,6 +2,7 @@
 //! model, recommendations from it, the catalogue of ratings and items, and training runs. The HTTP
 //! handlers and the CLI talk to these; only they talk to the store.
 
+mod background;
 mod batching;
 mod catalogue;
 mod popularity;
@@ -30,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::model::RatingScale;
 use crate::model_file::ModelFileError;
 use crate::store::{Backend, Store, StoreError};
+use background::ServingFirst;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -101,10 +103,12 @@ impl Service {
     pub async fn start(store: Store, options: Options) -> Result<Arc<Self>, ServiceError> {
         let metrics = Arc::new(Metrics::default());
         let serving = Serving::start(store.clone(), metrics.clone()).await?;
+        let serving_first = Arc::new(ServingFirst::default());
         let training = Training::start(
             store.clone(),
             metrics.clone(),
             serving.clone(),
+            serving_first.clone(),
             options.scale,
             options.training,
             options.training_memory_bytes,
@@ -120,6 +124,7 @@ impl Service {
             metrics.clone(),
             serving.clone(),
             catalogue.clone(),
+            serving_first,
             options.ranking_cache_bytes,
         );
         Ok(Arc::new(Self {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::ServiceError;
+use super::background::ServingFirst;
 use super::catalogue::Catalogue;
 use super::scoring::{Job, Scorer};
 use super::serving::{ServedModel, Serving};
@@ -176,6 +177,7 @@ impl Recommendations {
         metrics: Arc<Metrics>,
         serving: Arc<Serving>,
         catalogue: Arc<Catalogue>,
+        serving_first: Arc<ServingFirst>,
         cache_bytes: u64,
     ) -> Self {
         let rankings = moka::sync::Cache::builder()
@@ -203,7 +205,7 @@ impl Recommendations {
         Self {
             revisions,
             ratings,
-            scorer: Scorer::start(metrics.clone()),
+            scorer: Scorer::start(metrics.clone(), serving_first),
             metrics,
             serving,
             catalogue,

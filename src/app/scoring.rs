@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::ServiceError;
+use super::background::ServingFirst;
 use super::batching::Batches;
 use super::serving::ServedModel;
 use crate::metrics::Metrics;
@@ -52,9 +53,10 @@ pub(super) struct Scorer {
 impl Scorer {
     /// Starts the scoring task on the current tokio runtime. It stops when the last handle is
     /// dropped.
-    pub fn start(metrics: Arc<Metrics>) -> Self {
+    /// Training threads give way to its passes through `serving_first`.
+    pub fn start(metrics: Arc<Metrics>, serving_first: Arc<ServingFirst>) -> Self {
         let (queue, waiting) = mpsc::channel(QUEUE);
-        tokio::spawn(score_batches(waiting, metrics));
+        tokio::spawn(score_batches(waiting, metrics, serving_first));
         Self { queue }
     }
 
@@ -67,7 +69,11 @@ impl Scorer {
     }
 }
 
-async fn score_batches(waiting: mpsc::Receiver<Queued>, metrics: Arc<Metrics>) {
+async fn score_batches(
+    waiting: mpsc::Receiver<Queued>,
+    metrics: Arc<Metrics>,
+    serving_first: Arc<ServingFirst>,
+) {
     let mut batches = Batches::new(waiting, IN_FLIGHT, MAX_BATCH);
     let scratches = Scratches::default();
     // One pass serves one model: a job for another version starts the next batch.
@@ -75,6 +81,7 @@ async fn score_batches(waiting: mpsc::Receiver<Queued>, metrics: Arc<Metrics>) {
     while let Some((slot, batch)) = batches.next(same_model).await {
         metrics.observe_scoring_batch(batch.len());
         let scratches = scratches.clone();
+        let pass = serving_first.scoring();
         super::spawn_blocking(move || {
             let mut set = scratches
                 .lock()
@@ -83,7 +90,7 @@ async fn score_batches(waiting: mpsc::Receiver<Queued>, metrics: Arc<Metrics>) {
                 .unwrap_or_default();
             let lists = score(&batch, &mut set);
             scratches.lock().expect("scratch lock").push(set);
-            drop(slot);
+            drop((pass, slot));
             for ((_, reply), list) in batch.into_iter().zip(lists) {
                 // A request that gave up (its client went away) no longer listens.
                 let _ = reply.send(list);

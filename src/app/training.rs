@@ -9,11 +9,12 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::ServiceError;
+use super::background::{GiveWay, ServingFirst, at_background_priority};
 use super::serving::Serving;
 use super::training_request::TrainingRequest;
 use crate::metrics::Metrics;
 use crate::model::{
-    DataShape, DatasetBuilder, EpochStats, ModelError, RatingScale, Recommender, Side,
+    Checkpoint, DataShape, DatasetBuilder, EpochStats, ModelError, RatingScale, Recommender, Side,
 };
 use crate::model_file::ModelFile;
 use crate::plot::EpochPoint;
@@ -25,6 +26,9 @@ const LISTED_RUNS: i64 = 100;
 /// How often a run checks that it still holds the training lock.
 const LOCK_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Rows of the training snapshot read between checkpoints: 20-35 ms of reading at 100 M.
+const SNAPSHOT_CHECK_ROWS: usize = 16_384;
+
 /// Why a snapshot read stopped when its run was cancelled.
 const CANCELLED: &str = "the training run was cancelled";
 
@@ -35,6 +39,8 @@ pub struct Training {
     store: Store,
     metrics: Arc<Metrics>,
     serving: Arc<Serving>,
+    /// What a run's threads give way to.
+    serving_first: Arc<ServingFirst>,
     scale: RatingScale,
     /// What a run is trained with where its request says nothing (the server's flags).
     defaults: TrainingRequest,
@@ -57,6 +63,7 @@ impl Training {
         store: Store,
         metrics: Arc<Metrics>,
         serving: Arc<Serving>,
+        serving_first: Arc<ServingFirst>,
         scale: RatingScale,
         defaults: TrainingRequest,
         memory_budget: u64,
@@ -75,6 +82,7 @@ impl Training {
             store,
             metrics,
             serving,
+            serving_first,
             scale,
             defaults,
             memory_budget,
@@ -348,24 +356,36 @@ impl Training {
         lock: &mut TrainingLock,
         progress: Arc<Mutex<Progress>>,
     ) -> Result<i64, TrainError> {
+        let serving_first = self.serving_first.clone();
+        let held_before = serving_first.held();
         // The snapshot streams into the data set on the blocking pool: hashing 100 M ids is
         // minutes of CPU that must not hold an async worker.
         let (store, scale, stop) = (self.store.clone(), self.scale, cancel.clone());
         let runtime = tokio::runtime::Handle::current();
-        let data = super::spawn_blocking(move || {
-            at_background_priority(move || {
-                // The size is an estimate: room for a little more, so that the vector does not
-                // double (and hold two copies) for a few ratings more than estimated.
-                let mut data = DatasetBuilder::new(scale, size.ratings + size.ratings / 20);
-                let read = runtime.block_on(store.for_each_rating(|user, item, value| {
-                    if data.len().is_multiple_of(65_536) && stop.load(Ordering::Relaxed) {
-                        return Err(CANCELLED.to_string());
-                    }
-                    data.push(user, item, value as f32)
-                        .map_err(|e| e.to_string())
-                }));
-                read.map(|_| data.finish())
-            })
+        let data = super::spawn_blocking({
+            let serving_first = serving_first.clone();
+            move || {
+                at_background_priority(move || {
+                    // The size is an estimate: room for a little more, so that the vector does
+                    // not double (and hold two copies) for a few ratings more than estimated.
+                    let mut data = DatasetBuilder::new(scale, size.ratings + size.ratings / 20);
+                    let checkpoint = GiveWay {
+                        cancel: &stop,
+                        serving: &serving_first,
+                    };
+                    let read = runtime.block_on(store.for_each_rating(|user, item, value| {
+                        // While this waits, the database's sending of the rows waits too.
+                        if data.len().is_multiple_of(SNAPSHOT_CHECK_ROWS)
+                            && checkpoint.should_stop()
+                        {
+                            return Err(CANCELLED.to_string());
+                        }
+                        data.push(user, item, value as f32)
+                            .map_err(|e| e.to_string())
+                    }));
+                    read.map(|_| data.finish())
+                })
+            }
         })
         .await
         .map_err(TrainError::failed)?;
@@ -383,11 +403,17 @@ impl Training {
         let stop = cancel.clone();
         let trainer = super::spawn_blocking({
             let config = config.clone();
+            let serving_first = serving_first.clone();
             move || {
                 at_background_priority(move || {
-                    let trained = Recommender::train(&data, &config, &cancel, |side, stats| {
-                        let _ = sender.send((side, stats.clone()));
-                    })?;
+                    let checkpoint = GiveWay {
+                        cancel: &cancel,
+                        serving: &serving_first,
+                    };
+                    let trained =
+                        Recommender::train(&data, &config, &checkpoint, |side, stats| {
+                            let _ = sender.send((side, stats.clone()));
+                        })?;
                     let best = trained.user_fit.best_epoch;
                     let metrics = ModelMetrics {
                         valid_rmse: trained.valid_rmse,
@@ -463,6 +489,11 @@ impl Training {
                 )));
             }
         };
+        tracing::info!(
+            run_id,
+            seconds = (serving_first.held() - held_before).as_secs_f64(),
+            "training threads waited for scoring passes, summed over threads"
+        );
         // Only the lock's holder may add and activate a version.
         if !lock.is_held().await {
             return Err(TrainError::Failed(LOCK_LOST.to_string()));
@@ -537,105 +568,5 @@ impl Progress {
 
     fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("progress serialises")
-    }
-}
-
-/// The nice value of a run's threads: the lowest priority, so that requests take the cores
-/// whenever they need them and training takes what is left. On two cores a retrain at the
-/// default priority doubled the p99 of the requests served beside it. Where the kernel allows,
-/// the threads also take the SCHED_IDLE policy: a nice-19 thread still keeps a core until the
-/// scheduler's next tick decides otherwise, while a request's thread that wakes up preempts a
-/// SCHED_IDLE one at once.
-const TRAINING_NICE: i32 = 19;
-
-/// Runs `work` on a thread of its own at `TRAINING_NICE`. Threads it starts (the trainer's rayon
-/// pool) inherit the priority. A thread's priority cannot be raised again without privilege, so
-/// the work does not run on the blocking pool's thread itself, which goes on to serve requests.
-fn at_background_priority<T: Send>(work: impl FnOnce() -> T + Send) -> T {
-    // Requests are scored on rayon's global pool, so it must not be started from the training
-    // thread (its threads would inherit the low priority): asking its size starts it here.
-    rayon::current_num_threads();
-    let span = tracing::Span::current();
-    std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("training".to_string())
-            .spawn_scoped(scope, move || {
-                lower_priority();
-                span.in_scope(work)
-            })
-            .expect("spawn the training thread")
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-/// On Linux the nice value and the scheduling policy belong to the thread, not the process, and
-/// threads it starts inherit both.
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    // SAFETY: setpriority reads no memory of ours; `who` 0 is the calling thread.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, TRAINING_NICE) } != 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "cannot lower the training threads' priority"
-        );
-    }
-    let idle = libc::sched_param { sched_priority: 0 };
-    // SAFETY: the parameter outlives the call, which only reads it; pid 0 is the calling thread.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "cannot give the training threads the idle scheduling policy"
-        );
-    }
-}
-
-/// Elsewhere the nice value may be the whole process's: training keeps the default priority.
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
-
-    fn nice() -> i32 {
-        // SAFETY: as above; errno is cleared first, since -1 is a valid nice value.
-        unsafe {
-            *libc::__errno_location() = 0;
-            libc::getpriority(libc::PRIO_PROCESS, 0)
-        }
-    }
-
-    fn policy() -> i32 {
-        // SAFETY: pid 0 is the calling thread; the call reads no memory of ours.
-        unsafe { libc::sched_getscheduler(0) }
-    }
-
-    #[test]
-    fn training_threads_run_at_the_lowest_priority_and_the_caller_keeps_its_own() {
-        let before = (nice(), policy());
-        let (inside, pool, global) = at_background_priority(|| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .build()
-                .unwrap();
-            let global = rayon::broadcast(|_| (nice(), policy()));
-            (
-                (nice(), policy()),
-                pool.broadcast(|_| (nice(), policy())),
-                global,
-            )
-        });
-        let lowest = (TRAINING_NICE, libc::SCHED_IDLE);
-        assert_eq!(inside, lowest);
-        assert_eq!(pool, vec![lowest; 2]);
-        assert!(global.iter().all(|&n| n == before), "{global:?}");
-        assert_eq!((nice(), policy()), before);
-    }
-
-    #[test]
-    fn a_panic_in_training_work_reaches_the_caller() {
-        let caught = std::panic::catch_unwind(|| at_background_priority(|| panic!("boom")));
-        assert!(caught.is_err());
     }
 }

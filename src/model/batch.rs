@@ -7,17 +7,15 @@
 //! every random draw is seeded by (seed, step, case or item) independently of how many threads
 //! run, so neither do the results.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 
-use super::SparseRatings;
 use super::kernels;
 use super::rbm::Rbm;
 use super::scale::MAX_CLASSES;
 use super::simd;
+use super::{Checkpoint, SparseRatings};
 
 /// Item ranges the hidden passes are split into, whatever the number of threads: enough to keep
 /// a few cores busy, few enough that their B×M sums stay cheap to clear and combine.
@@ -193,9 +191,9 @@ impl MiniBatch {
     }
 
     /// Runs CD-T on the cases laid out by the last `index`. Afterwards the gradient accessors
-    /// describe the batch's log-likelihood gradient, unless `stop` was set: the remaining Gibbs
-    /// steps are then skipped, leaving the batch unusable.
-    pub fn run(&mut self, rbm: &Rbm, cd_steps: usize, seed: u64, step: u64, stop: &AtomicBool) {
+    /// describe the batch's log-likelihood gradient, unless `stop` said to stop: the remaining
+    /// Gibbs steps are then skipped, leaving the batch unusable.
+    pub fn run(&mut self, rbm: &Rbm, cd_steps: usize, seed: u64, step: u64, stop: &dyn Checkpoint) {
         let (m, cases) = (self.m, self.rows.len());
         self.positive.resize(cases * m, 0.0);
         self.negative.resize(cases * m, 0.0);
@@ -204,7 +202,7 @@ impl MiniBatch {
         self.accumulate(rbm, None);
         self.hidden_probabilities(rbm, Visible::Data, Some((seed, step, 0)));
         for t in 0..cd_steps {
-            if stop.load(Ordering::Relaxed) {
+            if stop.should_stop() {
                 return;
             }
             self.accumulate(rbm, Some((seed ^ (t as u64) << 56, step)));

@@ -17,7 +17,6 @@
 
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -26,7 +25,7 @@ use super::kernels;
 use super::rbm::{Rbm, log_sigmoid};
 use super::scale::MAX_CLASSES;
 use super::simd;
-use super::{Entry, RatingScale, SparseRatings};
+use super::{Checkpoint, Entry, RatingScale, SparseRatings};
 
 /// Items per parallel task of the draw.
 const DRAW_TASK: usize = 32;
@@ -124,13 +123,13 @@ pub(crate) fn validation_ndcg(
     train: &SparseRatings,
     valid: &[Entry],
     scale: RatingScale,
-    stop: &AtomicBool,
+    stop: &dyn Checkpoint,
 ) -> f64 {
     let sample = sample_rows(valid, train.n_rows(), VALIDATION_CASES);
     let (d, m) = (rbm.visible(), rbm.hidden());
     ranking_metrics(train, &sample, scale, 10, |user, out| {
         // Each case is a pass over the catalogue: once stopped, the rest are not worth ranking.
-        if stop.load(Ordering::Relaxed) {
+        if stop.should_stop() {
             return;
         }
         let (items, classes) = train.row(user as usize);
@@ -161,14 +160,14 @@ impl ChoiceBatch {
         /// Draws every item's state for every case from a binary sample of `positive` (p(h | v) of
         /// the batch's cases, B×M), then p(h | drawn states) into the negative phase. Each random
         /// draw is seeded by (seed, step, case or item), so the result does not depend on threads.
-        /// Once `stop` is set the remaining work is skipped, leaving the batch unusable.
+        /// Once `stop` says to stop, the remaining work is skipped, leaving the batch unusable.
         pub fn run / run_avx2(
             &mut self,
             rbm: &Rbm,
             positive: &[f32],
             seed: u64,
             step: u64,
-            stop: &AtomicBool,
+            stop: &dyn Checkpoint,
         ) {
             let (k, m, d) = (self.k, self.m, rbm.visible());
             let cases = positive.len() / m;
@@ -189,7 +188,7 @@ impl ChoiceBatch {
                 .into_par_iter()
                 .map(|task| {
                     let mut out = Vec::new();
-                    if stop.load(Ordering::Relaxed) {
+                    if stop.should_stop() {
                         return out;
                     }
                     for item in task * DRAW_TASK..((task + 1) * DRAW_TASK).min(d) {

@@ -3,6 +3,7 @@
 
 mod batch;
 mod catalog;
+mod checkpoint;
 mod choice;
 mod evaluate;
 mod kernels;
@@ -16,6 +17,7 @@ mod simd;
 mod similarity;
 mod train;
 
+pub use checkpoint::Checkpoint;
 pub use choice::choice_scores;
 pub use evaluate::{
     RankingMetrics, mae, predict, ranking_metrics, rmse, similar_items_ranking, top_n, top_n_by,

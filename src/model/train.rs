@@ -1,6 +1,6 @@
 //! Contrastive-divergence training of the categorical RBM: hyperparameters, their checks, and `fit`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use rand::{RngExt, SeedableRng};
@@ -16,7 +16,7 @@ use super::optimizer::{TensorState, UpdateRule};
 use super::params::{RbmParams, ValidRbmParams};
 use super::rbm::Rbm;
 use super::simd;
-use super::{Entry, ModelError, RatingScale, SparseRatings};
+use super::{Checkpoint, Entry, ModelError, RatingScale, SparseRatings};
 
 /// What one epoch did, as reported to the progress callback.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,14 +66,15 @@ impl ValidRbmParams {
 
     /// Trains on the rows of `train` (cases) with `K = scale.classes()`. `valid` holds held-out
     /// (row, column, class) triples in the same orientation, sorted by row; it picks the best epoch.
-    /// `on_epoch` sees every epoch. Setting `stop` ends training with `ModelError::Cancelled`
-    /// within one Gibbs step or one slice of the catalogue-wide draw, however long an epoch is.
+    /// `on_epoch` sees every epoch. `stop` is consulted between steps, and may hold them; once it
+    /// says to stop, training ends with `ModelError::Cancelled` within one Gibbs step or one slice
+    /// of the catalogue-wide draw, however long an epoch is.
     pub fn fit(
         &self,
         train: &SparseRatings,
         scale: RatingScale,
         valid: &[Entry],
-        stop: &AtomicBool,
+        stop: &dyn Checkpoint,
         mut on_epoch: impl FnMut(&EpochStats) + Send,
     ) -> Result<Fit, ModelError> {
         let p = &self.0;
@@ -99,7 +100,7 @@ impl ValidRbmParams {
             train: &SparseRatings,
             scale: RatingScale,
             valid: &[Entry],
-            stop: &AtomicBool,
+            stop: &dyn Checkpoint,
             on_epoch: &mut (dyn FnMut(&EpochStats) + Send),
             started: Instant,
         ) -> Result<Fit, ModelError> {
@@ -165,7 +166,7 @@ impl ValidRbmParams {
                         choice.run(&rbm, batch.positive(), p.seed, step, stop);
                     }
                     // A stopped batch is incomplete: its gradient is never applied.
-                    if stop.load(Ordering::Relaxed) {
+                    if stop.should_stop() {
                         return Err(ModelError::Cancelled);
                     }
 
@@ -195,6 +196,7 @@ impl ValidRbmParams {
                         }
                     };
                     let weight_gradient = |item: usize, factor: f32, out: &mut [f32]| {
+                        stop.hold();
                         gradient(
                             &|s, out| batch.add_item_weight_gradient(item, s, out),
                             &|c, s, out| c.sub_weight_negative(item, s, out),
@@ -276,7 +278,7 @@ impl ValidRbmParams {
                     valid_ndcg,
                     seconds,
                 };
-                if stop.load(Ordering::Relaxed) {
+                if stop.should_stop() {
                     return Err(ModelError::Cancelled);
                 }
                 on_epoch(&stats);

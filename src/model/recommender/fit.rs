@@ -1,8 +1,6 @@
 //! Training the product model: both RBMs, the blend weight and the ranking score's β, fitted on
 //! a validation slice.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use ndarray::Array2;
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -13,7 +11,9 @@ use crate::model::evaluate::{predict, ranking_metrics, rmse, sample_rows};
 use crate::model::params::{RbmParams, TrainConfig};
 use crate::model::rbm::Rbm;
 use crate::model::train::EpochStats;
-use crate::model::{Dataset, Entry, IdMap, ModelError, Rating, RatingScale, SparseRatings};
+use crate::model::{
+    Checkpoint, Dataset, Entry, IdMap, ModelError, Rating, RatingScale, SparseRatings,
+};
 
 /// β grid of the ranking score, searched on the validation slice.
 const RANKING_WEIGHTS: [f32; 7] = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0];
@@ -150,12 +150,13 @@ fn least_squares_blend(user: &[f32], item: &[f32], truth: &[Entry], scale: Ratin
 }
 
 impl Recommender {
-    /// Trains on `data`. `on_epoch` sees every epoch of both RBMs. Setting `stop` cancels
-    /// (`ModelError::Cancelled`) within a moment, whatever the size: see `ValidRbmParams::fit`.
+    /// Trains on `data`. `on_epoch` sees every epoch of both RBMs. Once `stop` says to stop, it
+    /// cancels (`ModelError::Cancelled`) within a moment, whatever the size: see
+    /// `ValidRbmParams::fit`.
     pub fn train(
         data: &Dataset,
         config: &TrainConfig,
-        stop: &AtomicBool,
+        stop: &dyn Checkpoint,
         mut on_epoch: impl FnMut(Side, &EpochStats) + Send,
     ) -> Result<Trained, ModelError> {
         let user_params = config.user.clone().check()?;
@@ -298,7 +299,7 @@ impl Recommender {
             });
         }
         // The passes after the epochs (ĥ of every item, β's catalogue passes) see `stop` too.
-        if stop.load(Ordering::Relaxed) {
+        if stop.should_stop() {
             return Err(ModelError::Cancelled);
         }
         Ok(Trained {
@@ -316,7 +317,7 @@ impl Recommender {
         ids: &IdMap,
         known: &SparseRatings,
         valid: &[Entry],
-        stop: &AtomicBool,
+        stop: &dyn Checkpoint,
     ) -> f32 {
         let sample = sample_rows(valid, known.n_rows(), VALIDATION_USERS);
         let d = self.items.len();
@@ -328,7 +329,7 @@ impl Recommender {
             .map_init(Scratch::default, |scratch, &user| {
                 let (items, classes) = known.row(user as usize);
                 let (mut expected, mut log_rated) = (vec![0.0; d], vec![0.0; d]);
-                if stop.load(Ordering::Relaxed) {
+                if stop.should_stop() {
                     return (expected, log_rated);
                 }
                 self.choice_parts(

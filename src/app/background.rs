@@ -73,6 +73,19 @@ impl ServingFirst {
     }
 }
 
+impl ServingFirst {
+    /// `give_way` for async work, such as storing a trained model: PostgreSQL's backend writes it
+    /// at the default priority, so it should write while no pass runs.
+    pub async fn give_way_async(self: &Arc<Self>) {
+        if self.passes.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let serving = self.clone();
+        // The wait only orders work; if its thread is lost, the writer goes on without it.
+        let _ = tokio::task::spawn_blocking(move || serving.give_way()).await;
+    }
+}
+
 /// A training run's checkpoint: it gives way to scoring, then stops if the run is cancelled.
 pub(super) struct GiveWay<'a> {
     pub cancel: &'a AtomicBool,
@@ -124,6 +137,27 @@ pub(super) fn at_background_priority<T: Send>(work: impl FnOnce() -> T + Send) -
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// Frees `value` on a thread of its own at the lowest priority, once no one else holds it. A
+/// replaced model is hundreds of megabytes at 100 M ratings: freeing it on the thread that
+/// swaps it out, a tokio worker, or on the scoring pass that let go of it last, would hold up
+/// the requests waiting there.
+pub(super) fn free_when_unshared<T: Send + Sync + 'static>(value: Arc<T>) {
+    let freeing = std::thread::Builder::new()
+        .name("freeing".to_string())
+        .spawn(move || {
+            lower_priority();
+            let mut value = value;
+            // Once this is the only holder no one can take another, so the test cannot go stale.
+            while let Err(shared) = Arc::try_unwrap(value) {
+                value = shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+    if let Err(error) = freeing {
+        tracing::warn!(%error, "cannot start a thread to free a replaced model; freeing it here");
+    }
 }
 
 /// On Linux the nice value and the scheduling policy belong to the thread, not the process, and
@@ -196,6 +230,28 @@ mod tests {
     fn a_panic_in_training_work_reaches_the_caller() {
         let caught = std::panic::catch_unwind(|| at_background_priority(|| panic!("boom")));
         assert!(caught.is_err());
+    }
+
+    #[test]
+    fn a_replaced_value_is_freed_at_the_lowest_priority_after_its_last_other_holder() {
+        struct Freed(std::sync::mpsc::Sender<(Option<String>, (i32, i32))>);
+        impl Drop for Freed {
+            fn drop(&mut self) {
+                let thread = std::thread::current().name().map(str::to_string);
+                self.0.send((thread, (nice(), policy()))).unwrap();
+            }
+        }
+        let (sender, freed) = std::sync::mpsc::channel();
+        let value = Arc::new(Freed(sender));
+        let holder = value.clone();
+        free_when_unshared(value);
+        // A scoring pass still holds it: it stays.
+        let waited = Duration::from_millis(100);
+        assert!(freed.recv_timeout(waited).is_err());
+        drop(holder);
+        let (thread, priority) = freed.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(thread.as_deref(), Some("freeing"));
+        assert_eq!(priority, (TRAINING_NICE, libc::SCHED_IDLE));
     }
 
     #[test]

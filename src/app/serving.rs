@@ -8,6 +8,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 
 use super::ServiceError;
+use super::background::free_when_unshared;
 use crate::metrics::Metrics;
 use crate::model::Recommender;
 use crate::model_file::ModelFile;
@@ -136,11 +137,14 @@ impl Serving {
     }
 
     fn put(&self, version: i64, recommender: Recommender, bytes: usize) {
-        self.slot.store(Some(Arc::new(ServedModel {
+        let replaced = self.slot.swap(Some(Arc::new(ServedModel {
             version,
             recommender,
         })));
         self.metrics.set_model(version, bytes);
+        if let Some(replaced) = replaced {
+            free_when_unshared(replaced);
+        }
     }
 
     /// Tells the other processes sharing the database to serve `version`, which is active

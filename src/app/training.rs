@@ -490,11 +490,6 @@ impl Training {
                 )));
             }
         };
-        tracing::info!(
-            run_id,
-            seconds = (serving_first.held() - held_before).as_secs_f64(),
-            "training threads waited for scoring passes, summed over threads"
-        );
         // Only the lock's holder may add and activate a version.
         if !lock.is_held().await {
             return Err(TrainError::Failed(LOCK_LOST.to_string()));
@@ -503,9 +498,17 @@ impl Training {
         let bytes = blob.len();
         let version = self
             .store
-            .insert_model(&params, &metrics, &blob)
+            .insert_model(&params, &metrics, &blob, || {
+                let serving_first = serving_first.clone();
+                async move { serving_first.give_way_async().await }
+            })
             .await
             .map_err(TrainError::failed)?;
+        tracing::info!(
+            run_id,
+            seconds = (serving_first.held() - held_before).as_secs_f64(),
+            "training and storing the model waited for scoring passes, summed over threads"
+        );
         // The swap holds two models, the one serving and this one, and not this one's bytes too.
         drop(blob);
         self.serving

@@ -7,8 +7,10 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{Backend, Store, StoreError, json_column, now_millis};
 
 /// Bytes per stored chunk of a model version: far below the 1 GB either database allows in one
-/// value, and small enough that writing one costs little memory beside the model.
-pub const MODEL_CHUNK_BYTES: usize = 32 << 20;
+/// value, and small enough that writing one costs little memory beside the model, and takes the
+/// database a few milliseconds (a 32 MiB chunk took PostgreSQL 250 ms, during which requests
+/// beside it waited for a core).
+pub const MODEL_CHUNK_BYTES: usize = 1 << 20;
 
 /// PostgreSQL channel on which a process announces that it activated a model version.
 const MODEL_CHANNEL: &str = "rbm_models";
@@ -40,13 +42,15 @@ pub struct ModelInfo {
 }
 
 impl Store {
-    /// Stores a model version, its bytes in chunks of MODEL_CHUNK_BYTES, in one transaction.
+    /// Stores a model version, its bytes in chunks of MODEL_CHUNK_BYTES, in one transaction;
+    /// `pace` is awaited before each chunk, the caller's turn to let other work go first.
     #[tracing::instrument(level = "debug", skip_all, fields(bytes = blob.len()))]
-    pub async fn insert_model(
+    pub async fn insert_model<Pace: Future<Output = ()>>(
         &self,
         params: &serde_json::Value,
         metrics: &serde_json::Value,
         blob: &[u8],
+        mut pace: impl FnMut() -> Pace,
     ) -> Result<i64, StoreError> {
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(
@@ -61,6 +65,7 @@ impl Store {
         .await?;
         let version: i64 = row.try_get(0)?;
         for (seq, chunk) in blob.chunks(MODEL_CHUNK_BYTES).enumerate() {
+            pace().await;
             sqlx::query("INSERT INTO model_chunks (version, seq, data) VALUES ($1, $2, $3)")
                 .bind(version)
                 .bind(seq as i32)

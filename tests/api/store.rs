@@ -79,13 +79,19 @@ async fn a_model_larger_than_a_chunk_round_trips(backend: Backend) {
         .collect();
     let small = vec![7u8; 10];
     let first = store
-        .insert_model(&json!({}), &json!({}), &small)
+        .insert_model(&json!({}), &json!({}), &small, || async {})
         .await
         .unwrap();
+    // The writer is paced before each chunk.
+    let mut paced = 0;
     let big = store
-        .insert_model(&json!({"a": 1}), &json!({}), &blob)
+        .insert_model(&json!({"a": 1}), &json!({}), &blob, || {
+            paced += 1;
+            async {}
+        })
         .await
         .unwrap();
+    assert_eq!(paced, 3);
     assert!(store.activate_model(big).await.unwrap());
     assert_eq!(store.model_blob(first).await.unwrap().unwrap(), small);
     let (active, read) = store.active_model().await.unwrap().unwrap();

@@ -1,7 +1,7 @@
 //! Training beside serving. A run's threads take the lowest priority, so a request's thread
 //! gets a core the moment it wakes; and they give way to scoring passes, which share the memory
 //! bus and the caches with them: at 100 M ratings a retrain added about 10 ms to the p99 of
-//! uncached lists even at SCHED_IDLE.
+//! uncached lists even at SCHED_IDLE. A replaced model is freed at that priority too.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -71,9 +71,7 @@ impl ServingFirst {
         let held = started.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
         self.held_nanos.fetch_add(held, Ordering::Relaxed);
     }
-}
 
-impl ServingFirst {
     /// `give_way` for async work, such as storing a trained model: PostgreSQL's backend writes it
     /// at the default priority, so it should write while no pass runs.
     pub async fn give_way_async(self: &Arc<Self>) {

@@ -500,7 +500,9 @@ pub fn lane_logits_each<T: Weight>(
         // SAFETY: avx2() found AVX2, FMA and F16C on this CPU (and wide_registers() AVX-512F and
         // VL); the lengths are checked above.
         unsafe {
-            if simd::wide_registers() {
+            if simd::wide_registers() && blocks == 2 {
+                lane_logits_each_pairs(weights, hiddens, bias, classes, out);
+            } else if simd::wide_registers() {
                 lane_logits_each_wide(weights, hiddens, bias, classes, out);
             } else {
                 lane_logits_each_avx2(weights, hiddens, bias, classes, out);
@@ -594,14 +596,9 @@ macro_rules! lane_logits_each_for {
             let block = classes * LANES;
             let span = hiddens[0].len() * block;
             let stride = bias.len();
-            let most = group_size(classes, $registers);
-            let groups = hiddens.len().div_ceil(most);
-            let mut first = 0;
-            for g in 0..groups {
-                // Sizes differ by at most one: 5 vectors in groups of up to 4 run as 3 + 2.
-                let size = (hiddens.len() - first).div_ceil(groups - g);
-                let group = &hiddens[first..first + size];
-                let kernel = match size {
+            for range in vector_groups(hiddens.len(), group_size(classes, $registers)) {
+                let (first, group) = (range.start, &hiddens[range]);
+                let kernel = match group.len() {
                     1 => sums_for_classes!(sums, T, 1, classes; 1 2 3 4 5 6 7 8 9 10),
                     2 => sums_for_classes!(sums, T, 2, classes; 1 2 3 4 5 6 7 8 9 10),
                     3 => sums_for_classes!(sums, T, 3, classes; 1 2 3 4 5 6 7 8 9 10),
@@ -613,7 +610,6 @@ macro_rules! lane_logits_each_for {
                     // SAFETY: the caller's contract, for this block and group.
                     unsafe { kernel(weights, group, bias, out, stride) };
                 }
-                first += size;
             }
         }
     };
@@ -621,6 +617,119 @@ macro_rules! lane_logits_each_for {
 
 lane_logits_each_for!(lane_logits_each_avx2, "avx2,fma,f16c", 16);
 lane_logits_each_for!(lane_logits_each_wide, "avx2,fma,f16c,avx512f,avx512vl", 32);
+
+/// `lane_logits_each` for exactly two blocks in 512-bit registers: the two blocks' LANES items of
+/// a class side by side in one register, so that each multiply-add does twice the work of the
+/// AVX2 kernels'. Each lane runs the same chain of multiply-adds as theirs, so the logits are the
+/// same bit for bit. Weights of the two blocks are loaded from their two places (and widened from
+/// f16 as one vector), which costs a shuffle a weight vector: below the multiply-adds' share
+/// while a weight serves a group of several vectors.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C and AVX-512F; lengths as `lane_logits_each` checks them,
+/// with two blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn lane_logits_each_pairs<T: Weight>(
+    weights: &[T],
+    hiddens: &[&[f32]],
+    bias: &[f32],
+    classes: usize,
+    out: &mut [f32],
+) {
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    #[inline]
+    unsafe fn sums<T: Weight, const U: usize, const K: usize>(
+        weights: &[T],
+        hiddens: &[&[f32]],
+        bias: &[f32],
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let m = hiddens[0].len();
+        let span = m * K * LANES;
+        assert!(hiddens.len() == U && out.len() >= (U - 1) * stride + 2 * K * LANES);
+        assert!(weights.len() == 2 * span && bias.len() == 2 * K * LANES);
+        // SAFETY: every load and store lies inside the slices checked above.
+        unsafe {
+            let pair = |first: __m256, second: __m256| {
+                _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castpd256_pd512(_mm256_castps_pd(first)),
+                    _mm256_castps_pd(second),
+                ))
+            };
+            let mut acc = [[_mm512_setzero_ps(); K]; U];
+            for acc in acc.iter_mut() {
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    *acc = pair(
+                        _mm256_loadu_ps(bias.as_ptr().add(c * LANES)),
+                        _mm256_loadu_ps(bias.as_ptr().add((K + c) * LANES)),
+                    );
+                }
+            }
+            let mut p = weights.as_ptr();
+            for j in 0..m {
+                let mut h = [_mm512_setzero_ps(); U];
+                for (h, hidden) in h.iter_mut().zip(hiddens) {
+                    *h = _mm512_set1_ps(*hidden.get_unchecked(j));
+                }
+                for c in 0..K {
+                    let (first, second) = (p.add(c * LANES), p.add(span + c * LANES));
+                    let w = if T::HALF {
+                        _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(
+                            _mm256_castsi128_si256(_mm_loadu_si128(first.cast::<__m128i>())),
+                            _mm_loadu_si128(second.cast::<__m128i>()),
+                        ))
+                    } else {
+                        pair(
+                            _mm256_loadu_ps(first.cast::<f32>()),
+                            _mm256_loadu_ps(second.cast::<f32>()),
+                        )
+                    };
+                    for u in 0..U {
+                        acc[u][c] = _mm512_fmadd_ps(h[u], w, acc[u][c]);
+                    }
+                }
+                p = p.add(K * LANES);
+            }
+            for (u, acc) in acc.iter().enumerate() {
+                for (c, acc) in acc.iter().enumerate() {
+                    let at = out.as_mut_ptr().add(u * stride + c * LANES);
+                    _mm256_storeu_ps(at, _mm512_castps512_ps256(*acc));
+                    let upper = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*acc));
+                    _mm256_storeu_ps(at.add(K * LANES), _mm256_castpd_ps(upper));
+                }
+            }
+        }
+    }
+
+    type Kernel<T> = unsafe fn(&[T], &[&[f32]], &[f32], &mut [f32], usize);
+    let stride = bias.len();
+    for group in vector_groups(hiddens.len(), group_size(classes, 32)) {
+        let kernel = match group.len() {
+            1 => sums_for_classes!(sums, T, 1, classes; 1 2 3 4 5 6 7 8 9 10),
+            2 => sums_for_classes!(sums, T, 2, classes; 1 2 3 4 5 6 7 8 9 10),
+            3 => sums_for_classes!(sums, T, 3, classes; 1 2 3 4 5 6 7 8 9 10),
+            _ => sums_for_classes!(sums, T, 4, classes; 1 2 3 4 5 6 7 8 9 10),
+        };
+        let out = &mut out[group.start * stride..];
+        // SAFETY: the caller's contract, for this group.
+        unsafe { kernel(weights, &hiddens[group], bias, out, stride) };
+    }
+}
+
+/// `count` vectors cut into consecutive groups of at most `most`, whose sizes differ by at most
+/// one: 5 vectors in groups of up to 4 run as 3 + 2.
+fn vector_groups(count: usize, most: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let groups = count.div_ceil(most);
+    (0..groups).scan(0, move |first, g| {
+        let size = (count - *first).div_ceil(groups - g);
+        let group = *first..*first + size;
+        *first += size;
+        Some(group)
+    })
+}
 
 /// `y += x`
 #[inline(always)]
@@ -949,6 +1058,20 @@ mod tests {
                                 lane_logits_each_wide(&halves, &hiddens, &bias, k, &mut together)
                             };
                             assert_eq!(alone, together, "wide k={k} users={users}");
+                            if blocks == 2 && is_x86_feature_detected!("avx512f") {
+                                together.fill(0.0);
+                                // SAFETY: and AVX-512F, with two blocks.
+                                unsafe {
+                                    lane_logits_each_pairs(
+                                        &halves,
+                                        &hiddens,
+                                        &bias,
+                                        k,
+                                        &mut together,
+                                    )
+                                };
+                                assert_eq!(alone, together, "pairs k={k} users={users}");
+                            }
                         }
                     }
                     for (hidden, out) in hiddens.iter().zip(alone.chunks_mut(bias.len())) {

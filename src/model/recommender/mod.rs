@@ -17,6 +17,7 @@ use super::catalog::CatalogWeights;
 use super::evaluate::predict;
 use super::kernels;
 use super::rbm::Rbm;
+use super::scale::MAX_CLASSES;
 use super::simd;
 use super::train::Fit;
 use super::{Entry, IdMap, Rating, RatingScale, SparseRatings};
@@ -282,8 +283,8 @@ impl Recommender {
     }
 
     /// `item_based_classes` of the listed items only, into `out` in their order. Each logit is
-    /// b[u][k] + W[u][k]·ĥᵢ by one `kernels::dot`, so an item gets the same value whichever
-    /// other items are listed with it.
+    /// b[u][k] + W[u][k]·ĥᵢ by `kernels::row_dots_each`, whose sums do not depend on the other
+    /// item of a pass, so an item gets the same value whichever other items are listed with it.
     #[inline(always)]
     fn item_based_classes_of<'s>(
         &self,
@@ -294,19 +295,36 @@ impl Recommender {
     ) -> Option<&'s [f32]> {
         let (side, user) = (self.item_side.as_ref()?, user? as usize);
         let rows = self.item_rows.as_ref().expect("built with the item side");
-        let (k, m, n) = (self.scale.classes(), side.rbm.hidden(), items.len());
+        let (k, n) = (self.scale.classes(), items.len());
         let weights = side.rbm.item_weights(user);
         let bias = side.rbm.visible_bias().row(user);
         use kernels::LANES;
         // In blocks of LANES items, class-major within a block, as `lane_logits` writes them.
         logits.clear();
         logits.resize(n.div_ceil(LANES) * k * LANES, 0.0);
-        for (t, item) in items.enumerate() {
-            let hidden = rows.row(item as usize);
-            let hidden = hidden.as_slice().expect("contiguous");
+        let bias = bias.as_slice().expect("contiguous");
+        let row = |item: u32| rows.row(item as usize).to_slice().expect("contiguous");
+        let mut put = |t: usize, values: &[f32]| {
             let block = (t / LANES) * k * LANES + t % LANES;
-            for (class, w) in weights.chunks_exact(m).enumerate() {
-                logits[block + class * LANES] = bias[class] + kernels::dot(w, hidden);
+            for (class, &v) in values.iter().enumerate() {
+                logits[block + class * LANES] = v;
+            }
+        };
+        // Two items a pass: each load of the user's weights serves both.
+        let (mut first, mut second) = ([0.0f32; MAX_CLASSES], [0.0f32; MAX_CLASSES]);
+        let mut items = items.enumerate();
+        while let Some((t, a)) = items.next() {
+            match items.next() {
+                Some((_, b)) => {
+                    let outs = [&mut first[..k], &mut second[..k]];
+                    kernels::row_dots_each(weights, [row(a), row(b)], bias, outs);
+                    put(t, &first[..k]);
+                    put(t + 1, &second[..k]);
+                }
+                None => {
+                    kernels::row_dots_each(weights, [row(a)], bias, [&mut first[..k]]);
+                    put(t, &first[..k]);
+                }
             }
         }
         out.clear();

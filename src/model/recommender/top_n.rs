@@ -11,6 +11,9 @@ use crate::model::simd;
 /// non-negative terms, exact to a few units in the last place).
 const ITEM_CLASS_SLACK: f32 = 1e-3;
 
+/// Items whose item-based E[class] one step of `screened_list` computes exactly.
+const ITEM_BASED_GROUP: usize = 32;
+
 /// The unrated items whose upper bound reaches the n-th largest lower bound of the unrated ones:
 /// every item that can be in a top-n list.
 fn reachable(lower: &[f32], upper: &[f32], rated: &[bool], n: usize) -> Vec<u32> {
@@ -306,18 +309,33 @@ impl Recommender {
             }
             let mut reach = reachable(&lower, &upper, &rated, n);
             let mut item_based = take(&mut scratch.item_based);
-            let exact = self.item_based_classes_of(
-                item_user,
-                reach.iter().copied(),
-                &mut scratch.logits,
-                &mut scratch.exact,
-            );
-            if let Some(exact) = exact {
-                for (&i, &e) in reach.iter().zip(exact) {
-                    let i = i as usize;
-                    item_based[i] = e;
-                    (lower[i], upper[i]) = bound(i, Some(e), Some(e));
+            if item_user.is_some() {
+                // Best bound first, a group at a time: each exact item-based value raises the item's
+                // lower bound, and with it the n-th best, until no item left can reach it.
+                reach.sort_unstable_by(|&a, &b| upper[b as usize].total_cmp(&upper[a as usize]));
+                let mut done = 0;
+                while done < reach.len() {
+                    let threshold = nth_largest(reach.iter().map(|&i| lower[i as usize]), n);
+                    if done >= n && upper[reach[done] as usize] < threshold {
+                        break;
+                    }
+                    let group = &reach[done..(done + ITEM_BASED_GROUP).min(reach.len())];
+                    let exact = self
+                        .item_based_classes_of(
+                            item_user,
+                            group.iter().copied(),
+                            &mut scratch.logits,
+                            &mut scratch.exact,
+                        )
+                        .expect("an item-based user");
+                    for (&i, &e) in group.iter().zip(exact) {
+                        let i = i as usize;
+                        item_based[i] = e;
+                        (lower[i], upper[i]) = bound(i, Some(e), Some(e));
+                    }
+                    done += group.len();
                 }
+                reach.truncate(done);
                 let threshold = nth_largest(reach.iter().map(|&i| lower[i as usize]), n);
                 reach.retain(|&i| upper[i as usize] >= threshold);
             }

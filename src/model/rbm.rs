@@ -13,6 +13,9 @@ use super::params::RbmParams;
 use super::scale::MAX_CLASSES;
 use super::simd;
 
+/// How many rows ahead `hidden_input` asks for the rows it will add.
+const PREFETCH_ROWS: usize = 4;
+
 /// Parameters, f32 and row-major: `W[D][K][M]` so that `W[i][k][..]` is one contiguous M-vector,
 /// `b[D][K]`, `c[M]`, and for the conditional RBM `Dimp[D][M]`, fed by which items a case rated.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,12 +168,21 @@ impl Rbm {
             out: &mut [f32],
         ) {
             out.copy_from_slice(self.hidden_bias.as_slice().expect("contiguous"));
-            for (&i, &k) in items.iter().zip(classes) {
+            // The rows lie K·M floats apart or more, past what the hardware prefetcher follows:
+            // each is asked for a few rows ahead of its addition.
+            for (n, (&i, &k)) in items.iter().zip(classes).enumerate() {
+                if let (Some(&i), Some(&k)) = (items.get(n + PREFETCH_ROWS), classes.get(n + PREFETCH_ROWS)) {
+                    kernels::prefetch(self.weight_row(i as usize, k as usize));
+                }
                 kernels::add_assign(out, self.weight_row(i as usize, k as usize));
             }
             if let Some(implicit) = &self.implicit {
-                for &i in implicit_items {
-                    kernels::add_assign(out, implicit.row(i as usize).as_slice().expect("contiguous"));
+                let row = |i: u32| implicit.row(i as usize).to_slice().expect("contiguous");
+                for (n, &i) in implicit_items.iter().enumerate() {
+                    if let Some(&ahead) = implicit_items.get(n + PREFETCH_ROWS) {
+                        kernels::prefetch(row(ahead));
+                    }
+                    kernels::add_assign(out, row(i));
                 }
             }
         }

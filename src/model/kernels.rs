@@ -639,6 +639,7 @@ unsafe fn lane_logits_each_pairs<T: Weight>(
 ) {
     #[target_feature(enable = "avx2,fma,f16c,avx512f")]
     #[inline]
+    #[allow(clippy::needless_range_loop)] // (u, c) are the accumulator grid's coordinates
     unsafe fn sums<T: Weight, const U: usize, const K: usize>(
         weights: &[T],
         hiddens: &[&[f32]],

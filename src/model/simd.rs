@@ -2,9 +2,10 @@
 //! baseline x86-64 so that it runs on any x86-64 server; the loops that matter are compiled a second
 //! time with AVX2, FMA and F16C (x86-64-v3, every x86 server CPU since 2013) by [`multiversion!`], and
 //! that copy runs when the CPU has them. `RBM_SIMD=portable` forces the baseline code, to compare the
-//! two paths or to rule the vector code out. Where the CPU also has AVX-512VL, the kernels that
-//! keep many sums in registers run a third copy that may use its 32 registers (`RBM_SIMD=avx2`
-//! forbids it).
+//! two paths or to rule the vector code out. Where the CPU also has AVX-512F and VL, the kernels
+//! that keep many sums in registers run a third copy that may use its 32 registers, and the
+//! catalogue pass for users waiting together scores two blocks of items per 512-bit register
+//! (`RBM_SIMD=avx2` forbids both).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -13,8 +14,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 pub enum Isa {
     /// AVX2, FMA and F16C, with hand-written kernels for the dot products and catalogue passes.
     Avx2,
-    /// The AVX2 kernels, and those that keep many sums in registers compiled with AVX-512VL's 32
-    /// vector registers (same 256-bit instructions, hence the same results).
+    /// The AVX2 kernels, those that keep many sums in registers compiled with AVX-512VL's 32
+    /// vector registers, and the catalogue pass for several users in 512-bit registers; each lane
+    /// runs the same chain of operations as in the AVX2 kernels, hence the same results.
     Avx2Wide,
     /// Whatever the build targets (SSE2 on x86-64), in plain Rust.
     Portable,

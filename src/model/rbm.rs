@@ -171,7 +171,8 @@ impl Rbm {
             // The rows lie K·M floats apart or more, past what the hardware prefetcher follows:
             // each is asked for a few rows ahead of its addition.
             for (n, (&i, &k)) in items.iter().zip(classes).enumerate() {
-                if let (Some(&i), Some(&k)) = (items.get(n + PREFETCH_ROWS), classes.get(n + PREFETCH_ROWS)) {
+                let ahead = n + PREFETCH_ROWS;
+                if let (Some(&i), Some(&k)) = (items.get(ahead), classes.get(ahead)) {
                     kernels::prefetch(self.weight_row(i as usize, k as usize));
                 }
                 kernels::add_assign(out, self.weight_row(i as usize, k as usize));

@@ -531,6 +531,18 @@ macro_rules! sums_for_classes {
     };
 }
 
+/// The `sums::<T, U, K>` kernel for a group of U = `$size` ≤ 4 vectors and K = `$classes` ≤ 10.
+macro_rules! sums_for_group {
+    ($sums:ident, $t:ident, $size:expr, $classes:expr) => {
+        match $size {
+            1 => sums_for_classes!($sums, $t, 1, $classes; 1 2 3 4 5 6 7 8 9 10),
+            2 => sums_for_classes!($sums, $t, 2, $classes; 1 2 3 4 5 6 7 8 9 10),
+            3 => sums_for_classes!($sums, $t, 3, $classes; 1 2 3 4 5 6 7 8 9 10),
+            _ => sums_for_classes!($sums, $t, 4, $classes; 1 2 3 4 5 6 7 8 9 10),
+        }
+    };
+}
+
 /// Emits `lane_logits_each` for AVX2 under `$features`: split the vectors into near-equal groups
 /// of at most `group_size(K, $registers)` and run each block through `sums`. The kernel is emitted
 /// inside so that it is compiled with the caller's registers.
@@ -598,12 +610,7 @@ macro_rules! lane_logits_each_for {
             let stride = bias.len();
             for range in vector_groups(hiddens.len(), group_size(classes, $registers)) {
                 let (first, group) = (range.start, &hiddens[range]);
-                let kernel = match group.len() {
-                    1 => sums_for_classes!(sums, T, 1, classes; 1 2 3 4 5 6 7 8 9 10),
-                    2 => sums_for_classes!(sums, T, 2, classes; 1 2 3 4 5 6 7 8 9 10),
-                    3 => sums_for_classes!(sums, T, 3, classes; 1 2 3 4 5 6 7 8 9 10),
-                    _ => sums_for_classes!(sums, T, 4, classes; 1 2 3 4 5 6 7 8 9 10),
-                };
+                let kernel = sums_for_group!(sums, T, group.len(), classes);
                 for (n, bias) in bias.chunks(block).enumerate() {
                     let weights = &weights[n * span..(n + 1) * span];
                     let out = &mut out[first * stride + n * block..];
@@ -708,12 +715,7 @@ unsafe fn lane_logits_each_pairs<T: Weight>(
     type Kernel<T> = unsafe fn(&[T], &[&[f32]], &[f32], &mut [f32], usize);
     let stride = bias.len();
     for group in vector_groups(hiddens.len(), group_size(classes, 32)) {
-        let kernel = match group.len() {
-            1 => sums_for_classes!(sums, T, 1, classes; 1 2 3 4 5 6 7 8 9 10),
-            2 => sums_for_classes!(sums, T, 2, classes; 1 2 3 4 5 6 7 8 9 10),
-            3 => sums_for_classes!(sums, T, 3, classes; 1 2 3 4 5 6 7 8 9 10),
-            _ => sums_for_classes!(sums, T, 4, classes; 1 2 3 4 5 6 7 8 9 10),
-        };
+        let kernel = sums_for_group!(sums, T, group.len(), classes);
         let out = &mut out[group.start * stride..];
         // SAFETY: the caller's contract, for this group.
         unsafe { kernel(weights, &hiddens[group], bias, out, stride) };

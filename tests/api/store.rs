@@ -110,3 +110,20 @@ async fn a_model_larger_than_a_chunk_round_trips(backend: Backend) {
 
 on_both_backends!(backend the_snapshot_streams_every_rating_with_its_ids_intact);
 on_both_backends!(backend a_model_larger_than_a_chunk_round_trips);
+
+/// PostgreSQL only: SQLite has no JIT. Every pooled connection plans without it, so a batch read of
+/// users' ratings is never held up by compiling its plan.
+#[tokio::test]
+async fn postgres_connections_plan_without_jit() {
+    let (store, _guard) = store(Backend::Postgres).await;
+    let mut connections = Vec::new();
+    for _ in 0..4 {
+        let mut connection = store.pool().acquire().await.unwrap();
+        let jit: String = sqlx::query_scalar("SHOW jit")
+            .fetch_one(&mut *connection)
+            .await
+            .unwrap();
+        assert_eq!(jit, "off");
+        connections.push(connection);
+    }
+}

@@ -53,6 +53,7 @@ pub struct Metrics {
     ranking_cache_hits: Counter,
     ranking_cache_misses: Counter,
     ranking_cache_bytes: Gauge,
+    rankings_warmed: Counter,
     revision_batch_users: Histogram,
     ratings_batch_users: Histogram,
     scoring_batch_users: Histogram,
@@ -73,6 +74,7 @@ impl Default for Metrics {
             ranking_cache_hits: Counter::default(),
             ranking_cache_misses: Counter::default(),
             ranking_cache_bytes: Gauge::default(),
+            rankings_warmed: Counter::default(),
             revision_batch_users: Histogram::new(BATCH_BUCKETS),
             ratings_batch_users: Histogram::new(BATCH_BUCKETS),
             scoring_batch_users: Histogram::new(BATCH_BUCKETS),
@@ -134,6 +136,11 @@ impl Default for Metrics {
             metrics.ranking_cache_bytes.clone(),
         );
         registry.register(
+            "rankings_warmed",
+            "Rankings scored for a model version before it was served, from those cached under the one before",
+            metrics.rankings_warmed.clone(),
+        );
+        registry.register(
             "revision_batch_users",
             "Users whose revisions one database statement read",
             metrics.revision_batch_users.clone(),
@@ -183,6 +190,10 @@ impl Metrics {
     pub fn set_ranking_cache_bytes(&self, bytes: u64) {
         self.ranking_cache_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn add_rankings_warmed(&self, n: u64) {
+        self.rankings_warmed.inc_by(n);
     }
 
     pub fn observe_revision_batch(&self, users: usize) {

@@ -6,6 +6,7 @@ mod background;
 mod batching;
 mod catalogue;
 mod popularity;
+mod rankings;
 mod recommendations;
 mod scoring;
 mod serving;
@@ -18,9 +19,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use catalogue::Catalogue;
+pub use rankings::RANKING_DEPTH;
 pub use recommendations::{
-    Because, ListSource, MAX_EXPLAINED, PageOrder, PageRequest, RANKING_DEPTH, Recommendation,
-    RecommendationPage, Recommendations, SimilarItem,
+    Because, ListSource, MAX_EXPLAINED, PageOrder, PageRequest, Recommendation, RecommendationPage,
+    Recommendations, SimilarItem,
 };
 pub use serving::{ServedModel, Serving};
 pub use training::Training;
@@ -32,6 +34,7 @@ use crate::model::RatingScale;
 use crate::model_file::ModelFileError;
 use crate::store::{Backend, Store, StoreError};
 use background::ServingFirst;
+use rankings::Rankings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -102,13 +105,19 @@ impl Service {
     /// and loads the active model version, if any.
     pub async fn start(store: Store, options: Options) -> Result<Arc<Self>, ServiceError> {
         let metrics = Arc::new(Metrics::default());
-        let serving = Serving::start(store.clone(), metrics.clone()).await?;
         let serving_first = Arc::new(ServingFirst::default());
+        let rankings = Rankings::start(
+            &store,
+            metrics.clone(),
+            serving_first.clone(),
+            options.ranking_cache_bytes,
+        );
+        let serving = Serving::start(store.clone(), metrics.clone(), rankings.clone()).await?;
         let training = Training::start(
             store.clone(),
             metrics.clone(),
             serving.clone(),
-            serving_first.clone(),
+            serving_first,
             options.scale,
             options.training,
             options.training_memory_bytes,
@@ -119,14 +128,7 @@ impl Service {
             metrics.clone(),
             options.scale,
         ));
-        let recommendations = Recommendations::new(
-            store.clone(),
-            metrics.clone(),
-            serving.clone(),
-            catalogue.clone(),
-            serving_first,
-            options.ranking_cache_bytes,
-        );
+        let recommendations = Recommendations::new(serving.clone(), catalogue.clone(), rankings);
         Ok(Arc::new(Self {
             store,
             metrics,

@@ -1,20 +1,16 @@
-//! Recommendations from the active model: the user's ratings read as they are now, rankings
-//! memoised per (model, user, revision), the popular fallback, and similar items.
+//! Recommendations from the active model: pages of the user's ranking (see `rankings`), the
+//! popular fallback, explanations, and similar items.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::ServiceError;
-use super::background::ServingFirst;
 use super::catalogue::Catalogue;
-use super::scoring::{Job, Scorer};
+use super::rankings::{RankedItems, RankingKey, Rankings, served_order};
 use super::serving::{ServedModel, Serving};
-use super::user_reads::UserReads;
-use crate::metrics::Metrics;
-use crate::model::{Order, Ranked, Recommender};
-use crate::store::{Store, StoreError, UserRatings};
+use crate::model::{Order, Recommender};
 
 /// Where a recommendation list came from: the model, or the popular fallback when there is none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -108,110 +104,27 @@ pub struct SimilarItem {
 }
 
 pub struct Recommendations {
-    metrics: Arc<Metrics>,
     serving: Arc<Serving>,
     catalogue: Arc<Catalogue>,
-    rankings: RankingCache,
-    /// Whether rankings are cached: a cached one is scored past the page (see `depth_for`).
-    caching: bool,
-    revisions: UserReads<i64>,
-    ratings: UserReads<UserRatings>,
-    scorer: Scorer,
-}
-
-/// Reads of a kind in flight at once; more requests than this share statements.
-const READ_STATEMENTS: usize = 2;
-
-/// Users whose revisions one statement reads at most.
-const REVISION_BATCH: usize = 64;
-
-/// Users whose ratings one statement reads at most: a few hundred ratings each.
-const RATINGS_BATCH: usize = 16;
-
-/// A user's best items in one order (score desc, item id asc), rated items left out; `complete`
-/// when it holds every candidate rather than only the best ones.
-struct RankedItems {
-    entries: Vec<Ranked>,
-    complete: bool,
-}
-
-type Ranking = Arc<RankedItems>;
-
-/// (model version, order, user id, the user's revision).
-type RankingKey = (i64, Order, String, i64);
-
-/// Rankings memoised by (model version, order, user, the user's revision as read at request
-/// time). A ranking depends on nothing else, and the database moves the revision with every change
-/// to the user's ratings, so a hit answers exactly what scoring the current ratings would. Bounded
-/// by bytes.
-type RankingCache = moka::sync::Cache<RankingKey, Ranking>;
-
-/// Entries a ranking to be cached is scored to at least: the first two pages of the default size.
-/// Shallow, since the screened top-n pass scores exactly only the items that can reach the list,
-/// and after a retrain every user's first request is a miss: at the Netflix Prize's size, a
-/// service scoring misses 100 deep answered a fifth fewer requests than one scoring 20 deep
-/// (see README).
-pub const RANKING_DEPTH: usize = 20;
-
-/// The depth to score a ranking to for entries up to `needed`: just those without a cache (nothing
-/// else would be read); with one, twice as many, at least `RANKING_DEPTH`, so that the next page
-/// of the same size is a hit and paging on doubles the depth (reading n entries page by page costs
-/// O(log n) scorings).
-fn depth_for(needed: usize, caching: bool) -> usize {
-    match caching {
-        true => needed.saturating_mul(2).max(RANKING_DEPTH),
-        false => needed,
-    }
+    rankings: Rankings,
 }
 
 impl Recommendations {
-    /// Memory the ranking cache holds, as its weigher counts it (after applying the inserts
-    /// the cache has not yet counted).
-    pub(super) fn cache_bytes(&self) -> u64 {
-        self.rankings.run_pending_tasks();
-        self.rankings.weighted_size()
-    }
-
     pub(super) fn new(
-        store: Store,
-        metrics: Arc<Metrics>,
         serving: Arc<Serving>,
         catalogue: Arc<Catalogue>,
-        serving_first: Arc<ServingFirst>,
-        cache_bytes: u64,
+        rankings: Rankings,
     ) -> Self {
-        let rankings = moka::sync::Cache::builder()
-            .max_capacity(cache_bytes)
-            .weigher(|(_, _, user, _): &RankingKey, ranking: &Ranking| {
-                (user.len() + 64 + ranking.entries.len() * std::mem::size_of::<Ranked>())
-                    .try_into()
-                    .unwrap_or(u32::MAX)
-            })
-            .build();
-        let revisions = reads(
-            &store,
-            &metrics,
-            ("revisions", REVISION_BATCH),
-            Metrics::observe_revision_batch,
-            |store, users| async move { store.user_revisions(&users).await },
-        );
-        let ratings = reads(
-            &store,
-            &metrics,
-            ("ratings", RATINGS_BATCH),
-            Metrics::observe_ratings_batch,
-            |store, users| async move { store.users_ratings(&users).await },
-        );
         Self {
-            revisions,
-            ratings,
-            scorer: Scorer::start(metrics.clone(), serving_first),
-            metrics,
             serving,
             catalogue,
             rankings,
-            caching: cache_bytes > 0,
         }
+    }
+
+    /// Memory the ranking cache holds.
+    pub(super) fn cache_bytes(&self) -> u64 {
+        self.rankings.cache_bytes()
     }
 
     /// The user's top unrated items under the active model in the request's order (the model's
@@ -231,29 +144,24 @@ impl Recommendations {
         let mut ordered = None;
         // An explanation needs the ratings the list was scored from, and without the cache a
         // revision could find nothing: either way the ratings are read first, with their revision.
-        let mut ratings = match explain || !self.caching {
-            true => Some(self.ratings.get(user_id).await?),
+        let mut ratings = match explain || !self.rankings.caching() {
+            true => Some(self.rankings.ratings(user_id).await?),
             false => None,
         };
         if let Some(served) = &model {
-            let order = order.unwrap_or_else(|| served.recommender.default_order());
-            // A model that did not learn choice ranks by expected rating whatever is asked.
-            let order = match served.recommender.ranking_weight() {
-                Some(_) => order,
-                None => Order::ExpectedRating,
-            };
+            let order = served_order(&served.recommender, order);
             // One indexed read tells whether a ranking computed earlier still matches the user's
             // ratings; only when it does not are they read and the catalogue scored.
             let revision = match &ratings {
                 Some((revision, _)) => *revision,
-                None => self.revisions.get(user_id).await?,
+                None => self.rankings.revision(user_id).await?,
             };
             let key = (served.version, order, user_id.to_string(), revision);
             let mut scored = self.cached_page(served, key, limit, offset, &exclude);
             if scored.is_none() {
                 let (revision, read) = match ratings.take() {
                     Some(read) => read,
-                    None => self.ratings.get(user_id).await?,
+                    None => self.rankings.ratings(user_id).await?,
                 };
                 let key = (served.version, order, user_id.to_string(), revision);
                 scored = self
@@ -274,7 +182,7 @@ impl Recommendations {
             None => {
                 let ratings = match ratings {
                     Some((_, ratings)) => ratings,
-                    None => self.ratings.get(user_id).await?.1,
+                    None => self.rankings.ratings(user_id).await?.1,
                 };
                 let mut skip = exclude;
                 skip.extend(ratings.into_iter().map(|(item, _)| item));
@@ -369,17 +277,15 @@ impl Recommendations {
         offset: usize,
         exclude: &HashSet<String>,
     ) -> Option<Vec<Recommendation>> {
-        let ranking = self.rankings.get(&key);
-        self.metrics.count_ranking_lookup(ranking.is_some());
-        let ranking = ranking?;
+        let ranking = self.rankings.cached(&key)?;
         let excluded = excluded_indices(&served.recommender, exclude);
         (ranking.complete || offset + limit + excluded.len() <= ranking.entries.len())
             .then(|| page(&served.recommender, &ranking, &excluded, limit, offset))
     }
 
     /// Scores the catalogue in the key's order for the user's ratings (read at the key's
-    /// revision), with whoever else is waiting, caches the ranking and returns the page. None if the model
-    /// knows none of the rated items.
+    /// revision), with whoever else is waiting, caches the ranking and returns the page. None if
+    /// the model knows none of the rated items.
     async fn score(
         &self,
         served: Arc<ServedModel>,
@@ -389,34 +295,13 @@ impl Recommendations {
         offset: usize,
         exclude: &HashSet<String>,
     ) -> Result<Option<Vec<Recommendation>>, ServiceError> {
-        let model = &served.recommender;
-        let (items, classes) = model.rated(
-            ratings
-                .iter()
-                .map(|(item, value)| (item.as_str(), *value as f32)),
-        );
-        if items.is_empty() {
-            return Ok(None);
-        }
-        let excluded = excluded_indices(model, exclude);
-        let depth = depth_for(offset + limit + excluded.len(), self.caching);
-        let entries = self
-            .scorer
-            .rank(Job {
-                user: model.users().get(&key.2),
-                model: served.clone(),
-                order: key.1,
-                items,
-                classes,
-                depth,
-            })
+        let excluded = excluded_indices(&served.recommender, exclude);
+        let depth = self.rankings.depth_for(offset + limit + excluded.len());
+        let ranking = self
+            .rankings
+            .rank(served.clone(), key, ratings, depth)
             .await?;
-        let ranking = Arc::new(RankedItems {
-            complete: entries.len() < depth,
-            entries,
-        });
-        self.rankings.insert(key, ranking.clone());
-        Ok(Some(page(model, &ranking, &excluded, limit, offset)))
+        Ok(ranking.map(|ranking| page(&served.recommender, &ranking, &excluded, limit, offset)))
     }
 }
 
@@ -502,26 +387,4 @@ async fn explain_items(
         item.because = Some(because);
     }
     Ok(())
-}
-
-/// A reader of users' `what`, up to `max_batch` a statement, each batch's size told to `observe`.
-fn reads<T, Fut>(
-    store: &Store,
-    metrics: &Arc<Metrics>,
-    (what, max_batch): (&'static str, usize),
-    observe: fn(&Metrics, usize),
-    read: fn(Store, Vec<String>) -> Fut,
-) -> UserReads<T>
-where
-    T: Clone + Default + Send + 'static,
-    Fut: std::future::Future<Output = Result<HashMap<String, T>, StoreError>> + Send + 'static,
-{
-    let (store, metrics) = (store.clone(), metrics.clone());
-    UserReads::start(
-        what,
-        READ_STATEMENTS,
-        max_batch,
-        move |users| observe(&metrics, users),
-        move |users| read(store.clone(), users),
-    )
 }

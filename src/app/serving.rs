@@ -1,6 +1,6 @@
-//! Serving the active model: the slot every request reads its model from, installing stored
-//! versions into it (at start, on activation, on another process's announcement), and the
-//! versions on record.
+//! Serving the active model: the slot every request reads its model from, installing versions
+//! into it (at start, after training, on activation, on another process's announcement) once the
+//! ranking cache is warmed up for them, and the versions on record.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -9,6 +9,7 @@ use arc_swap::ArcSwapOption;
 
 use super::ServiceError;
 use super::background::free_when_unshared;
+use super::rankings::Rankings;
 use crate::metrics::Metrics;
 use crate::model::Recommender;
 use crate::model_file::ModelFile;
@@ -24,6 +25,8 @@ pub struct Serving {
     store: Store,
     metrics: Arc<Metrics>,
     slot: ArcSwapOption<ServedModel>,
+    /// Warmed up for each version before it is served.
+    rankings: Rankings,
     /// Held while a version is installed and recorded active, so that installs take turns: the
     /// process ends up serving the version the store records last, and holds at most two models
     /// (the served one and the one being loaded).
@@ -36,11 +39,13 @@ impl Serving {
     pub(super) async fn start(
         store: Store,
         metrics: Arc<Metrics>,
+        rankings: Rankings,
     ) -> Result<Arc<Self>, ServiceError> {
         let serving = Arc::new(Self {
             store,
             metrics,
             slot: ArcSwapOption::empty(),
+            rankings,
             installing: tokio::sync::Mutex::new(()),
         });
         // Subscribed before the active model is read, so no activation elsewhere falls between.
@@ -94,7 +99,7 @@ impl Serving {
     ) -> Result<(), ServiceError> {
         let _turn = self.installing.lock().await;
         self.store.activate_model(version).await?;
-        self.put(version, recommender, bytes);
+        self.put(version, recommender, bytes).await;
         self.announce(version).await;
         Ok(())
     }
@@ -132,15 +137,21 @@ impl Serving {
         let file = super::spawn_blocking(move || ModelFile::from_bytes(&blob))
             .await
             .map_err(|e| ServiceError::Task(e.to_string()))??;
-        self.put(version, file.recommender, bytes);
+        self.put(version, file.recommender, bytes).await;
         Ok(())
     }
 
-    fn put(&self, version: i64, recommender: Recommender, bytes: usize) {
-        let replaced = self.slot.swap(Some(Arc::new(ServedModel {
+    /// Serves the version once the ranking cache is warmed up for it; the one before serves
+    /// meanwhile.
+    async fn put(&self, version: i64, recommender: Recommender, bytes: usize) {
+        let incoming = Arc::new(ServedModel {
             version,
             recommender,
-        })));
+        });
+        if let Some(outgoing) = self.current() {
+            self.rankings.warm_up(&outgoing, &incoming).await;
+        }
+        let replaced = self.slot.swap(Some(incoming));
         self.metrics.set_model(version, bytes);
         if let Some(replaced) = replaced {
             free_when_unshared(replaced);

@@ -36,6 +36,15 @@ pub struct UserReads<T> {
     queue: mpsc::Sender<(String, Reply<T>)>,
 }
 
+impl<T> Clone for UserReads<T> {
+    fn clone(&self) -> Self {
+        Self {
+            what: self.what,
+            queue: self.queue.clone(),
+        }
+    }
+}
+
 impl<T: Clone + Default + Send + 'static> UserReads<T> {
     /// Starts a reader task of users' `what` on the current tokio runtime: `read` reads the
     /// users of a batch (at most `max_batch`; absent users get `T::default()`), with up to

@@ -646,16 +646,18 @@ async fn a_cancel_stops_a_long_epoch_within_a_second(app: TestApp) {
 }
 on_both_backends!(a_cancel_stops_a_long_epoch_within_a_second);
 
+/// A counter's value in the metrics' text.
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 async fn repeated_requests_reuse_the_ranking_until_ratings_change(app: TestApp) {
     seed(&app, 90, 18).await;
     app.retrain(fast_training()).await;
-    let counter = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
     let first = app.recommendations("u5", "?limit=4").await;
     let second = app.recommendations("u5", "?limit=4").await;
     assert_eq!(first, second);
@@ -677,6 +679,73 @@ async fn repeated_requests_reuse_the_ranking_until_ratings_change(app: TestApp) 
     );
 }
 on_both_backends!(repeated_requests_reuse_the_ranking_until_ratings_change);
+
+/// A new version is served once the rankings cached under the one before are scored again under
+/// it, from the users' ratings as they are then (a rating posted in between counts), each list the
+/// one a miss would score; so the first requests after a retrain or a rollback are hits.
+async fn a_new_version_serves_the_cached_users_warmed_up(app: TestApp) {
+    seed(&app, 90, 18).await;
+    let first = app.retrain(fast_training()).await["model_version"].clone();
+    let users = ["u1", "u2", "u3", "u4"];
+    for user in users {
+        app.recommendations(user, "?limit=4").await;
+    }
+    app.recommendations("u5", "?limit=4&order=expected_rating")
+        .await;
+    let top = item_ids(&app.recommendations("u3", "?limit=4").await)[0].clone();
+    app.post_ratings(&[("u3", &top, 0.5)]).await;
+
+    let second = app.retrain(fast_training()).await["model_version"].clone();
+    let before = app.metrics().await;
+    // u3 twice under the first version (before and after the rating): warmed once, at the newest.
+    assert_eq!(counter(&before, "rankings_warmed_total"), 5);
+    let mut warmed = Vec::new();
+    for user in users {
+        let page = app.recommendations(user, "?limit=4").await;
+        assert_eq!(page["model_version"], second);
+        warmed.push(page);
+    }
+    let by_rating = app
+        .recommendations("u5", "?limit=4&order=expected_rating")
+        .await;
+    assert_eq!(by_rating["order"], "expected_rating");
+    assert!(!item_ids(&warmed[2]).contains(&top), "{}", warmed[2]);
+    let after = app.metrics().await;
+    assert_eq!(
+        counter(&after, "ranking_cache_hits_total") - counter(&before, "ranking_cache_hits_total"),
+        5
+    );
+    assert_eq!(
+        counter(&after, "ranking_cache_misses_total"),
+        counter(&before, "ranking_cache_misses_total")
+    );
+    // Scored afresh (a rating taken back and given again moves the revision), each list is the
+    // one warmed up.
+    let planted = crate::planted_ratings(90, 18);
+    for (user, page) in users.iter().zip(&warmed) {
+        let (_, item, value) = planted.iter().find(|(u, _, _)| u == user).unwrap();
+        let path = format!("/users/{user}/ratings/{item}");
+        assert_eq!(app.call("DELETE", &path, None, false).await.0, 204);
+        app.post_ratings(&[(user, item, *value)]).await;
+        assert_eq!(&app.recommendations(user, "?limit=4").await, page);
+    }
+    let misses = counter(&app.metrics().await, "ranking_cache_misses_total");
+
+    // A rollback warms up too.
+    let activate = format!("/admin/models/{first}/activate");
+    assert_eq!(app.call("POST", &activate, None, true).await.0, 200);
+    for user in users {
+        assert_eq!(
+            app.recommendations(user, "?limit=4").await["model_version"],
+            first
+        );
+    }
+    assert_eq!(
+        counter(&app.metrics().await, "ranking_cache_misses_total"),
+        misses
+    );
+}
+on_both_backends!(a_new_version_serves_the_cached_users_warmed_up);
 
 async fn changes_made_directly_in_the_database_reach_the_next_answer(app: TestApp) {
     seed(&app, 90, 18).await;

@@ -1,5 +1,6 @@
 //! The application layer, one module per use case, each owning its state: serving the active
-//! model, recommendations from it, the catalogue of ratings and items, and training runs. The HTTP
+//! model, users' rankings under it (read, scored, cached and warmed up for the next version),
+//! recommendations from them, the catalogue of ratings and items, and training runs. The HTTP
 //! handlers and the CLI talk to these; only they talk to the store.
 
 mod background;

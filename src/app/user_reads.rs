@@ -30,19 +30,10 @@ pub enum ReadError {
 }
 
 /// A handle on one kind of reader task; cheap to clone.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct UserReads<T> {
     what: &'static str,
     queue: mpsc::Sender<(String, Reply<T>)>,
-}
-
-impl<T> Clone for UserReads<T> {
-    fn clone(&self) -> Self {
-        Self {
-            what: self.what,
-            queue: self.queue.clone(),
-        }
-    }
 }
 
 impl<T: Clone + Default + Send + 'static> UserReads<T> {

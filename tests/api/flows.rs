@@ -730,6 +730,11 @@ async fn a_new_version_serves_the_cached_users_warmed_up(app: TestApp) {
         assert_eq!(&app.recommendations(user, "?limit=4").await, page);
     }
     let misses = counter(&app.metrics().await, "ranking_cache_misses_total");
+    assert_eq!(
+        misses - counter(&after, "ranking_cache_misses_total"),
+        4,
+        "each fresh list was scored"
+    );
 
     // A rollback warms up too.
     let activate = format!("/admin/models/{first}/activate");

@@ -54,6 +54,7 @@ pub struct Metrics {
     ranking_cache_misses: Counter,
     ranking_cache_bytes: Gauge,
     rankings_warmed: Counter,
+    rankings_refreshed: Counter,
     revision_batch_users: Histogram,
     ratings_batch_users: Histogram,
     scoring_batch_users: Histogram,
@@ -75,6 +76,7 @@ impl Default for Metrics {
             ranking_cache_misses: Counter::default(),
             ranking_cache_bytes: Gauge::default(),
             rankings_warmed: Counter::default(),
+            rankings_refreshed: Counter::default(),
             revision_batch_users: Histogram::new(BATCH_BUCKETS),
             ratings_batch_users: Histogram::new(BATCH_BUCKETS),
             scoring_batch_users: Histogram::new(BATCH_BUCKETS),
@@ -141,6 +143,11 @@ impl Default for Metrics {
             metrics.rankings_warmed.clone(),
         );
         registry.register(
+            "rankings_refreshed",
+            "Cached rankings scored again after the user's ratings changed through this process",
+            metrics.rankings_refreshed.clone(),
+        );
+        registry.register(
             "revision_batch_users",
             "Users whose revisions one database statement read",
             metrics.revision_batch_users.clone(),
@@ -194,6 +201,10 @@ impl Metrics {
 
     pub fn add_rankings_warmed(&self, n: u64) {
         self.rankings_warmed.inc_by(n);
+    }
+
+    pub fn add_rankings_refreshed(&self, n: u64) {
+        self.rankings_refreshed.inc_by(n);
     }
 
     pub fn observe_revision_batch(&self, users: usize) {

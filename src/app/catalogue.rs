@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::ServiceError;
 use super::popularity::Popularity;
+use super::serving::Serving;
 use crate::metrics::Metrics;
 use crate::model::{DataShape, RatingScale};
 use crate::store::{Item, NewRating, PopularItem, Store, UpsertCounts};
@@ -23,11 +24,19 @@ pub struct Catalogue {
     /// takes effect at once; changes made elsewhere (another replica, an import) within the TTL.
     titles: moka::sync::Cache<String, Option<String>>,
     popularity: Arc<Popularity>,
+    /// Told whose ratings changed, so that their cached rankings are scored again.
+    serving: Arc<Serving>,
 }
 
 impl Catalogue {
-    pub(super) fn new(store: Store, metrics: Arc<Metrics>, scale: RatingScale) -> Self {
+    pub(super) fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        scale: RatingScale,
+        serving: Arc<Serving>,
+    ) -> Self {
         Self {
+            serving,
             metrics,
             scale,
             titles: moka::sync::Cache::builder()
@@ -49,6 +58,8 @@ impl Catalogue {
     pub async fn post_ratings(&self, ratings: &[NewRating]) -> Result<UpsertCounts, ServiceError> {
         let counts = self.store.upsert_ratings(ratings).await?;
         self.popularity.rated();
+        self.serving
+            .ratings_changed(ratings.iter().map(|r| r.user_id.as_str()).collect());
         self.metrics
             .add_ratings_written(counts.inserted + counts.updated);
         Ok(counts)
@@ -69,6 +80,7 @@ impl Catalogue {
     pub async fn delete_rating(&self, user_id: &str, item_id: &str) -> Result<(), ServiceError> {
         if self.store.delete_rating(user_id, item_id).await? {
             self.popularity.rated();
+            self.serving.ratings_changed(HashSet::from([user_id]));
             Ok(())
         } else {
             Err(ServiceError::NotFound(format!(

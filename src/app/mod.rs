@@ -1,7 +1,8 @@
 //! The application layer, one module per use case, each owning its state: serving the active
-//! model, users' rankings under it (read, scored, cached and warmed up for the next version),
-//! recommendations from them, the catalogue of ratings and items, and training runs. The HTTP
-//! handlers and the CLI talk to these; only they talk to the store.
+//! model, users' rankings under it (read, scored, cached, warmed up for the next version, and
+//! scored again when the user's ratings change), recommendations from them, the catalogue of
+//! ratings and items, and training runs. The HTTP handlers and the CLI talk to these; only they
+//! talk to the store.
 
 mod background;
 mod batching;
@@ -128,6 +129,7 @@ impl Service {
             store.clone(),
             metrics.clone(),
             options.scale,
+            serving.clone(),
         ));
         let recommendations = Recommendations::new(serving.clone(), catalogue.clone(), rankings);
         Ok(Arc::new(Self {

@@ -1,13 +1,19 @@
 //! Users' rankings under a served model: their revisions and ratings read as they are now, the
 //! catalogue scored for those waiting together (`Scorer`), the result memoised per (model version,
-//! order, user, revision), and the memo carried over to a version about to be served.
+//! order, user) with the revision it was scored at, carried over to a version about to be served,
+//! and scored again when the user's ratings change through this process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use moka::ops::compute::Op;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use super::ServiceError;
 use super::background::ServingFirst;
@@ -42,23 +48,33 @@ const WARM_UP_TIME: Duration = Duration::from_secs(20);
 /// Users being warmed up at once: enough to keep the ratings reads and the scorer's batches full.
 const WARM_UP_USERS: usize = 64;
 
-/// A user's best items in one order (score desc, item id asc), rated items left out; `complete`
-/// when it holds every candidate rather than only the best ones.
+/// Rankings being scored again at once after ratings changed (see `Rankings::refresh`); a change
+/// past that leaves the user's ranking to be scored at their next request, so that a burst of
+/// writes cannot queue more scoring than the requests themselves would.
+const REFRESHES: usize = 64;
+
+/// A user's best items in one order (score desc, item id asc), rated items left out, scored from
+/// the ratings at `revision`; `complete` when it holds every candidate rather than only the best
+/// ones.
 pub(super) struct RankedItems {
+    pub revision: i64,
     pub entries: Vec<Ranked>,
     pub complete: bool,
 }
 
 pub(super) type Ranking = Arc<RankedItems>;
 
-/// (model version, order, user id, the user's revision).
-pub(super) type RankingKey = (i64, Order, String, i64);
+/// Whose ranking, by what: (model version, order, user id).
+pub(super) type RankingSlot = (i64, Order, String);
 
-/// Rankings memoised by (model version, order, user, the user's revision as read at request
-/// time). A ranking depends on nothing else, and the database moves the revision with every change
-/// to the user's ratings, so a hit answers exactly what scoring the current ratings would. Bounded
-/// by bytes.
-type RankingCache = moka::sync::Cache<RankingKey, Ranking>;
+/// A slot and the user's revision as read at request time.
+pub(super) type RankingKey = (RankingSlot, i64);
+
+/// Each slot's latest ranking, which answers a request only at the revision it was scored at. A
+/// ranking depends on nothing else, and the database moves the revision with every change to the
+/// user's ratings, so a hit answers exactly what scoring the current ratings would. Bounded by
+/// bytes.
+type RankingCache = moka::sync::Cache<RankingSlot, Ranking>;
 
 /// The order a model ranks by when `asked` (its default order if None): a model that did not
 /// learn choice ranks by expected rating whatever is asked.
@@ -79,7 +95,18 @@ pub(super) struct Rankings {
     revisions: UserReads<i64>,
     ratings: UserReads<UserRatings>,
     scorer: Scorer,
+    /// A permit per ranking being refreshed (`REFRESHES`).
+    refreshing: Arc<Semaphore>,
+    /// The scorings in flight, which requests for the same ranking join (see `rank`).
+    pending: Arc<Mutex<HashMap<RankingKey, Pending>>>,
+    next_scoring: Arc<AtomicU64>,
 }
+
+/// A scoring's outcome, for everyone waiting on it.
+type Scoring = Shared<BoxFuture<'static, Result<Ranking, String>>>;
+
+/// A scoring in flight: its id, its depth, and its outcome.
+type Pending = (u64, usize, Scoring);
 
 impl Rankings {
     /// Starts the readers and the scorer; `cache_bytes` 0 turns the cache off.
@@ -91,7 +118,7 @@ impl Rankings {
     ) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(cache_bytes)
-            .weigher(|(_, _, user, _): &RankingKey, ranking: &Ranking| {
+            .weigher(|(_, _, user): &RankingSlot, ranking: &Ranking| {
                 (user.len() + 64 + ranking.entries.len() * std::mem::size_of::<Ranked>())
                     .try_into()
                     .unwrap_or(u32::MAX)
@@ -113,6 +140,9 @@ impl Rankings {
                 |store, users| async move { store.users_ratings(&users).await },
             ),
             scorer: Scorer::start(metrics.clone(), serving_first),
+            refreshing: Arc::new(Semaphore::new(REFRESHES)),
+            pending: Arc::default(),
+            next_scoring: Arc::default(),
             metrics,
             cache,
             caching: cache_bytes > 0,
@@ -151,9 +181,12 @@ impl Rankings {
         }
     }
 
-    /// The ranking cached under `key`, counted as a hit or a miss.
-    pub fn cached(&self, key: &RankingKey) -> Option<Ranking> {
-        let ranking = self.cache.get(key);
+    /// The ranking cached for `key`'s slot at its revision, counted as a hit or a miss.
+    pub fn cached(&self, (slot, revision): &RankingKey) -> Option<Ranking> {
+        let ranking = self
+            .cache
+            .get(slot)
+            .filter(|ranking| ranking.revision == *revision);
         self.metrics.count_ranking_lookup(ranking.is_some());
         ranking
     }
@@ -161,6 +194,10 @@ impl Rankings {
     /// Scores the catalogue `depth` deep in the key's order for the user's ratings (read at the
     /// key's revision), with whoever else is waiting, and caches the ranking. None if the model
     /// knows none of the rated items.
+    ///
+    /// A request for a ranking already being scored as deep joins that scoring, and one scored
+    /// meanwhile is taken from the cache: the request of a user whose ranking is being refreshed
+    /// after a rating (see `refresh`), or a user's requests sent at once, cost one scoring.
     pub async fn rank(
         &self,
         served: Arc<ServedModel>,
@@ -168,32 +205,78 @@ impl Rankings {
         ratings: &[(String, f64)],
         depth: usize,
     ) -> Result<Option<Ranking>, ServiceError> {
-        let model = &served.recommender;
-        let (items, classes) = model.rated(
-            ratings
-                .iter()
-                .map(|(item, value)| (item.as_str(), *value as f32)),
-        );
-        if items.is_empty() {
+        let Some(job) = job(&served, &key, ratings, depth) else {
             return Ok(None);
-        }
-        let entries = self
-            .scorer
-            .rank(Job {
-                user: model.users().get(&key.2),
-                model: served.clone(),
-                order: key.1,
-                items,
-                classes,
-                depth,
-            })
-            .await?;
+        };
+        let scoring = {
+            let mut pending = self.pending.lock().expect("pending lock");
+            match pending.get(&key) {
+                Some((_, deep, scoring)) if *deep >= depth => scoring.clone(),
+                // A scoring caches its ranking before it leaves `pending`.
+                _ if let Some(ranking) = self.cached_as_deep(&key, depth) => {
+                    return Ok(Some(ranking));
+                }
+                _ => {
+                    let id = self.next_scoring.fetch_add(1, Ordering::Relaxed);
+                    let scoring = self.start_scoring(id, key.clone(), job);
+                    // The task takes the lock to leave the map, so it finds itself there.
+                    pending
+                        .entry(key)
+                        .or_insert_with(|| (id, depth, scoring.clone()));
+                    scoring
+                }
+            }
+        };
+        scoring.await.map(Some).map_err(ServiceError::Task)
+    }
+
+    /// Scores `job` as a task of its own, which caches the ranking and leaves `pending` (if it is
+    /// there as `id`); a client that gives up does not stop it.
+    fn start_scoring(&self, id: u64, key: RankingKey, job: Job) -> Scoring {
+        let rankings = self.clone();
+        let depth = job.depth;
+        let task = async move {
+            let entries = rankings.scorer.rank(job).await;
+            let ranking = entries.map(|entries| rankings.put(&key, entries, depth));
+            let mut pending = rankings.pending.lock().expect("pending lock");
+            if pending
+                .get(&key)
+                .is_some_and(|(pending, ..)| *pending == id)
+            {
+                pending.remove(&key);
+            }
+            ranking.map_err(|error| error.to_string())
+        };
+        tokio::spawn(task.in_current_span())
+            .map(|joined| joined.map_err(|error| error.to_string())?)
+            .boxed()
+            .shared()
+    }
+
+    /// The ranking cached for `key` if it holds the first `depth` entries, without counting a
+    /// lookup.
+    fn cached_as_deep(&self, (slot, revision): &RankingKey, depth: usize) -> Option<Ranking> {
+        self.cache.get(slot).filter(|ranking| {
+            ranking.revision == *revision && (ranking.complete || ranking.entries.len() >= depth)
+        })
+    }
+
+    /// Caches a ranking of `key`'s slot scored at its revision, unless one scored at a later
+    /// revision is there already: revisions only grow, and of two scorings in flight the one from
+    /// older ratings may finish last.
+    fn put(&self, (slot, revision): &RankingKey, entries: Vec<Ranked>, depth: usize) -> Ranking {
         let ranking = Arc::new(RankedItems {
+            revision: *revision,
             complete: entries.len() < depth,
             entries,
         });
-        self.cache.insert(key, ranking.clone());
-        Ok(Some(ranking))
+        self.cache
+            .entry(slot.clone())
+            .and_compute_with(|cached| match cached {
+                Some(cached) if cached.value().revision > *revision => Op::Nop,
+                _ => Op::Put(ranking.clone()),
+            });
+        ranking
     }
 
     /// Before `incoming` is served in place of `outgoing`: ranks under it, as deep as before, the
@@ -202,28 +285,19 @@ impl Rankings {
     /// than misses arriving all at once. Stops after `WARM_UP_TIME`.
     pub async fn warm_up(&self, outgoing: &ServedModel, incoming: &Arc<ServedModel>) {
         let started = Instant::now();
-        // Each (order, user) once, at the depth of its newest revision's ranking.
-        let mut newest: HashMap<(Order, String), (i64, usize)> = HashMap::new();
-        for (key, ranking) in self.cache.iter() {
-            let (version, order, ref user, revision) = *key;
-            if version != outgoing.version {
-                continue;
-            }
-            let depth = ranking.entries.len().max(RANKING_DEPTH);
-            let seen = newest
-                .entry((order, user.clone()))
-                .or_insert((revision, depth));
-            if revision > seen.0 {
-                *seen = (revision, depth);
-            }
-        }
-        if newest.is_empty() {
+        let cached: Vec<(Order, String, usize)> = self
+            .cache
+            .iter()
+            .filter(|(slot, _)| slot.0 == outgoing.version)
+            .map(|(slot, ranking)| (slot.1, slot.2.clone(), depth_of(&ranking)))
+            .collect();
+        if cached.is_empty() {
             return;
         }
-        let wanted = newest.len();
+        let wanted = cached.len();
         let mut warmed = 0;
-        let warming = futures_util::stream::iter(newest)
-            .map(|((order, user), (_, depth))| self.warm_up_one(incoming, order, user, depth))
+        let warming = futures_util::stream::iter(cached)
+            .map(|(order, user, depth)| self.rank_again(incoming, order, user, depth))
             .buffer_unordered(WARM_UP_USERS)
             .for_each(|ranked| {
                 warmed += usize::from(ranked);
@@ -241,8 +315,36 @@ impl Rankings {
         );
     }
 
-    /// Whether the user's ranking under `incoming` is now cached.
-    async fn warm_up_one(
+    /// After `users`' ratings changed through this process: ranks again under `served`, in the
+    /// background and as deep as before, the rankings of theirs cached under it, so that a client
+    /// who rates and then asks for a list gets a hit rather than a scoring. At most `REFRESHES`
+    /// at once; the rest are scored at the user's next request, as without this. Other processes
+    /// sharing the database learn of the change from the revision, and score at the next request.
+    pub fn refresh(&self, served: Arc<ServedModel>, users: HashSet<&str>) {
+        for user in users {
+            for order in [Order::Score, Order::ExpectedRating] {
+                let slot = (served.version, order, user.to_string());
+                let Some(cached) = self.cache.get(&slot) else {
+                    continue;
+                };
+                let Ok(permit) = self.refreshing.clone().try_acquire_owned() else {
+                    return;
+                };
+                let (rankings, served) = (self.clone(), served.clone());
+                tokio::spawn(async move {
+                    let depth = depth_of(&cached);
+                    if rankings.rank_again(&served, order, slot.2, depth).await {
+                        rankings.metrics.add_rankings_refreshed(1);
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    /// Ranks the user under `incoming`, as deep as `depth`, from their ratings as they are now;
+    /// whether the ranking is now cached.
+    async fn rank_again(
         &self,
         incoming: &Arc<ServedModel>,
         order: Order,
@@ -257,12 +359,42 @@ impl Rankings {
             }
         };
         let order = served_order(&incoming.recommender, Some(order));
-        let key = (incoming.version, order, user, revision);
+        let key = ((incoming.version, order, user), revision);
         matches!(
             self.rank(incoming.clone(), key, &ratings, depth).await,
             Ok(Some(_))
         )
     }
+}
+
+/// The scorer's job for `key`'s ranking from the user's ratings; None if the model knows none of
+/// the rated items.
+fn job(
+    served: &Arc<ServedModel>,
+    key: &RankingKey,
+    ratings: &[(String, f64)],
+    depth: usize,
+) -> Option<Job> {
+    let model = &served.recommender;
+    let ((_, order, user), _) = key;
+    let (items, classes) = model.rated(
+        ratings
+            .iter()
+            .map(|(item, value)| (item.as_str(), *value as f32)),
+    );
+    (!items.is_empty()).then(|| Job {
+        user: model.users().get(user),
+        model: served.clone(),
+        order: *order,
+        items,
+        classes,
+        depth,
+    })
+}
+
+/// The depth to score a cached ranking to again.
+fn depth_of(ranking: &RankedItems) -> usize {
+    ranking.entries.len().max(RANKING_DEPTH)
 }
 
 /// A reader of users' `what`, up to `max_batch` a statement, each batch's size told to `observe`.

@@ -156,14 +156,15 @@ impl Recommendations {
                 Some((revision, _)) => *revision,
                 None => self.rankings.revision(user_id).await?,
             };
-            let key = (served.version, order, user_id.to_string(), revision);
+            let slot = (served.version, order, user_id.to_string());
+            let key = (slot.clone(), revision);
             let mut scored = self.cached_page(served, key, limit, offset, &exclude);
             if scored.is_none() {
                 let (revision, read) = match ratings.take() {
                     Some(read) => read,
                     None => self.rankings.ratings(user_id).await?,
                 };
-                let key = (served.version, order, user_id.to_string(), revision);
+                let key = (slot, revision);
                 scored = self
                     .score(served.clone(), key, &read, limit, offset, &exclude)
                     .await?;
@@ -268,7 +269,8 @@ impl Recommendations {
             .collect())
     }
 
-    /// The page from the ranking cached for this (model, user, revision), if it is deep enough.
+    /// The page from the ranking cached for this (model, order, user) at the revision, if it is
+    /// deep enough.
     fn cached_page(
         &self,
         served: &ServedModel,

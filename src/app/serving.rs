@@ -2,6 +2,7 @@
 //! into it (at start, after training, on activation, on another process's announcement) once the
 //! ranking cache is warmed up for them, and the versions on record.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -66,6 +67,14 @@ impl Serving {
     /// The model requests are served from now; requests keep the one they started with.
     pub fn current(&self) -> Option<Arc<ServedModel>> {
         self.slot.load_full()
+    }
+
+    /// Scores again the cached rankings of `users` under the version being served, after their
+    /// ratings changed (see `Rankings::refresh`).
+    pub(super) fn ratings_changed(&self, users: HashSet<&str>) {
+        if let Some(served) = self.current() {
+            self.rankings.refresh(served, users);
+        }
     }
 
     /// Every stored model version, newest first.

@@ -655,6 +655,26 @@ fn counter(text: &str, name: &str) -> u64 {
         .unwrap()
 }
 
+/// Polls the metrics until the counter reaches `value` (within 20 s), then returns the text.
+async fn counter_reaches(app: &TestApp, name: &str, value: u64) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = app.metrics().await;
+        if counter(&text, name) >= value {
+            assert_eq!(counter(&text, name), value, "{name} went past {value}");
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stays below {value}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A ranking is reused until the user's ratings change; a change made through the service scores
+/// the cached ranking again in the background, from the ratings as they are then, and a request
+/// made meanwhile waits for that scoring rather than doing it twice.
 async fn repeated_requests_reuse_the_ranking_until_ratings_change(app: TestApp) {
     seed(&app, 90, 18).await;
     app.retrain(fast_training()).await;
@@ -669,14 +689,36 @@ async fn repeated_requests_reuse_the_ranking_until_ratings_change(app: TestApp) 
         ),
         (1, 1)
     );
+    // Users scored, counted by the scorer's batches.
+    let scored = |text: &str| -> f64 {
+        let sum = text
+            .lines()
+            .find_map(|l| l.strip_prefix("scoring_batch_users_sum "));
+        sum.unwrap().parse().unwrap()
+    };
+    assert_eq!(scored(&text), 1.0);
     let top = item_ids(&first)[0].clone();
     app.post_ratings(&[("u5", &top, 0.5)]).await;
     let third = app.recommendations("u5", "?limit=4").await;
     assert!(!item_ids(&third).contains(&top), "{third}");
-    assert_eq!(
-        counter(&app.metrics().await, "ranking_cache_misses_total"),
-        2
-    );
+    let text = counter_reaches(&app, "rankings_refreshed_total", 1).await;
+    assert_eq!(scored(&text), 2.0, "the rating's ranking was scored once");
+    // Taken back, the rating leaves the ratings the first list was scored from: the list
+    // refreshed from them is that list, and it is ready before it is asked for.
+    let path = format!("/users/u5/ratings/{top}");
+    assert_eq!(app.call("DELETE", &path, None, false).await.0, 204);
+    let before = counter_reaches(&app, "rankings_refreshed_total", 2).await;
+    assert_eq!(app.recommendations("u5", "?limit=4").await, first);
+    let after = app.metrics().await;
+    let hits = |text: &str| counter(text, "ranking_cache_hits_total");
+    assert_eq!(hits(&after), hits(&before) + 1);
+    assert_eq!(scored(&after), 3.0);
+    // A user with nothing cached is not scored ahead: the next request is a miss.
+    app.post_ratings(&[("u6", &top, 0.5)]).await;
+    app.recommendations("u6", "?limit=4").await;
+    let text = app.metrics().await;
+    assert_eq!(counter(&text, "rankings_refreshed_total"), 2);
+    assert_eq!(scored(&text), 4.0);
 }
 on_both_backends!(repeated_requests_reuse_the_ranking_until_ratings_change);
 
@@ -694,10 +736,11 @@ async fn a_new_version_serves_the_cached_users_warmed_up(app: TestApp) {
         .await;
     let top = item_ids(&app.recommendations("u3", "?limit=4").await)[0].clone();
     app.post_ratings(&[("u3", &top, 0.5)]).await;
+    // u3's ranking is scored again from the new rating, and warmed up from that one.
+    counter_reaches(&app, "rankings_refreshed_total", 1).await;
 
     let second = app.retrain(fast_training()).await["model_version"].clone();
     let before = app.metrics().await;
-    // u3 twice under the first version (before and after the rating): warmed once, at the newest.
     assert_eq!(counter(&before, "rankings_warmed_total"), 5);
     let mut warmed = Vec::new();
     for user in users {
@@ -719,22 +762,21 @@ async fn a_new_version_serves_the_cached_users_warmed_up(app: TestApp) {
         counter(&after, "ranking_cache_misses_total"),
         counter(&before, "ranking_cache_misses_total")
     );
-    // Scored afresh (a rating taken back and given again moves the revision), each list is the
-    // one warmed up.
+    // Scored afresh (a rating taken back and given again moves the revision, and each change
+    // scores the user's ranking again), each list is the one warmed up.
     let planted = crate::planted_ratings(90, 18);
+    let mut refreshed = counter(&after, "rankings_refreshed_total");
     for (user, page) in users.iter().zip(&warmed) {
         let (_, item, value) = planted.iter().find(|(u, _, _)| u == user).unwrap();
         let path = format!("/users/{user}/ratings/{item}");
         assert_eq!(app.call("DELETE", &path, None, false).await.0, 204);
         app.post_ratings(&[(user, item, *value)]).await;
+        refreshed += 2;
+        counter_reaches(&app, "rankings_refreshed_total", refreshed).await;
         assert_eq!(&app.recommendations(user, "?limit=4").await, page);
     }
     let misses = counter(&app.metrics().await, "ranking_cache_misses_total");
-    assert_eq!(
-        misses - counter(&after, "ranking_cache_misses_total"),
-        4,
-        "each fresh list was scored"
-    );
+    assert_eq!(misses, counter(&after, "ranking_cache_misses_total"));
 
     // A rollback warms up too.
     let activate = format!("/admin/models/{first}/activate");

@@ -53,8 +53,9 @@ impl Catalogue {
         self.scale
     }
 
-    /// Inserts or replaces ratings, all or none. The request type that produced them has checked
-    /// each against `scale()` (naming the offending one), so it is not done again here.
+    /// Inserts or replaces ratings, all or none, then has the rated users' cached rankings scored
+    /// again. The request type that produced them has checked each against `scale()` (naming the
+    /// offending one), so it is not done again here.
     pub async fn post_ratings(&self, ratings: &[NewRating]) -> Result<UpsertCounts, ServiceError> {
         let counts = self.store.upsert_ratings(ratings).await?;
         self.popularity.rated();

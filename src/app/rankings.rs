@@ -97,6 +97,8 @@ pub(super) struct Rankings {
     scorer: Scorer,
     /// A permit per ranking being refreshed (`REFRESHES`).
     refreshing: Arc<Semaphore>,
+    /// The slots being refreshed, each with whether its user's ratings changed again since.
+    refreshes: Arc<Mutex<HashMap<RankingSlot, bool>>>,
     /// The scorings in flight, which requests for the same ranking join (see `rank`).
     pending: Arc<Mutex<HashMap<RankingKey, Pending>>>,
     next_scoring: Arc<AtomicU64>,
@@ -141,6 +143,7 @@ impl Rankings {
             ),
             scorer: Scorer::start(metrics.clone(), serving_first),
             refreshing: Arc::new(Semaphore::new(REFRESHES)),
+            refreshes: Arc::default(),
             pending: Arc::default(),
             next_scoring: Arc::default(),
             metrics,
@@ -317,9 +320,11 @@ impl Rankings {
 
     /// After `users`' ratings changed through this process: ranks again under `served`, in the
     /// background and as deep as before, the rankings of theirs cached under it, so that a client
-    /// who rates and then asks for a list gets a hit rather than a scoring. At most `REFRESHES`
-    /// at once; the rest are scored at the user's next request, as without this. Other processes
-    /// sharing the database learn of the change from the revision, and score at the next request.
+    /// who rates and then asks for a list gets a hit rather than a scoring. A slot is refreshed
+    /// once at a time, and once more if its user's ratings changed again meanwhile, so that a
+    /// burst of ratings costs two scorings, not one each. At most `REFRESHES` at once; the rest
+    /// are scored at the user's next request, as without this. Other processes sharing the
+    /// database learn of the change from the revision, and score at the next request.
     pub fn refresh(&self, served: Arc<ServedModel>, users: HashSet<&str>) {
         for user in users {
             for order in [Order::Score, Order::ExpectedRating] {
@@ -327,14 +332,31 @@ impl Rankings {
                 let Some(cached) = self.cache.get(&slot) else {
                     continue;
                 };
-                let Ok(permit) = self.refreshing.clone().try_acquire_owned() else {
-                    return;
+                let permit = {
+                    let mut refreshes = self.refreshes.lock().expect("refreshes lock");
+                    if let Some(again) = refreshes.get_mut(&slot) {
+                        *again = true;
+                        continue;
+                    }
+                    let Ok(permit) = self.refreshing.clone().try_acquire_owned() else {
+                        return;
+                    };
+                    refreshes.insert(slot.clone(), false);
+                    permit
                 };
                 let (rankings, served) = (self.clone(), served.clone());
                 tokio::spawn(async move {
                     let depth = depth_of(&cached);
-                    if rankings.rank_again(&served, order, slot.2, depth).await {
-                        rankings.metrics.add_rankings_refreshed(1);
+                    loop {
+                        let user = slot.2.clone();
+                        if rankings.rank_again(&served, order, user, depth).await {
+                            rankings.metrics.add_rankings_refreshed(1);
+                        }
+                        let mut refreshes = rankings.refreshes.lock().expect("refreshes lock");
+                        if !refreshes.insert(slot.clone(), false).unwrap_or(false) {
+                            refreshes.remove(&slot);
+                            break;
+                        }
                     }
                     drop(permit);
                 });

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use moka::ops::compute::Op;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::ServiceError;
@@ -344,22 +344,33 @@ impl Rankings {
                     refreshes.insert(slot.clone(), false);
                     permit
                 };
-                let (rankings, served) = (self.clone(), served.clone());
-                tokio::spawn(async move {
-                    let depth = depth_of(&cached);
-                    loop {
-                        let user = slot.2.clone();
-                        if rankings.rank_again(&served, order, user, depth).await {
-                            rankings.metrics.add_rankings_refreshed(1);
-                        }
-                        let mut refreshes = rankings.refreshes.lock().expect("refreshes lock");
-                        if !refreshes.insert(slot.clone(), false).unwrap_or(false) {
-                            refreshes.remove(&slot);
-                            break;
-                        }
-                    }
-                    drop(permit);
-                });
+                let depth = depth_of(&cached);
+                tokio::spawn(
+                    self.clone()
+                        .refresh_slot(served.clone(), slot, depth, permit),
+                );
+            }
+        }
+    }
+
+    /// Ranks the slot again, holding its permit, until no change to its user's ratings was told
+    /// during a pass; then leaves `refreshes`.
+    async fn refresh_slot(
+        self,
+        served: Arc<ServedModel>,
+        slot: RankingSlot,
+        depth: usize,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let (_, order, ref user) = slot;
+        loop {
+            if self.rank_again(&served, order, user.clone(), depth).await {
+                self.metrics.add_rankings_refreshed(1);
+            }
+            let mut refreshes = self.refreshes.lock().expect("refreshes lock");
+            if !refreshes.insert(slot.clone(), false).unwrap_or(false) {
+                refreshes.remove(&slot);
+                return;
             }
         }
     }

@@ -387,7 +387,7 @@ impl Rankings {
         let (revision, ratings) = match self.ratings(&user).await {
             Ok(read) => read,
             Err(error) => {
-                tracing::debug!(%error, user, "cannot read a user's ratings to warm up");
+                tracing::debug!(%error, user, "cannot read a user's ratings to rank them again");
                 return false;
             }
         };
